@@ -1,0 +1,167 @@
+"""Shared pieces of the reference implementations: block geometry, forced blocks, the block-sparse
+softmax stage, and the query-chunked driver that bounds memory at any length.
+
+Notation as in METHODS.md: ``q: [B, Hq, Nq, D]``, ``k, v: [B, Hkv, Nk, D]``; query ``i`` sits at
+position ``Nk - Nq + i``; token ``t`` lies in block ``t // block_size``. A selection is
+``selected: [B, Hkv, Nq, nblocks] bool`` (shared by the GQA group), optionally with a per-block
+additive logit ``bias`` of the same shape.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from dash_eval.kernels.stats import AttentionStats, concat_stats, stats_from_token_mask
+
+# Upper bound on the elements of one chunk's [B, Hq, L, Nk] logit mask (~128 MB in float32).
+_CHUNK_ELEMENTS = 1 << 25
+
+SelectFn = Callable[[torch.Tensor, torch.Tensor], "tuple[torch.Tensor, torch.Tensor | None, int]"]
+
+
+def num_blocks(n: int, block_size: int) -> int:
+    return -(-n // block_size)
+
+
+def query_positions(nq: int, nk: int, device: torch.device) -> torch.Tensor:
+    return torch.arange(nk - nq, nk, device=device)
+
+
+def forced_blocks(qblock: torch.Tensor, nblocks: int, init_blocks: int, local_blocks: int) -> torch.Tensor:
+    """``[L, nblocks]`` bool: the first ``init_blocks`` blocks and the ``local_blocks`` most recent
+    blocks (the current one included), never past the current block."""
+    j = torch.arange(nblocks, device=qblock.device)
+    cur = qblock[:, None]
+    return (j <= cur) & ((j < init_blocks) | (j > cur - local_blocks))
+
+
+def topk_recent(scores: torch.Tensor, eligible: torch.Tensor, topk: int) -> torch.Tensor:
+    """Pick the ``topk`` highest ``scores`` among ``eligible`` along the last dim; ties go to the
+    more recent (higher-index) block. Ineligible entries are never picked."""
+    if topk == 0:
+        return torch.zeros_like(eligible)
+    neg = torch.full((), float("-inf"), dtype=scores.dtype, device=scores.device)
+    keyed = torch.where(eligible, scores, neg).flip(-1)  # most recent first, so a stable sort keeps it first
+    order = torch.sort(keyed, dim=-1, descending=True, stable=True).indices
+    elig_sorted = torch.gather(eligible.flip(-1), -1, order)
+    chosen_sorted = elig_sorted & (elig_sorted.cumsum(-1) <= topk)
+    chosen = torch.zeros_like(eligible).scatter(-1, order, chosen_sorted)
+    return chosen.flip(-1)
+
+
+def _attend_chunk(
+    qg: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    selected: torch.Tensor,
+    bias: torch.Tensor | None,
+    positions: torch.Tensor,
+    block_size: int,
+    softmax_scale: float,
+    window: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Softmax over the selected blocks' tokens (plus an optional causal window) for one query chunk.
+
+    ``qg: [B, Hkv, G, L, D]``. Returns ``out: [B, Hkv, G, L, D]`` and ``allowed: [B, Hkv, L, K]``.
+    """
+    b, hkv, g, length, d = qg.shape
+    kend = int(positions[-1]) + 1
+    t = torch.arange(kend, device=qg.device)
+    block_of_t = t // block_size
+    nbk = num_blocks(kend, block_size)
+    causal = t[None, :] <= positions[:, None]  # [L, K]
+    allowed = selected[..., :nbk].index_select(-1, block_of_t) & causal
+    if window > 0:
+        allowed = allowed | (causal & (t[None, :] > positions[:, None] - window))
+    if bias is None:
+        logits_add = torch.zeros((), dtype=qg.dtype, device=qg.device)
+    else:
+        logits_add = bias[..., :nbk].index_select(-1, block_of_t).to(qg.dtype)
+    mask = torch.where(allowed, logits_add, torch.full((), float("-inf"), dtype=qg.dtype, device=qg.device))
+    # The group's query heads become extra query rows of their KV head: one shared mask, no K/V copies.
+    mask = mask[:, :, None].expand(b, hkv, g, length, kend).reshape(b, hkv, g * length, kend)
+    out = F.scaled_dot_product_attention(
+        qg.reshape(b, hkv, g * length, d), k[:, :, :kend], v[:, :, :kend], attn_mask=mask, scale=softmax_scale
+    )
+    return out.view(b, hkv, g, length, d), allowed
+
+
+def chunked_sparse_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    select: SelectFn,
+    *,
+    block_size: int,
+    softmax_scale: float,
+    window: int = 0,
+    return_stats: bool = False,
+    chunk: int | None = None,
+) -> tuple[torch.Tensor, AttentionStats | None]:
+    """Route and attend one query chunk at a time.
+
+    ``select(qg_chunk, positions) -> (selected, bias, routing_scores)`` returns the chunk's block
+    selection ``[B, Hkv, L, nblocks]`` (bias likewise, or None) for ``qg_chunk: [B, Hkv, G, L, D]``.
+    """
+    b, hq, nq, d = q.shape
+    hkv, nk = k.shape[1], k.shape[2]
+    g = hq // hkv
+    qg = q.view(b, hkv, g, nq, d)
+    positions = query_positions(nq, nk, q.device)
+    if chunk is None:
+        chunk = max(block_size, min(nq, _CHUNK_ELEMENTS // max(1, b * hq * nk)))
+    out = torch.empty_like(qg)
+    stats = []
+    for start in range(0, nq, chunk):
+        stop = min(nq, start + chunk)
+        pos = positions[start:stop]
+        q_chunk = qg[:, :, :, start:stop]
+        selected, bias, routing_scores = select(q_chunk, pos)
+        o, allowed = _attend_chunk(q_chunk, k, v, selected, bias, pos, block_size, softmax_scale, window)
+        out[:, :, :, start:stop] = o
+        if return_stats:
+            stats.append(stats_from_token_mask(allowed, pos, block_size, routing_scores))
+    return out.view(b, hq, nq, d), (concat_stats(stats) if return_stats else None)
+
+
+def block_sparse_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    selected: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    *,
+    block_size: int,
+    softmax_scale: float | None = None,
+    window: int = 0,
+    return_stats: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, AttentionStats]:
+    """Reference fine stage: causal softmax over the tokens of the selected blocks.
+
+    Args:
+        q: ``[B, Hq, Nq, D]``; k, v: ``[B, Hkv, Nk, D]``.
+        selected: ``[B, Hkv, Nq, nblocks]`` bool; the current block of each query must be selected.
+        bias: optional ``[B, Hkv, Nq, nblocks]`` logit added to every token of a block.
+        window: also attend the last ``window`` tokens (NSA's merged sliding window).
+
+    >>> q, k, v = torch.randn(1, 4, 8, 16), torch.randn(1, 2, 8, 16), torch.randn(1, 2, 8, 16)
+    >>> sel = torch.ones(1, 2, 8, 2, dtype=torch.bool)
+    >>> block_sparse_attention(q, k, v, sel, block_size=4).shape
+    torch.Size([1, 4, 8, 16])
+    """
+    scale = softmax_scale if softmax_scale is not None else q.shape[-1] ** -0.5
+
+    def select(qg_chunk: torch.Tensor, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, int]:
+        rows = pos - (k.shape[2] - q.shape[2])
+        return (
+            selected.index_select(2, rows),
+            None if bias is None else bias.index_select(2, rows),
+            0,
+        )
+
+    out, stats = chunked_sparse_attention(
+        q, k, v, select, block_size=block_size, softmax_scale=scale, window=window, return_stats=return_stats
+    )
+    return (out, stats) if return_stats else out

@@ -1,0 +1,68 @@
+"""Kernel (compressed) keys shared by ``nsa`` and ``infllmv2``: mean-pooled keys over windows of
+``kernel_size`` tokens every ``kernel_stride`` tokens, their per-query scores, and the map from
+kernels onto the selection blocks they overlap."""
+
+from __future__ import annotations
+
+import torch
+from dash_eval.kernels.common import num_blocks
+
+
+def kernel_keys(x: torch.Tensor, kernel_size: int, kernel_stride: int) -> torch.Tensor:
+    """``[B, H, N, D] -> [B, H, M, D]``: ``kc_m = mean(x[m*stride : m*stride + kernel_size])``."""
+    n = x.shape[2]
+    if n < kernel_size:
+        return x.new_zeros(x.shape[0], x.shape[1], 0, x.shape[3])
+    return x.unfold(2, kernel_size, kernel_stride).mean(-1)
+
+
+def kernel_probs(
+    qg: torch.Tensor, kc: torch.Tensor, positions: torch.Tensor, kernel_size: int, kernel_stride: int,
+    softmax_scale: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Softmax over the kernels visible to each query (``m*stride + kernel_size - 1 <= i``), per query head.
+
+    ``qg: [B, Hkv, G, L, D]``, ``kc: [B, Hkv, M, D]`` -> ``probs: [B, Hkv, G, L, M]`` (0 on invisible
+    kernels, all 0 for a query that sees none) and ``visible: [L, M]``.
+    """
+    m = kc.shape[2]
+    ends = torch.arange(m, device=qg.device) * kernel_stride + kernel_size - 1
+    visible = ends[None, :] <= positions[:, None]
+    logits = torch.einsum("bhgld,bhmd->bhglm", qg.float(), kc.float()) * softmax_scale
+    logits = logits.masked_fill(~visible, float("-inf"))
+    probs = torch.softmax(logits, dim=-1)
+    probs = torch.where(visible.any(-1)[:, None], probs, torch.zeros((), device=qg.device))
+    return probs.nan_to_num(0.0), visible
+
+
+def block_kernel_index(
+    nblocks: int, num_kernels: int, block_size: int, kernel_size: int, kernel_stride: int, device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Kernels overlapping each block: ``index [nblocks, W]`` (clamped), ``in_range [nblocks, W]``, and
+    ``overlap [W]``: the number of tokens kernel ``j*r - a + o`` shares with block ``j``, in units of
+    ``kernel_stride`` (``[1, 2, 2, 2, 1]`` for the defaults)."""
+    r = block_size // kernel_stride
+    a = kernel_size // kernel_stride - 1  # kernels that start before the block yet reach into it
+    width = a + r
+    offsets = torch.arange(width, device=device)
+    index = torch.arange(nblocks, device=device)[:, None] * r - a + offsets[None, :]
+    in_range = (index >= 0) & (index < num_kernels)
+    start = (offsets - a) * kernel_stride
+    overlap = (torch.clamp(start + kernel_size, max=block_size) - torch.clamp(start, min=0)) / kernel_stride
+    return index.clamp(0, max(num_kernels - 1, 0)), in_range, overlap
+
+
+def gather_block_kernels(
+    scores: torch.Tensor, visible: torch.Tensor, nk: int, block_size: int, kernel_size: int, kernel_stride: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``scores: [B, Hkv, L, M]`` -> per block ``[B, Hkv, L, nblocks, W]`` kernel scores, the mask of
+    visible kernels ``[L, nblocks, W]`` and the overlap weights ``[W]``."""
+    nb = num_blocks(nk, block_size)
+    m = scores.shape[-1]
+    index, in_range, overlap = block_kernel_index(nb, m, block_size, kernel_size, kernel_stride, scores.device)
+    if m == 0:
+        shape = scores.shape[:-1] + index.shape
+        return scores.new_zeros(shape), torch.zeros(visible.shape[0], *index.shape, dtype=torch.bool), overlap
+    gathered = scores[..., index.reshape(-1)].view(*scores.shape[:-1], *index.shape)
+    vis = visible[:, index.reshape(-1)].view(visible.shape[0], *index.shape) & in_range
+    return gathered, vis, overlap

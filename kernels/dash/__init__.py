@@ -1,0 +1,53 @@
+"""``dash``: DashAttention (arXiv 2605.18753), alpha-entmax routing over router-pooled block summaries."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+from dash_eval.kernels.dash.naive import dash_attention_naive, dash_block_summaries, dash_route
+from dash_eval.kernels.registry import AttentionMethod, MethodParams, check_float, check_int, register_method
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class DashParams(MethodParams):
+    alpha: float = 1.5
+    scale: float = 1.0
+    sigma: float = 1e6
+    init_blocks: int = 0
+    local_blocks: int = 1
+    router: torch.Tensor | None = None  # [Hkv * D] or [Hkv, D]; None = mean-pooled summaries
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        name = self.method_name
+        check_float(name, "alpha", self.alpha, low=1.0, high=2.0, low_open=True, accepted="a number in (1, 2]")
+        check_float(name, "scale", self.scale, low=0.0)
+        check_float(name, "sigma", self.sigma, low=0.0, low_open=True)
+        check_int(name, "init_blocks", self.init_blocks, minimum=0)
+        check_int(name, "local_blocks", self.local_blocks, minimum=1)
+        if self.router is not None and not isinstance(self.router, torch.Tensor):
+            raise ValueError(f"{name}: parameter router must be a tensor of shape [Hkv * D] or None")
+
+
+@register_method("dash")
+class DashAttention(AttentionMethod):
+    params_cls = DashParams
+
+    def reference(self, q, k, v, params, *, softmax_scale, return_stats):
+        router = params.router
+        if router is not None:
+            hkv, d = k.shape[1], k.shape[3]
+            if router.numel() != hkv * d:
+                raise ValueError(
+                    f"dash: router has {router.numel()} elements ({tuple(router.shape)}); this layer needs "
+                    f"Hkv * D = {hkv} * {d} = {hkv * d}"
+                )
+            router = router.to(k.device)
+        fields = {f: getattr(params, f) for f in ("alpha", "block_size", "scale", "sigma", "init_blocks", "local_blocks")}
+        return dash_attention_naive(
+            q, k, v, router=router, softmax_scale=softmax_scale, return_stats=return_stats, **fields
+        )
+
+
+__all__ = ["DashAttention", "DashParams", "dash_attention_naive", "dash_block_summaries", "dash_route"]

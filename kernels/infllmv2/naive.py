@@ -1,0 +1,69 @@
+"""Reference InfLLM-V2 (METHODS.md, "infllmv2"): mean-pooled kernel keys, group-summed kernel
+softmax, max-pooled onto blocks, forced + top-k block selection, then plain sparse softmax."""
+
+from __future__ import annotations
+
+import torch
+from dash_eval.kernels.common import chunked_sparse_attention, forced_blocks, num_blocks, topk_recent
+from dash_eval.kernels.compression import gather_block_kernels, kernel_keys, kernel_probs
+from dash_eval.kernels.stats import AttentionStats
+
+
+def topk_block_select(
+    block_scores: torch.Tensor, positions: torch.Tensor, nblocks: int, *, block_size: int, init_blocks: int,
+    local_blocks: int, topk: int,
+) -> torch.Tensor:
+    """Forced blocks plus the ``topk`` best other past blocks: ``[B, Hkv, L, nblocks]`` bool."""
+    qblock = positions // block_size
+    forced = forced_blocks(qblock, nblocks, init_blocks, local_blocks)
+    past = torch.arange(nblocks, device=positions.device)[None, :] < qblock[:, None]
+    eligible = (past & ~forced).expand_as(block_scores)
+    return forced | topk_recent(block_scores, eligible, topk)
+
+
+def infllmv2_select(
+    qg: torch.Tensor, kc: torch.Tensor, positions: torch.Tensor, nk: int, *, block_size: int, kernel_size: int,
+    kernel_stride: int, init_blocks: int, local_blocks: int, topk: int, softmax_scale: float,
+) -> torch.Tensor:
+    probs, visible = kernel_probs(qg, kc, positions, kernel_size, kernel_stride, softmax_scale)
+    scores = probs.sum(2)  # summed over the group's query heads: [B, Hkv, L, M]
+    per_block, vis, _ = gather_block_kernels(scores, visible, nk, block_size, kernel_size, kernel_stride)
+    neg = torch.full((), float("-inf"), device=qg.device)
+    block_scores = torch.where(vis, per_block, neg).amax(-1)  # max-pool; -inf where no kernel is visible
+    return topk_block_select(
+        block_scores, positions, num_blocks(nk, block_size), block_size=block_size, init_blocks=init_blocks,
+        local_blocks=local_blocks, topk=topk,
+    )
+
+
+def infllmv2_attention_naive(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    block_size: int = 64,
+    kernel_size: int = 32,
+    kernel_stride: int = 16,
+    init_blocks: int = 1,
+    local_blocks: int = 32,
+    topk: int = 63,
+    softmax_scale: float | None = None,
+    return_stats: bool = False,
+) -> tuple[torch.Tensor, AttentionStats | None]:
+    softmax_scale = q.shape[-1] ** -0.5 if softmax_scale is None else softmax_scale
+    nk = k.shape[2]
+    kc = kernel_keys(k.float(), kernel_size, kernel_stride)
+    hq = q.shape[1]
+
+    def select(qg_chunk: torch.Tensor, pos: torch.Tensor):
+        selected = infllmv2_select(
+            qg_chunk, kc, pos, nk, block_size=block_size, kernel_size=kernel_size, kernel_stride=kernel_stride,
+            init_blocks=init_blocks, local_blocks=local_blocks, topk=topk, softmax_scale=softmax_scale,
+        )
+        ends = torch.arange(kc.shape[2], device=q.device) * kernel_stride + kernel_size - 1
+        routing_scores = int((ends[None, :] <= pos[:, None]).sum()) * hq * q.shape[0]
+        return selected, None, routing_scores
+
+    return chunked_sparse_attention(
+        q, k, v, select, block_size=block_size, softmax_scale=softmax_scale, return_stats=return_stats
+    )

@@ -1,0 +1,60 @@
+"""Reference NSA, training-free form (METHODS.md, "nsa"): compressed-key scores summed over the group,
+overlap-weighted onto selection blocks, forced + top-k blocks, and one softmax over the selected
+blocks merged with the sliding window (``g_cmp = 0``)."""
+
+from __future__ import annotations
+
+import torch
+from dash_eval.kernels.common import chunked_sparse_attention, num_blocks
+from dash_eval.kernels.compression import gather_block_kernels, kernel_keys, kernel_probs
+from dash_eval.kernels.infllmv2.naive import topk_block_select
+from dash_eval.kernels.stats import AttentionStats
+
+
+def nsa_select(
+    qg: torch.Tensor, kc: torch.Tensor, positions: torch.Tensor, nk: int, *, block_size: int, kernel_size: int,
+    kernel_stride: int, init_blocks: int, local_blocks: int, topk: int, softmax_scale: float,
+) -> torch.Tensor:
+    probs, visible = kernel_probs(qg, kc, positions, kernel_size, kernel_stride, softmax_scale)
+    scores = probs.sum(2)
+    per_block, vis, overlap = gather_block_kernels(scores, visible, nk, block_size, kernel_size, kernel_stride)
+    block_scores = (per_block * vis * overlap.to(per_block.dtype)).sum(-1)  # invisible kernels add 0
+    return topk_block_select(
+        block_scores, positions, num_blocks(nk, block_size), block_size=block_size, init_blocks=init_blocks,
+        local_blocks=local_blocks, topk=topk,
+    )
+
+
+def nsa_attention_naive(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    block_size: int = 64,
+    kernel_size: int = 32,
+    kernel_stride: int = 16,
+    init_blocks: int = 1,
+    local_blocks: int = 2,
+    topk: int = 13,
+    window: int = 512,
+    softmax_scale: float | None = None,
+    return_stats: bool = False,
+) -> tuple[torch.Tensor, AttentionStats | None]:
+    softmax_scale = q.shape[-1] ** -0.5 if softmax_scale is None else softmax_scale
+    nk = k.shape[2]
+    kc = kernel_keys(k.float(), kernel_size, kernel_stride)
+    hq = q.shape[1]
+
+    def select(qg_chunk: torch.Tensor, pos: torch.Tensor):
+        selected = nsa_select(
+            qg_chunk, kc, pos, nk, block_size=block_size, kernel_size=kernel_size, kernel_stride=kernel_stride,
+            init_blocks=init_blocks, local_blocks=local_blocks, topk=topk, softmax_scale=softmax_scale,
+        )
+        ends = torch.arange(kc.shape[2], device=q.device) * kernel_stride + kernel_size - 1
+        routing_scores = int((ends[None, :] <= pos[:, None]).sum()) * hq * q.shape[0]
+        return selected, None, routing_scores
+
+    return chunked_sparse_attention(
+        q, k, v, select, block_size=block_size, softmax_scale=softmax_scale, window=window,
+        return_stats=return_stats,
+    )

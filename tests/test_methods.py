@@ -1,0 +1,137 @@
+"""Every method against the independent brute-force loops of tests/bruteforce.py (METHODS.md)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from dash_eval.kernels import sparse_attention
+
+from tests.bruteforce import BRUTEFORCE
+
+# (N, Hq, Hkv, D, block_size): lengths off the block grid, below one block, GQA 1, 3, 4, 8.
+SHAPES = [
+    (40, 4, 4, 16, 8),
+    (37, 6, 2, 16, 8),
+    (5, 4, 1, 16, 8),
+    (53, 8, 2, 32, 16),
+    (64, 8, 1, 16, 16),
+]
+
+# Small-context settings of each method (the defaults need thousands of tokens to select anything).
+METHOD_PARAMS = {
+    "full": [{}],
+    "dash": [
+        {"alpha": 1.5, "scale": 4.0},
+        {"alpha": 2.0, "scale": 2.0, "init_blocks": 1, "local_blocks": 2},
+        {"alpha": 1.25, "scale": 6.0, "sigma": 0.5},
+        {"alpha": 1.75, "scale": 3.0, "sigma": 1.0, "local_blocks": 2},
+    ],
+    "infllmv2": [
+        {"kernel_size": 4, "kernel_stride": 2, "init_blocks": 1, "local_blocks": 1, "topk": 1},
+        {"kernel_size": 8, "kernel_stride": 4, "init_blocks": 0, "local_blocks": 2, "topk": 2},
+    ],
+    "nsa": [
+        {"kernel_size": 4, "kernel_stride": 2, "init_blocks": 1, "local_blocks": 1, "topk": 1, "window": 0},
+        {"kernel_size": 8, "kernel_stride": 4, "init_blocks": 1, "local_blocks": 2, "topk": 1, "window": 5},
+    ],
+}
+
+TOL = {torch.float32: 2e-5, torch.bfloat16: 2e-2}
+
+
+def _cases():
+    for method, settings in METHOD_PARAMS.items():
+        for si, params in enumerate(settings):
+            for n, hq, hkv, d, c in SHAPES:
+                for dtype in (torch.float32, torch.bfloat16):
+                    tag = "fp32" if dtype == torch.float32 else "bf16"
+                    case_id = f"{method}{si}-N{n}-Hq{hq}-Hkv{hkv}-D{d}-C{c}-{tag}"
+                    yield pytest.param(method, dict(params, block_size=c), n, hq, hkv, d, dtype, id=case_id)
+
+
+def _rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.double() - b).norm() / b.norm().clamp(min=1e-12))
+
+
+@pytest.mark.parametrize("method,params,n,hq,hkv,d,dtype", list(_cases()))
+def test_against_bruteforce(method, params, n, hq, hkv, d, dtype):
+    gen = torch.Generator().manual_seed(hash((method, n, hq, hkv, d)) % 2**31)
+    q, k, v = (torch.randn(2, h, n, d, generator=gen).to(dtype) for h in (hq, hkv, hkv))
+    router = None
+    if method == "dash" and params.get("sigma", 1e6) < 10:
+        router = torch.randn(hkv * d, generator=gen)  # a trained-looking router on the sharper settings
+        params = dict(params, router=router)
+    out, stats = sparse_attention(q, k, v, method, backend="reference", return_stats=True, **params)
+    ref_out, attended, causal = BRUTEFORCE[method](q, k, v, **params)
+    assert not torch.isnan(out).any()
+    assert _rel_err(out, ref_out) < TOL[dtype]
+    if dtype == torch.float32:
+        assert stats.attended_pairs == attended
+        assert stats.causal_pairs == causal
+        assert stats.sparsity == pytest.approx(1 - attended / causal)
+
+
+@pytest.mark.parametrize("method", ["dash", "infllmv2", "nsa"])
+def test_sparse_settings_really_skip_work(method):
+    """The settings above must select a strict subset somewhere, or the comparison proves little."""
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, h, 64, 16, generator=gen) for h in (4, 2, 2))
+    params = dict(METHOD_PARAMS[method][0], block_size=8)
+    _, stats = sparse_attention(q, k, v, method, return_stats=True, **params)
+    assert 0.05 < stats.sparsity < 1.0
+
+
+@pytest.mark.parametrize("method,params", [
+    ("dash", {"alpha": 1.5, "scale": 4.0, "block_size": 8}),
+    ("infllmv2", {"kernel_size": 4, "kernel_stride": 2, "local_blocks": 1, "topk": 2, "block_size": 8}),
+    ("nsa", {"kernel_size": 4, "kernel_stride": 2, "topk": 1, "window": 3, "block_size": 8}),
+    ("full", {}),
+])
+def test_decode_equals_last_prefill_rows(method, params):
+    gen = torch.Generator().manual_seed(1)
+    q, k, v = (torch.randn(2, h, 45, 16, generator=gen) for h in (6, 2, 2))
+    full_out, full_stats = sparse_attention(q, k, v, method, return_stats=True, **params)
+    for nq in (1, 3):
+        out, stats = sparse_attention(q[:, :, -nq:], k, v, method, return_stats=True, **params)
+        torch.testing.assert_close(out, full_out[:, :, -nq:], rtol=1e-5, atol=1e-6)
+        assert torch.equal(stats.active_blocks, full_stats.active_blocks[:, :, -nq:])
+
+
+@pytest.mark.parametrize("method,params", [
+    ("dash", {"alpha": 1.5, "scale": 4.0, "block_size": 8}),
+    ("infllmv2", {"kernel_size": 4, "kernel_stride": 2, "local_blocks": 1, "topk": 2, "block_size": 8}),
+    ("nsa", {"kernel_size": 4, "kernel_stride": 2, "topk": 1, "window": 3, "block_size": 8}),
+])
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_padded_row_equals_row_alone(method, params, side):
+    gen = torch.Generator().manual_seed(2)
+    n, pad = 40, 13
+    q, k, v = (torch.randn(2, h, n, 16, generator=gen) for h in (4, 2, 2))
+    valid = torch.ones(2, n, dtype=torch.bool)
+    real = slice(pad, n) if side == "left" else slice(0, n - pad)
+    valid[1] = False
+    valid[1, real] = True
+    out, stats = sparse_attention(q, k, v, method, kv_valid=valid, return_stats=True, **params)
+    alone, alone_stats = sparse_attention(
+        q[1:, :, real], k[1:, :, real], v[1:, :, real], method, return_stats=True, **params
+    )
+    torch.testing.assert_close(out[1, :, real], alone[0], rtol=1e-5, atol=1e-6)
+    assert not torch.isnan(out).any()
+    pad_rows = torch.ones(n, dtype=torch.bool)
+    pad_rows[real] = False
+    assert (out[1, :, pad_rows] == 0).all()
+    assert (stats.active_blocks[1, :, pad_rows] == 0).all()
+    assert torch.equal(stats.active_blocks[1, :, real], alone_stats.active_blocks[0])
+    first, first_stats = sparse_attention(q[:1], k[:1], v[:1], method, return_stats=True, **params)
+    assert stats.attended_pairs == first_stats.attended_pairs + alone_stats.attended_pairs
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("method", ["full", "dash", "infllmv2", "nsa"])
+def test_dtypes_and_head_dims_no_nan(method, dtype):
+    gen = torch.Generator().manual_seed(3)
+    for d in (64, 96, 128):
+        q, k, v = (torch.randn(1, h, 70, d, generator=gen).to(dtype) for h in (4, 1, 1))
+        out = sparse_attention(q, k, v, method, block_size=16)
+        assert out.dtype == dtype and out.shape == q.shape
+        assert not torch.isnan(out).any()
