@@ -1,0 +1,153 @@
+"""Cells of a sweep: one grid point of one method, on one task at one length.
+
+A cell's identity is its canonical spec (model, task, length, samples, seed, method and every parameter,
+the target sparsity and calibration settings when it has one). Its directory name carries every
+parameter readably and ends in a hash of the spec, so two different cells never share a directory and
+the same cell always finds its earlier results.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from dash_eval.evals.sweep_config import SweepConfig, config_hash, grid_points
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._+=,-]")
+
+
+@dataclass(frozen=True)
+class Cell:
+    index: int  # position in the sweep's expansion order (what shards split)
+    method: str
+    params: dict[str, Any]  # every parameter of the method, defaults filled in (calibrated one excluded)
+    explicit: tuple[str, ...]  # the parameters the config set
+    task: str  # leaderboard label
+    length: int | None  # None: the JSONL file's own lengths
+    samples: int | None
+    seed: int
+    task_spec: Any  # TaskSpec
+    target_sparsity: float | None = None
+    calibrate: str | None = None
+    calibrate_range: tuple[float, float] | None = None
+
+    def spec(self, config: SweepConfig) -> dict[str, Any]:
+        """Everything that determines this cell's result, as plain JSON values."""
+        spec: dict[str, Any] = {
+            "model": dataclasses.asdict(config.model),
+            "task": self.task,
+            "task_source": {
+                "task": self.task_spec.task,
+                "haystack": self.task_spec.haystack,
+                "jsonl": self.task_spec.jsonl,
+            },
+            "length": self.length,
+            "samples": self.samples,
+            "seed": self.seed,
+            "method": self.method,
+            "params": dict(sorted(self.params.items())),
+        }
+        # batch size changes nothing in the answers (issue 5 guarantees it), so it stays out of the identity
+        spec["model"].pop("batch_size", None)
+        if self.target_sparsity is not None:
+            spec["target_sparsity"] = self.target_sparsity
+            spec["calibrate"] = self.calibrate
+            spec["calibrate_range"] = list(self.calibrate_range) if self.calibrate_range else None
+            spec["calibration"] = dataclasses.asdict(config.calibration)
+        return spec
+
+    def hash(self, config: SweepConfig) -> str:
+        return config_hash(self.spec(config))
+
+    def name(self, config: SweepConfig) -> str:
+        """Directory name: ``<task>-L<length>-n<samples>-s<seed>--<method>--<param>=<value>,...--<hash8>``."""
+        length = "Lfile" if self.length is None else f"L{self.length}"
+        samples = "nall" if self.samples is None else f"n{self.samples}"
+        parts = [f"{self.task}-{length}-{samples}-s{self.seed}", self.method]
+        # unset optional parameters (None, e.g. no router) are left out of the name; the hash still has them
+        params = [f"{k}={_value_text(v)}" for k, v in sorted(self.params.items()) if v is not None]
+        if self.target_sparsity is not None:
+            params.append(f"target_sparsity={_value_text(self.target_sparsity)}")
+        if params:
+            parts.append(",".join(params))
+        parts.append(self.hash(config)[:8])
+        return _UNSAFE.sub("-", "--".join(parts))
+
+
+def _value_text(v: Any) -> str:
+    if isinstance(v, float):
+        return repr(v)
+    if v is None:
+        return "none"
+    return str(v)
+
+
+def method_defaults(method: str) -> dict[str, Any]:
+    """Every parameter of a method with its default, read from the method's parameter dataclass."""
+    from dash_eval.kernels import get_method
+
+    params_cls = get_method(method).params_cls
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(params_cls):
+        if f.default is not dataclasses.MISSING:
+            out[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            out[f.name] = f.default_factory()
+    return out
+
+
+def expand_cells(config: SweepConfig) -> list[Cell]:
+    """Every cell of the sweep in a fixed order: methods (config order), grid points, target sparsities,
+    then tasks and lengths. The order is what ``--shard`` splits, so it depends only on the config."""
+    cells: list[Cell] = []
+    for entry in config.methods:
+        defaults = method_defaults(entry.method)
+        targets: tuple[float | None, ...] = entry.target_sparsity or (None,)
+        for point in grid_points(entry):
+            params = {**defaults, **point}
+            for target in targets:
+                cell_params = dict(params)
+                if target is not None:
+                    cell_params.pop(entry.calibrate, None)
+                explicit = tuple(sorted(point))
+                for task in config.tasks:
+                    for length in task.lengths:
+                        cells.append(
+                            Cell(
+                                index=len(cells),
+                                method=entry.method,
+                                params=cell_params,
+                                explicit=explicit,
+                                task=task.label,
+                                length=length,
+                                samples=task.samples,
+                                seed=task.seed,
+                                task_spec=task,
+                                target_sparsity=target,
+                                calibrate=entry.calibrate if target is not None else None,
+                                calibrate_range=entry.calibrate_range if target is not None else None,
+                            )
+                        )
+    return cells
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"i/n"`` (1-based) -> ``(i, n)``; errors name the value and what is accepted."""
+    m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text or "")
+    if not m:
+        raise ValueError(f"--shard: bad value {text!r}; accepted: i/n with 1 <= i <= n, e.g. 1/4")
+    i, n = int(m.group(1)), int(m.group(2))
+    if n < 1 or not 1 <= i <= n:
+        raise ValueError(f"--shard: bad value {text!r}; accepted: i/n with 1 <= i <= n, e.g. 1/4")
+    return i, n
+
+
+def shard_cells(cells: list[Cell], shard: tuple[int, int] | None) -> list[Cell]:
+    """Shard ``i/n`` takes cells ``i-1, i-1+n, ...`` of the expansion order: deterministic, disjoint, and
+    together complete; striding spreads slow methods and long lengths over all shards."""
+    if shard is None:
+        return list(cells)
+    i, n = shard
+    return [c for c in cells if c.index % n == i - 1]

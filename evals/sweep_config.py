@@ -1,0 +1,552 @@
+"""Sweep configuration: the YAML schema, read safely and validated whole before any cell runs.
+
+Shape (names may grow, never change)::
+
+    name: smollm2-niah
+    model: {pretrained: default, dtype: float32, device: cpu}
+    tasks:
+      - {task: niah_single, lengths: [2048, 4096], samples: 20, seed: 0}
+      - {jsonl: path/to/ruler_format.jsonl}
+    methods:
+      - {method: full}
+      - {method: dash, grid: {alpha: [1.25, 1.5], scale: [1.0, 4.0]}, block_size: 64}
+      - {method: dash, target_sparsity: [0.75, 0.9], alpha: 1.5}
+    calibration: {samples: 2, seed: 1000}
+    output: results/smollm2-niah
+
+Every problem found is collected and reported together, each one naming its field path
+(``methods[1].grid.alpha[2]``), the bad value and what is accepted. Method parameters are checked by the
+method's own parameter dataclass (``get_method(name).params_cls``), so this module has no branch per
+method.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+DTYPES = ("float32", "bfloat16", "float16", "auto")
+DEVICE_PATTERN = re.compile(r"^(cpu|cuda(:\d+)?|mps)$")
+
+
+class ConfigError(ValueError):
+    """A sweep configuration with one or more problems; ``errors`` lists them, each naming its field."""
+
+    def __init__(self, errors: list[str], source: str = "sweep config"):
+        self.errors = list(errors)
+        lines = "\n".join(f"  - {e}" for e in self.errors)
+        super().__init__(f"{source}: {len(self.errors)} problem(s):\n{lines}")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    pretrained: str
+    dtype: str = "float32"
+    device: str = "cpu"
+    batch_size: int = 1
+    router: str | None = None
+    apply_chat_template: bool = False
+    max_gen_toks: int | None = None
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """One entry of ``tasks``: a generated task (``task``) over lengths, or a RULER-format JSONL file."""
+
+    label: str  # the task column of the leaderboard
+    lengths: tuple[int | None, ...]  # None: the JSONL file's own lengths
+    samples: int | None  # None: every record of the JSONL file
+    seed: int
+    task: str | None = None
+    jsonl: str | None = None
+    haystack: str | None = None
+
+
+@dataclass(frozen=True)
+class MethodEntry:
+    """One entry of ``methods``: fixed parameters, a grid over some of them, optional target sparsities."""
+
+    method: str
+    fixed: dict[str, Any]
+    grid: dict[str, tuple[Any, ...]]
+    target_sparsity: tuple[float, ...] = ()
+    calibrate: str | None = None  # the parameter that target_sparsity calibrates
+    calibrate_range: tuple[float, float] | None = None
+
+
+@dataclass(frozen=True)
+class CalibrationSpec:
+    samples: int = 2
+    seed: int = 1_000_003
+    tolerance: float = 0.01
+    max_steps: int = 14
+    task: str = "niah_single"  # calibrates cells of JSONL tasks, which have no held-apart samples
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    name: str
+    model: ModelSpec
+    tasks: tuple[TaskSpec, ...]
+    methods: tuple[MethodEntry, ...]
+    output: str
+    calibration: CalibrationSpec = field(default_factory=CalibrationSpec)
+    raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    def hash(self) -> str:
+        """Hash of the whole configuration as written (canonical JSON), 12 hex digits."""
+        return config_hash(self.raw)
+
+
+def config_hash(obj: Any) -> str:
+    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+# --- small typed readers that record errors instead of raising -------------------------------------------
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _type_name(v: Any) -> str:
+    return type(v).__name__
+
+
+class _Checker:
+    def __init__(self) -> None:
+        self.errors: list[str] = []
+
+    def error(self, path: str, message: str) -> None:
+        self.errors.append(f"{path}: {message}")
+
+    def mapping(self, value: Any, path: str) -> dict | None:
+        if not isinstance(value, dict):
+            self.error(path, f"expected a mapping, got {_type_name(value)} {value!r}")
+            return None
+        return value
+
+    def unknown_keys(self, value: dict, allowed: set[str] | tuple[str, ...], path: str) -> None:
+        for key in value:
+            if key not in allowed:
+                self.error(f"{path}.{key}", f"unknown key {key!r}; accepted: {', '.join(sorted(allowed))}")
+
+    def string(
+        self, value: Any, path: str, *, pattern: re.Pattern | None = None, accepted: str = ""
+    ) -> str | None:
+        if not isinstance(value, str) or not value:
+            self.error(path, f"expected a non-empty string, got {_type_name(value)} {value!r}")
+            return None
+        if pattern is not None and not pattern.match(value):
+            self.error(path, f"bad value {value!r}; accepted: {accepted}")
+            return None
+        return value
+
+    def integer(self, value: Any, path: str, *, minimum: int | None = None) -> int | None:
+        if not _is_int(value):
+            self.error(path, f"expected an integer, got {_type_name(value)} {value!r}")
+            return None
+        if minimum is not None and value < minimum:
+            self.error(path, f"bad value {value!r}; accepted: an integer >= {minimum}")
+            return None
+        return value
+
+    def boolean(self, value: Any, path: str) -> bool | None:
+        if not isinstance(value, bool):
+            self.error(path, f"expected true or false, got {_type_name(value)} {value!r}")
+            return None
+        return value
+
+    def list_of(self, value: Any, path: str) -> list | None:
+        if not isinstance(value, list) or not value:
+            self.error(path, f"expected a non-empty list, got {_type_name(value)} {value!r}")
+            return None
+        return value
+
+
+# --- sections ----------------------------------------------------------------------------------------------
+
+MODEL_KEYS = {f.name for f in dataclasses.fields(ModelSpec)}
+GEN_TASK_KEYS = {"task", "lengths", "samples", "seed", "haystack"}
+JSONL_TASK_KEYS = {"jsonl", "name", "samples"}
+CALIBRATION_KEYS = {f.name for f in dataclasses.fields(CalibrationSpec)}
+METHOD_RESERVED = {"method", "grid", "target_sparsity", "calibrate", "calibrate_range"}
+TOP_KEYS = {"name", "model", "tasks", "methods", "output", "calibration"}
+
+
+def _parse_model(c: _Checker, raw: Any) -> ModelSpec | None:
+    m = c.mapping(raw, "model")
+    if m is None:
+        return None
+    c.unknown_keys(m, MODEL_KEYS, "model")
+    if "pretrained" not in m:
+        c.error("model.pretrained", "missing; give a model directory, a cached hub id or 'default'")
+        return None
+    pretrained = c.string(m["pretrained"], "model.pretrained")
+    dtype = c.string(m.get("dtype", "float32"), "model.dtype")
+    if dtype is not None and dtype not in DTYPES:
+        c.error("model.dtype", f"bad value {dtype!r}; accepted: {', '.join(DTYPES)}")
+    device = c.string(
+        m.get("device", "cpu"), "model.device", pattern=DEVICE_PATTERN, accepted="cpu, cuda, cuda:N, mps"
+    )
+    if device is not None and device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            c.error(
+                "model.device", f"{device!r} asked for but no CUDA device is available here; accepted: cpu"
+            )
+        elif ":" in device and int(device.split(":")[1]) >= torch.cuda.device_count():
+            c.error("model.device", f"{device!r}: only {torch.cuda.device_count()} CUDA device(s) visible")
+    batch_size = c.integer(m.get("batch_size", 1), "model.batch_size", minimum=1)
+    router = m.get("router")
+    if router is not None:
+        router = c.string(router, "model.router")
+    chat = c.boolean(m.get("apply_chat_template", False), "model.apply_chat_template")
+    max_gen = m.get("max_gen_toks")
+    if max_gen is not None:
+        max_gen = c.integer(max_gen, "model.max_gen_toks", minimum=1)
+    if pretrained is None:
+        return None
+    return ModelSpec(
+        pretrained, dtype or "float32", device or "cpu", batch_size or 1, router, bool(chat), max_gen
+    )
+
+
+def _parse_task(c: _Checker, raw: Any, path: str, task_names: tuple[str, ...]) -> TaskSpec | None:
+    t = c.mapping(raw, path)
+    if t is None:
+        return None
+    if ("task" in t) == ("jsonl" in t):
+        c.error(path, f"give exactly one of 'task' (one of {', '.join(task_names)}) or 'jsonl' (a file path)")
+        return None
+    if "jsonl" in t:
+        c.unknown_keys(t, JSONL_TASK_KEYS, path)
+        file = c.string(t["jsonl"], f"{path}.jsonl")
+        samples = t.get("samples")
+        if samples is not None:
+            samples = c.integer(samples, f"{path}.samples", minimum=1)
+        label = c.string(
+            t.get("name", Path(file).stem if file else "jsonl"),
+            f"{path}.name",
+            pattern=NAME_PATTERN,
+            accepted="letters, digits, '.', '_', '-'",
+        )
+        if file is None or label is None:
+            return None
+        if not os.path.isfile(file):
+            c.error(f"{path}.jsonl", f"file {file!r} does not exist (relative paths start at {os.getcwd()})")
+            return None
+        return TaskSpec(label=label, lengths=(None,), samples=samples, seed=0, jsonl=os.path.abspath(file))
+    c.unknown_keys(t, GEN_TASK_KEYS, path)
+    name = c.string(t["task"], f"{path}.task")
+    if name is not None and name not in task_names:
+        c.error(f"{path}.task", f"unknown task {name!r}; accepted: {', '.join(task_names)}")
+        name = None
+    lengths: list[int] = []
+    if "lengths" not in t:
+        c.error(f"{path}.lengths", "missing; give a list of prompt lengths in tokens, e.g. [2048, 4096]")
+    else:
+        values = c.list_of(t["lengths"], f"{path}.lengths") or []
+        for j, v in enumerate(values):
+            length = c.integer(v, f"{path}.lengths[{j}]", minimum=1)
+            if length is not None:
+                if length in lengths:
+                    c.error(f"{path}.lengths[{j}]", f"length {length} listed twice")
+                lengths.append(length)
+    samples = c.integer(t.get("samples", 20), f"{path}.samples", minimum=1)
+    seed = c.integer(t.get("seed", 0), f"{path}.seed", minimum=0)
+    haystack = t.get("haystack")
+    if haystack is not None:
+        haystack = c.string(haystack, f"{path}.haystack")
+    if name is None or not lengths or samples is None or seed is None:
+        return None
+    return TaskSpec(
+        label=name if haystack is None else f"{name}.{haystack}",
+        lengths=tuple(lengths),
+        samples=samples,
+        seed=seed,
+        task=name,
+        haystack=haystack,
+    )
+
+
+def _param_fields(params_cls: type) -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in dataclasses.fields(params_cls)}
+
+
+def _coerce(f: dataclasses.Field, value: Any) -> Any:
+    # YAML reads ``scale: 1`` as an int; a float parameter keeps one spelling so that the cell name and
+    # hash of ``1`` and ``1.0`` agree.
+    if isinstance(f.default, float) and _is_int(value):
+        return float(value)
+    return value
+
+
+def _validate_params(params_cls: type, values: dict[str, Any]) -> str | None:
+    try:
+        params_cls(**values)
+    except (ValueError, TypeError) as exc:
+        return str(exc)
+    return None
+
+
+def _parse_method(c: _Checker, raw: Any, path: str) -> MethodEntry | None:
+    from dash_eval.kernels import get_method, method_names
+
+    m = c.mapping(raw, path)
+    if m is None:
+        return None
+    names = tuple(method_names())
+    name = c.string(m.get("method"), f"{path}.method")
+    if name is None:
+        return None
+    if name not in names:
+        c.error(f"{path}.method", f"unknown method {name!r}; accepted: {', '.join(names)}")
+        return None
+    params_cls = get_method(name).params_cls
+    fields = _param_fields(params_cls)
+    n_errors = len(c.errors)
+    c.unknown_keys({k: v for k, v in m.items() if k not in fields}, METHOD_RESERVED, path)
+    if len(c.errors) > n_errors:
+        c.errors[n_errors:] = [
+            e + (f"; parameters of {name}: {', '.join(fields) or '(none)'}" if e.startswith(path) else "")
+            for e in c.errors[n_errors:]
+        ]
+    fixed = {k: _coerce(fields[k], v) for k, v in m.items() if k in fields}
+    for key, value in fixed.items():
+        if isinstance(value, (list, dict)):
+            c.error(f"{path}.{key}", f"expected a single value, got {value!r}; put lists under 'grid'")
+    grid: dict[str, tuple] = {}
+    if "grid" in m:
+        g = c.mapping(m["grid"], f"{path}.grid") or {}
+        for key, values in g.items():
+            gpath = f"{path}.grid.{key}"
+            if key not in fields:
+                c.error(
+                    gpath, f"unknown parameter {key!r} of {name}; accepted: {', '.join(fields) or '(none)'}"
+                )
+                continue
+            if key in fixed:
+                c.error(gpath, f"{key!r} is both fixed ({path}.{key}) and in the grid; give it once")
+                continue
+            values = c.list_of(values, gpath)
+            if values is None:
+                continue
+            seen: list = []
+            for j, v in enumerate(values):
+                if v in seen:
+                    c.error(f"{gpath}[{j}]", f"value {v!r} listed twice")
+                seen.append(v)
+            grid[key] = tuple(_coerce(fields[key], v) for v in values)
+    targets: tuple[float, ...] = ()
+    knob = None
+    knob_range = None
+    if "target_sparsity" in m:
+        tpath = f"{path}.target_sparsity"
+        raw_t = m["target_sparsity"]
+        items = raw_t if isinstance(raw_t, list) else [raw_t]
+        parsed = []
+        for j, v in enumerate(items):
+            p = f"{tpath}[{j}]" if isinstance(raw_t, list) else tpath
+            if not _is_number(v) or not 0.0 < v < 1.0:
+                c.error(p, f"bad value {v!r}; accepted: a number strictly between 0 and 1")
+            else:
+                parsed.append(float(v))
+        targets = tuple(parsed)
+        knob = m.get("calibrate")
+        if knob is None:
+            knob = next((k for k in ("scale", "topk") if k in fields), None)
+            if knob is None:
+                c.error(
+                    tpath,
+                    f"method {name} has no 'scale' or 'topk' parameter to calibrate; name one with "
+                    f"'calibrate' (parameters: {', '.join(fields) or '(none)'})",
+                )
+        elif knob not in fields:
+            c.error(
+                f"{path}.calibrate", f"unknown parameter {knob!r} of {name}; accepted: {', '.join(fields)}"
+            )
+            knob = None
+        if knob is not None and (knob in fixed or knob in grid):
+            where = f"{path}.{knob}" if knob in fixed else f"{path}.grid.{knob}"
+            c.error(
+                where, f"{knob!r} is calibrated by target_sparsity; give either {knob} or target_sparsity"
+            )
+        if "calibrate_range" in m:
+            r = m["calibrate_range"]
+            if (
+                not isinstance(r, list)
+                or len(r) != 2
+                or not all(_is_number(x) for x in r)
+                or not 0 < r[0] < r[1]
+            ):
+                c.error(
+                    f"{path}.calibrate_range", f"bad value {r!r}; accepted: [low, high] with 0 < low < high"
+                )
+            else:
+                knob_range = (r[0], r[1])
+    elif "calibrate" in m or "calibrate_range" in m:
+        key = "calibrate" if "calibrate" in m else "calibrate_range"
+        c.error(f"{path}.{key}", "only meaningful with target_sparsity")
+
+    if len(c.errors) > n_errors:
+        return None
+    # Values one at a time first, so that an error points at the grid entry that causes it.
+    bad = False
+    if (msg := _validate_params(params_cls, fixed)) is not None:
+        c.error(path, f"invalid parameters {fixed}: {msg}")
+        bad = True
+    for key, values in grid.items():
+        for j, v in enumerate(values):
+            if (msg := _validate_params(params_cls, {**fixed, key: v})) is not None:
+                c.error(f"{path}.grid.{key}[{j}]", msg)
+                bad = True
+    if not bad:
+        entry = MethodEntry(name, fixed, grid, targets, knob, knob_range)
+        for point in grid_points(entry):
+            if (msg := _validate_params(params_cls, point)) is not None:
+                c.error(f"{path}.grid", f"the combination {point} is invalid: {msg}")
+                bad = True
+                break
+        if knob is not None and knob_range is not None:
+            for end in knob_range:
+                value = int(end) if isinstance(fields[knob].default, int) else float(end)
+                if (msg := _validate_params(params_cls, {**fixed, knob: value})) is not None:
+                    c.error(f"{path}.calibrate_range", f"{knob}={value!r} is invalid: {msg}")
+                    bad = True
+        if not bad:
+            return entry
+    return None
+
+
+def grid_points(entry: MethodEntry) -> list[dict[str, Any]]:
+    """The grid's points in a fixed order (the YAML's key order, last key fastest), each merged with the
+    fixed parameters."""
+    points: list[dict[str, Any]] = [dict(entry.fixed)]
+    for key, values in entry.grid.items():
+        points = [{**p, key: v} for p in points for v in values]
+    return points
+
+
+def _parse_calibration(c: _Checker, raw: Any, task_names: tuple[str, ...]) -> CalibrationSpec | None:
+    m = c.mapping(raw, "calibration")
+    if m is None:
+        return None
+    c.unknown_keys(m, CALIBRATION_KEYS, "calibration")
+    d = CalibrationSpec()
+    samples = c.integer(m.get("samples", d.samples), "calibration.samples", minimum=1)
+    seed = c.integer(m.get("seed", d.seed), "calibration.seed", minimum=0)
+    tol = m.get("tolerance", d.tolerance)
+    if not _is_number(tol) or not 0 < tol < 0.5:
+        c.error("calibration.tolerance", f"bad value {tol!r}; accepted: a number in (0, 0.5)")
+        tol = None
+    steps = c.integer(m.get("max_steps", d.max_steps), "calibration.max_steps", minimum=2)
+    task = c.string(m.get("task", d.task), "calibration.task")
+    if task is not None and task not in task_names:
+        c.error("calibration.task", f"unknown task {task!r}; accepted: {', '.join(task_names)}")
+    if None in (samples, seed, tol, steps, task):
+        return None
+    return CalibrationSpec(samples, seed, float(tol), steps, task)
+
+
+def model_context_length(model: ModelSpec) -> int | None:
+    """The model's context (``max_position_embeddings``), read from its config without loading weights."""
+    from dash_eval.dash_models import resolve_model_path
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(resolve_model_path(model.pretrained))
+    return getattr(config, "max_position_embeddings", None)
+
+
+def parse_config(raw: Any, *, source: str = "sweep config", check_model: bool = True) -> SweepConfig:
+    """Validate a loaded YAML document whole and return the typed config, or raise ``ConfigError`` listing
+    every problem. ``check_model`` reads the model's config to check lengths against its context."""
+    from dash_eval.tasks import task_names as _task_names
+
+    task_names = tuple(_task_names())
+    c = _Checker()
+    top = c.mapping(raw, "(top level)")
+    if top is None:
+        raise ConfigError(c.errors, source)
+    c.unknown_keys(top, TOP_KEYS, "(top level)")
+    for key in ("name", "model", "tasks", "methods"):
+        if key not in top:
+            c.error(key, "missing (required keys: name, model, tasks, methods)")
+    name = None
+    if "name" in top:
+        name = c.string(top["name"], "name", pattern=NAME_PATTERN, accepted="letters, digits, '.', '_', '-'")
+    model = _parse_model(c, top["model"]) if "model" in top else None
+    tasks: list[TaskSpec] = []
+    if "tasks" in top:
+        for i, t in enumerate(c.list_of(top["tasks"], "tasks") or []):
+            spec = _parse_task(c, t, f"tasks[{i}]", task_names)
+            if spec is not None:
+                if any(s.label == spec.label for s in tasks):
+                    c.error(
+                        f"tasks[{i}]", f"task {spec.label!r} listed twice; merge its lengths into one entry"
+                    )
+                tasks.append(spec)
+    methods: list[MethodEntry] = []
+    if "methods" in top:
+        for i, m in enumerate(c.list_of(top["methods"], "methods") or []):
+            entry = _parse_method(c, m, f"methods[{i}]")
+            if entry is not None:
+                methods.append(entry)
+    calibration = CalibrationSpec()
+    if "calibration" in top:
+        calibration = _parse_calibration(c, top["calibration"], task_names) or calibration
+    for i, t in enumerate(tasks):
+        if t.task is not None and t.seed == calibration.seed and any(m.target_sparsity for m in methods):
+            c.error(
+                f"tasks[{i}].seed",
+                f"seed {t.seed} equals calibration.seed; calibration samples must be "
+                "held apart from evaluation samples (pick another seed for one of them)",
+            )
+    output = top.get("output", f"results/{name}" if name else None)
+    if "output" in top:
+        output = c.string(top["output"], "output")
+    if model is not None and check_model and tasks:
+        try:
+            context = model_context_length(model)
+        except Exception as exc:  # noqa: BLE001 - any failure to read the model is a config error here
+            c.error("model.pretrained", f"cannot read the model config of {model.pretrained!r}: {exc}")
+            context = None
+        if context is not None:
+            for i, t in enumerate(tasks):
+                for j, length in enumerate(t.lengths):
+                    if length is not None and length > context:
+                        c.error(
+                            f"tasks[{i}].lengths[{j}]",
+                            f"length {length} exceeds the model's context "
+                            f"(max_position_embeddings={context}); accepted: at most {context}",
+                        )
+    if c.errors:
+        raise ConfigError(c.errors, source)
+    return SweepConfig(name, model, tuple(tasks), tuple(methods), output, calibration, raw=top)
+
+
+def load_config(path: str | os.PathLike, *, check_model: bool = True) -> SweepConfig:
+    """Read a sweep YAML file with ``yaml.safe_load`` (no object construction) and validate it whole."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError([f"config file {str(path)!r} does not exist"], str(path))
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError([f"not valid YAML: {exc}"], str(path)) from exc
+    return parse_config(raw, source=str(path), check_model=check_model)

@@ -1,0 +1,184 @@
+"""The results directory of a sweep: one directory per cell, written atomically.
+
+Layout::
+
+    <output>/
+      config.yaml              the sweep config as given (each shard writes the same file)
+      cells/<cell name>/
+        cell.json              the exact cell config, with the equivalent hand-typed lm_eval command
+        predictions.jsonl      one line per sample: prompt length, target, prediction, score, sparsity
+        lm_eval_results.json   lm-eval's results dict for the cell's task
+        metrics.json           the leaderboard row; written last, so its presence marks the cell complete
+        error.json             only for a failed cell: the error and its traceback (removed on success)
+      calibration/<key>.json   calibrated parameter values, reused when a sweep resumes
+      leaderboard.csv, report.md, iso_sparsity.csv, accuracy_vs_sparsity.png
+
+Every file is written to a temporary name in its directory and renamed into place, so a killed sweep
+never leaves a half-written file that looks complete.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+METRICS_FILE = "metrics.json"
+ERROR_FILE = "error.json"
+CELL_FILE = "cell.json"
+PREDICTIONS_FILE = "predictions.jsonl"
+LM_EVAL_FILE = "lm_eval_results.json"
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def _json_default(obj: Any) -> Any:
+    if hasattr(obj, "item"):  # numpy and torch scalars
+        return obj.item()
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    return str(obj)
+
+
+def to_json(obj: Any) -> str:
+    """JSON with NaN written as null (strict JSON readers reject NaN)."""
+    return json.dumps(_finite(obj), indent=2, sort_keys=False, default=_json_default, allow_nan=False) + "\n"
+
+
+def _finite(obj: Any) -> Any:
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {str(k): _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    if hasattr(obj, "item") and getattr(obj, "ndim", 0) == 0:
+        return _finite(obj.item())
+    return obj
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
+    atomic_write_text(path, to_json(obj))
+
+
+class ResultsStore:
+    """Reads and writes one sweep's results directory."""
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root)
+
+    @property
+    def cells_dir(self) -> Path:
+        return self.root / "cells"
+
+    def cell_dir(self, cell_name: str) -> Path:
+        return self.cells_dir / cell_name
+
+    def is_complete(self, cell_name: str, cell_hash: str) -> bool:
+        """A cell is complete when its metrics file parses and belongs to the same cell spec."""
+        row = self.read_metrics(cell_name)
+        return row is not None and row.get("config_hash") == cell_hash
+
+    def read_metrics(self, cell_name: str) -> dict | None:
+        path = self.cell_dir(cell_name) / METRICS_FILE
+        try:
+            return json.loads(path.read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return None
+
+    def write_cell(
+        self, cell_name: str, *, cell: dict, predictions: list[dict], lm_eval_results: dict, metrics: dict
+    ) -> None:
+        d = self.cell_dir(cell_name)
+        atomic_write_json(d / CELL_FILE, cell)
+        atomic_write_text(
+            d / PREDICTIONS_FILE,
+            "".join(
+                json.dumps(_finite(p), default=_json_default, allow_nan=False) + "\n" for p in predictions
+            ),
+        )
+        atomic_write_json(d / LM_EVAL_FILE, lm_eval_results)
+        # metrics last: its presence is what marks the cell complete
+        atomic_write_json(d / METRICS_FILE, metrics)
+        try:
+            (d / ERROR_FILE).unlink()
+        except FileNotFoundError:
+            pass
+
+    def write_failure(self, cell_name: str, *, cell: dict, error: dict) -> None:
+        d = self.cell_dir(cell_name)
+        atomic_write_json(d / CELL_FILE, cell)
+        atomic_write_json(d / ERROR_FILE, error)
+
+    def rows(self) -> list[dict]:
+        """Leaderboard rows of every complete cell in the directory (all shards), in a fixed order."""
+        rows = []
+        if self.cells_dir.is_dir():
+            for d in sorted(self.cells_dir.iterdir()):
+                row = self.read_metrics(d.name) if d.is_dir() else None
+                if row is not None:
+                    rows.append(row)
+        rows.sort(key=lambda r: (r.get("cell_index", 0), r.get("cell", "")))
+        return rows
+
+    def failures(self) -> list[dict]:
+        """Failed cells (an error file and no metrics), for the report."""
+        out = []
+        if self.cells_dir.is_dir():
+            for d in sorted(self.cells_dir.iterdir()):
+                err = d / ERROR_FILE
+                if d.is_dir() and err.is_file() and not (d / METRICS_FILE).is_file():
+                    try:
+                        out.append({"cell": d.name, **json.loads(err.read_text())})
+                    except json.JSONDecodeError:
+                        out.append({"cell": d.name, "error": "unreadable error.json"})
+        return out
+
+    def calibration_path(self, key: str) -> Path:
+        return self.root / "calibration" / f"{key}.json"
+
+    def read_calibration(self, key: str) -> dict | None:
+        try:
+            return json.loads(self.calibration_path(key).read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return None
+
+    def write_calibration(self, key: str, record: dict) -> None:
+        atomic_write_json(self.calibration_path(key), record)

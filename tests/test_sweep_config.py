@@ -1,0 +1,214 @@
+"""Sweep config validation: the whole file is checked before any cell runs, every error names its field
+path, the bad value and what is accepted."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import yaml
+from dash_eval.evals.sweep_config import ConfigError, load_config, parse_config
+
+GOOD = {
+    "name": "smollm2-niah",
+    "model": {"pretrained": "default", "dtype": "float32", "device": "cpu"},
+    "tasks": [{"task": "niah_single", "lengths": [1024, 2048], "samples": 2, "seed": 0}],
+    "methods": [
+        {"method": "full"},
+        {"method": "dash", "grid": {"alpha": [1.25, 1.5, 2.0], "block_size": [32, 64], "scale": [1.0, 4.0]}},
+        {"method": "infllmv2", "grid": {"block_size": [64], "topk": [2, 4, 8], "local_blocks": [2]}},
+        {"method": "nsa", "grid": {"topk": [2, 4, 8]}},
+    ],
+    "output": "results/smollm2-niah",
+}
+
+
+def _errors(raw, check_model=False) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        parse_config(raw, check_model=check_model)
+    return info.value.errors
+
+
+def _with(**changes):
+    raw = copy.deepcopy(GOOD)
+    raw.update(changes)
+    return raw
+
+
+def test_good_config_parses():
+    config = parse_config(copy.deepcopy(GOOD), check_model=True)
+    assert config.name == "smollm2-niah"
+    assert [m.method for m in config.methods] == ["full", "dash", "infllmv2", "nsa"]
+    assert config.methods[1].grid["alpha"] == (1.25, 1.5, 2.0)
+    assert config.tasks[0].lengths == (1024, 2048)
+    assert config.output == "results/smollm2-niah"
+
+
+def test_issue_example_jsonl_entry(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "ruler.jsonl").write_text('{"input": "x", "outputs": ["y"]}\n')
+    raw = _with(tasks=[*GOOD["tasks"], {"jsonl": "data/ruler.jsonl"}])
+    config = parse_config(raw, check_model=False)
+    assert config.tasks[1].label == "ruler" and config.tasks[1].lengths == (None,)
+    assert config.tasks[1].jsonl == str(tmp_path / "data" / "ruler.jsonl")
+
+
+def test_grid_value_error_names_the_index():
+    raw = copy.deepcopy(GOOD)
+    raw["methods"][1]["grid"]["alpha"] = [1.5, 2.0, 2.5]
+    errors = _errors(raw)
+    assert len(errors) == 1
+    assert errors[0].startswith("methods[1].grid.alpha[2]:")
+    assert "2.5" in errors[0] and "(1, 2]" in errors[0]
+
+
+def test_every_error_is_reported_at_once():
+    raw = copy.deepcopy(GOOD)
+    raw["colour"] = "blue"
+    raw["model"]["dtype"] = "float64"
+    raw["model"]["device"] = "gpu"
+    raw["model"]["batch"] = 4
+    raw["tasks"][0]["lengths"] = [1024, "2k"]
+    raw["tasks"][0]["samples"] = 0
+    raw["methods"][0] = {"method": "ful"}
+    raw["methods"][2]["grid"]["topk"] = [2, -1]
+    raw["methods"][3]["windw"] = 64
+    errors = _errors(raw)
+    text = "\n".join(errors)
+    for expected in [
+        "(top level).colour: unknown key 'colour'",
+        "model.dtype: bad value 'float64'; accepted: float32, bfloat16, float16, auto",
+        "model.device: bad value 'gpu'",
+        "model.batch: unknown key 'batch'",
+        "tasks[0].lengths[1]: expected an integer, got str '2k'",
+        "tasks[0].samples: bad value 0; accepted: an integer >= 1",
+        "methods[0].method: unknown method 'ful'; accepted:",
+        "methods[2].grid.topk[1]:",
+        "methods[3].windw: unknown key 'windw'",
+    ]:
+        assert expected in text, f"missing {expected!r} in:\n{text}"
+    assert "window" in next(e for e in errors if e.startswith("methods[3].windw"))  # lists nsa's parameters
+    assert len(errors) == 9
+
+
+def test_wrong_types_and_missing_keys():
+    errors = _errors({"name": "x y", "model": "default", "tasks": {}, "methods": []})
+    text = "\n".join(errors)
+    assert "name: bad value 'x y'" in text
+    assert "model: expected a mapping, got str 'default'" in text
+    assert "tasks: expected a non-empty list" in text
+    assert "methods: expected a non-empty list" in text
+    assert _errors(["not", "a", "mapping"])[0].startswith("(top level): expected a mapping")
+    errors = _errors({"model": {"dtype": "float32"}})
+    assert {e.split(":")[0] for e in errors} >= {"name", "tasks", "methods", "model.pretrained"}
+
+
+def test_task_errors():
+    errors = _errors(
+        _with(
+            tasks=[
+                {"task": "niah_nope", "lengths": [1024]},
+                {"task": "niah_single"},
+                {"task": "niah_single", "jsonl": "a.jsonl", "lengths": [1]},
+                {"jsonl": "does/not/exist.jsonl"},
+                {"task": "niah_single", "lengths": [512, 512], "seed": -1},
+            ]
+        )
+    )
+    text = "\n".join(errors)
+    assert "tasks[0].task: unknown task 'niah_nope'; accepted:" in text and "niah_single" in text
+    assert "tasks[1].lengths: missing" in text
+    assert "tasks[2]: give exactly one of 'task'" in text
+    assert "tasks[3].jsonl: file 'does/not/exist.jsonl' does not exist" in text
+    assert "tasks[4].lengths[1]: length 512 listed twice" in text
+    assert "tasks[4].seed: bad value -1" in text
+
+
+def test_length_above_model_context():
+    raw = _with(tasks=[{"task": "niah_single", "lengths": [1024, 100_000]}])
+    errors = _errors(raw, check_model=True)
+    assert len(errors) == 1
+    assert errors[0].startswith("tasks[0].lengths[1]: length 100000 exceeds the model's context")
+    assert "max_position_embeddings=8192" in errors[0]
+
+
+def test_method_parameter_errors():
+    errors = _errors(
+        _with(
+            methods=[
+                {"method": "dash", "grid": {"alpha": 1.5}},
+                {"method": "dash", "scale": [1, 2]},
+                {"method": "dash", "scale": 2.0, "grid": {"scale": [1.0]}},
+                {"method": "infllmv2", "grid": {"block_size": [64, 40]}},
+                {"method": "dash", "grid": {"sclae": [1.0]}},
+                {"method": "dash", "sigma": 0},
+                {"method": "full", "grid": {"block_size": [64, 64]}},
+            ]
+        )
+    )
+    text = "\n".join(errors)
+    assert "methods[0].grid.alpha: expected a non-empty list, got float 1.5" in text
+    assert "methods[1].scale: expected a single value, got [1, 2]; put lists under 'grid'" in text
+    assert "methods[2].grid.scale: 'scale' is both fixed" in text
+    assert "methods[3].grid.block_size[1]:" in text and "kernel_stride" in text
+    assert "methods[4].grid.sclae: unknown parameter 'sclae' of dash; accepted:" in text
+    assert "methods[5]: invalid parameters" in text and "sigma" in text
+    assert "methods[6].grid.block_size[1]: value 64 listed twice" in text
+
+
+def test_target_sparsity_errors():
+    errors = _errors(
+        _with(
+            methods=[
+                {"method": "dash", "target_sparsity": 1.5},
+                {"method": "dash", "target_sparsity": [0.5], "scale": 2.0},
+                {"method": "full", "target_sparsity": 0.5},
+                {"method": "nsa", "calibrate": "topk"},
+                {"method": "dash", "target_sparsity": 0.5, "calibrate_range": [4, 1]},
+            ]
+        )
+    )
+    text = "\n".join(errors)
+    assert "methods[0].target_sparsity: bad value 1.5; accepted: a number strictly between 0 and 1" in text
+    assert "methods[1].scale: 'scale' is calibrated by target_sparsity" in text
+    assert "methods[2].target_sparsity: method full has no 'scale' or 'topk' parameter" in text
+    assert "methods[3].calibrate: only meaningful with target_sparsity" in text
+    assert "methods[4].calibrate_range: bad value [4, 1]" in text
+    # top-k methods calibrate topk by default, dash calibrates scale
+    config = parse_config(
+        _with(
+            methods=[
+                {"method": "nsa", "target_sparsity": 0.75},
+                {"method": "dash", "target_sparsity": [0.5, 0.9]},
+            ]
+        ),
+        check_model=False,
+    )
+    assert [m.calibrate for m in config.methods] == ["topk", "scale"]
+
+
+def test_calibration_seed_must_differ_from_task_seed():
+    raw = _with(methods=[{"method": "dash", "target_sparsity": 0.75}], calibration={"seed": 0})
+    errors = _errors(raw)
+    assert errors == [
+        next(e for e in errors if e.startswith("tasks[0].seed: seed 0 equals calibration.seed"))
+    ]
+    errors = _errors(_with(calibration={"samples": 0, "tolerance": 2, "sead": 1}))
+    text = "\n".join(errors)
+    assert "calibration.samples: bad value 0" in text
+    assert "calibration.tolerance: bad value 2" in text
+    assert "calibration.sead: unknown key" in text
+
+
+def test_load_config_reads_yaml_safely(tmp_path):
+    path = tmp_path / "evil.yaml"
+    path.write_text("name: !!python/object/apply:os.system ['touch pwned']\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(path, check_model=False)
+    assert not (tmp_path / "pwned").exists()
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "missing.yaml")
+    good = tmp_path / "good.yaml"
+    good.write_text(yaml.safe_dump(GOOD))
+    assert load_config(good, check_model=False).name == "smollm2-niah"

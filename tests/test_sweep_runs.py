@@ -1,0 +1,208 @@
+"""The sweep loop with a stand-in cell runner (no model): results directory, leaderboard columns,
+resuming, shards, failed cells, interruption, reports. The real model runs in test_sweep_e2e.py."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+from dash_eval.evals.leaderboard import RESULT_COLUMNS, TIMING_COLUMNS
+from dash_eval.evals.report import write_reports
+from dash_eval.evals.sweep import CellResult, SweepSummary, run_sweep
+from dash_eval.evals.sweep_cells import expand_cells
+from dash_eval.evals.sweep_config import parse_config
+from dash_eval.evals.sweep_store import ResultsStore
+
+
+def _config(output, **extra):
+    raw = {
+        "name": "fake",
+        "model": {"pretrained": "default"},
+        "tasks": [{"task": "niah_single", "lengths": [512, 1024], "samples": 3, "seed": 0}],
+        "methods": [
+            {"method": "full"},
+            {"method": "dash", "grid": {"scale": [0.5, 8.0]}, "init_blocks": 1, "local_blocks": 2},
+            {"method": "nsa", "grid": {"topk": [2]}, "window": 64},
+            {"method": "dash", "target_sparsity": 0.75},
+        ],
+        "output": str(output),
+        **extra,
+    }
+    return parse_config(raw, check_model=False)
+
+
+class FakeRunner:
+    """Deterministic figures from the parameters: sparsity rises with scale and falls with topk."""
+
+    device_name = "fake-device"
+
+    def __init__(self, fail_on=None, interrupt_on=None):
+        self.calls = []
+        self.fail_on = fail_on
+        self.interrupt_on = interrupt_on
+
+    @staticmethod
+    def sparsity(method, params, length):
+        if method == "full":
+            return 0.0
+        if "scale" in params:
+            return 1 - 1 / (1 + params["scale"]) * 512 / length
+        return 1 - (params["topk"] + 3) * 64 / length
+
+    def run_cell(self, cell, on_samples):
+        self.calls.append(cell.index)
+        if cell.index == self.fail_on:
+            raise RuntimeError("CUDA out of memory (injected)")
+        if cell.index == self.interrupt_on:
+            raise KeyboardInterrupt
+        params = dict(cell.params)
+        calibration = None
+        if cell.target_sparsity is not None:
+            params["scale"] = 3.0
+            calibration = {"parameter": "scale", "value": 3.0, "sparsity": 0.75, "time_s": 0.5}
+        s = self.sparsity(cell.method, params, cell.length)
+        for _ in range(cell.samples):
+            on_samples(1)
+        acc = round(1 - s * s, 6)
+        return CellResult(
+            metrics={
+                "accuracy": acc,
+                "accuracy_stderr": 0.01,
+                "sparsity": s,
+                "active_blocks_mean": 3.5,
+                "active_blocks_p10": 2,
+                "active_blocks_p50": 3,
+                "active_blocks_p90": 5,
+                "decode_sparsity": s,
+                "wall_time_s": 0.1 * len(self.calls),
+                "tokens_per_s": 1000.0,
+                "metric": "score",
+            },
+            params=params,
+            predictions=[{"doc_id": i, "prediction": "x", "score": acc} for i in range(cell.samples)],
+            lm_eval_results={"results": {"dash_niah_single": {"score,none": acc}}},
+            command="lm_eval --model dash ...",
+            calibration=calibration,
+        )
+
+
+def _rows(path, drop_timing=True):
+    with open(path) as f:
+        rows = list(csv.DictReader(f))
+    if drop_timing:
+        for r in rows:
+            for c in TIMING_COLUMNS:
+                r.pop(c, None)
+    return rows
+
+
+def _sweep(config, runner, **kw):
+    return run_sweep(config, runner_factory=lambda cfg, store: runner, progress=False, log=lambda s: None, **kw)
+
+
+def test_sweep_writes_cells_leaderboard_and_reports(tmp_path):
+    config = _config(tmp_path / "out")
+    runner = FakeRunner()
+    summary = _sweep(config, runner)
+    n = len(expand_cells(config))
+    assert n == 10 and summary.done == n and summary.failed == 0 and summary.exit_status == 0
+    root = tmp_path / "out"
+    cells = sorted((root / "cells").iterdir())
+    assert len(cells) == n
+    for d in cells:
+        assert {p.name for p in d.iterdir()} == {
+            "cell.json",
+            "predictions.jsonl",
+            "lm_eval_results.json",
+            "metrics.json",
+        }
+        record = json.loads((d / "cell.json").read_text())
+        assert record["cell"] == d.name and record["spec"]["model"]["pretrained"] == "default"
+    with open(root / "leaderboard.csv") as f:
+        header = next(csv.reader(f))
+    params = [
+        "alpha",
+        "block_size",
+        "init_blocks",
+        "kernel_size",
+        "kernel_stride",
+        "local_blocks",
+        "router",
+        "scale",
+        "sigma",
+        "topk",
+        "window",
+    ]
+    assert header == ["model", "method", *params, *RESULT_COLUMNS]
+    rows = _rows(root / "leaderboard.csv")
+    assert [r["method"] for r in rows[:2]] == ["full", "full"]
+    assert rows[0]["sparsity"] == "0.0" and rows[0]["scale"] == "" and rows[0]["block_size"] == "64"
+    targeted = [r for r in rows if r["target_sparsity"]]
+    assert len(targeted) == 2 and all(r["scale"] == "3.0" and r["calibration_sparsity"] == "0.75" for r in targeted)
+    assert {r["device"] for r in rows} == {"fake-device"}
+    report = (root / "report.md").read_text()
+    assert "## niah_single at 512 tokens (3 samples)" in report and "## Iso-sparsity accuracy" in report
+    assert (root / "accuracy_vs_sparsity.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    iso = _rows(root / "iso_sparsity.csv")
+    assert {r["method"] for r in iso} == {"full", "dash", "nsa"}
+
+
+def test_resume_recomputes_nothing(tmp_path):
+    config = _config(tmp_path / "out")
+    _sweep(config, FakeRunner())
+    before = {p: p.stat().st_mtime_ns for p in (tmp_path / "out" / "cells").rglob("metrics.json")}
+    made = []
+    summary = run_sweep(config, runner_factory=lambda cfg, store: made.append(1), progress=False, log=lambda s: None)
+    assert made == []  # no cell to run: no runner (no model load) at all
+    assert summary.skipped == summary.total == 10 and summary.done == 0
+    assert before == {p: p.stat().st_mtime_ns for p in (tmp_path / "out" / "cells").rglob("metrics.json")}
+
+
+def test_shards_merge_into_the_same_leaderboard(tmp_path):
+    whole = _config(tmp_path / "whole")
+    _sweep(whole, FakeRunner())
+    split = _config(tmp_path / "split")
+    runners = [FakeRunner(), FakeRunner()]
+    for i, runner in enumerate(runners, 1):
+        _sweep(split, runner, shard=(i, 2))
+    assert sorted(runners[0].calls + runners[1].calls) == list(range(10))
+    assert not set(runners[0].calls) & set(runners[1].calls)
+    write_reports(tmp_path / "split")
+    assert _rows(tmp_path / "split" / "leaderboard.csv") == _rows(tmp_path / "whole" / "leaderboard.csv")
+
+
+def test_failed_cell_is_recorded_and_the_sweep_goes_on(tmp_path):
+    config = _config(tmp_path / "out")
+    summary = _sweep(config, FakeRunner(fail_on=3))
+    assert summary.failed == 1 and summary.done == 9 and summary.exit_status == 1
+    store = ResultsStore(tmp_path / "out")
+    [failure] = store.failures()
+    assert "CUDA out of memory (injected)" in failure["error"] and "Traceback" in failure["traceback"]
+    assert "## Failed cells" in (tmp_path / "out" / "report.md").read_text()
+    assert len(_rows(tmp_path / "out" / "leaderboard.csv")) == 9
+    # a rerun retries only the failed cell and then matches an uninterrupted sweep
+    runner = FakeRunner()
+    summary = _sweep(config, runner)
+    assert runner.calls == [3] and summary.failed == 0 and store.failures() == []
+    _sweep(_config(tmp_path / "clean"), FakeRunner())
+    assert _rows(tmp_path / "out" / "leaderboard.csv") == _rows(tmp_path / "clean" / "leaderboard.csv")
+
+
+def test_interrupted_sweep_resumes_to_the_same_leaderboard(tmp_path):
+    config = _config(tmp_path / "out")
+    with pytest.raises(KeyboardInterrupt):
+        _sweep(config, FakeRunner(interrupt_on=5))
+    assert len(ResultsStore(tmp_path / "out").rows()) == 5
+    runner = FakeRunner()
+    _sweep(config, runner)
+    assert runner.calls == list(range(5, 10))
+    _sweep(_config(tmp_path / "clean"), FakeRunner())
+    assert _rows(tmp_path / "out" / "leaderboard.csv") == _rows(tmp_path / "clean" / "leaderboard.csv")
+
+
+def test_exit_status_counts_failures_capped():
+    assert SweepSummary(failed=0).exit_status == 0
+    assert SweepSummary(failed=7).exit_status == 7
+    assert SweepSummary(failed=100).exit_status == 100
+    assert SweepSummary(failed=300).exit_status == 100  # stays a valid status, never reads as a signal

@@ -1,0 +1,166 @@
+"""The model-free parts of sweeps: grid expansion, cell names, sharding, Pareto frontiers, iso-sparsity
+interpolation and target-sparsity bisection."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from dash_eval.evals.report import interpolate_frontier, pareto_frontier
+from dash_eval.evals.sweep_calibrate import bisect_sparsity
+from dash_eval.evals.sweep_cells import expand_cells, parse_shard, shard_cells
+from dash_eval.evals.sweep_config import MethodEntry, grid_points, parse_config
+
+
+def _config(methods, tasks=None, **extra):
+    raw = {
+        "name": "unit",
+        "model": {"pretrained": "default"},
+        "tasks": tasks or [{"task": "niah_single", "lengths": [512, 1024], "samples": 2, "seed": 0}],
+        "methods": methods,
+        **extra,
+    }
+    return parse_config(raw, check_model=False)
+
+
+def test_grid_points_order_and_fixed_params():
+    entry = MethodEntry("dash", {"alpha": 1.5}, {"block_size": (32, 64), "scale": (0.5, 1.0, 2.0)})
+    points = grid_points(entry)
+    assert len(points) == 6
+    assert points[0] == {"alpha": 1.5, "block_size": 32, "scale": 0.5}
+    assert points[1] == {"alpha": 1.5, "block_size": 32, "scale": 1.0}  # last key varies fastest
+    assert points[-1] == {"alpha": 1.5, "block_size": 64, "scale": 2.0}
+    assert grid_points(MethodEntry("full", {}, {})) == [{}]
+
+
+def test_expand_cells_counts_names_and_defaults():
+    config = _config(
+        [
+            {"method": "full"},
+            {"method": "dash", "grid": {"alpha": [1.5, 2.0], "scale": [1, 4.0]}, "local_blocks": 2},
+            {"method": "infllmv2", "grid": {"topk": [2, 4]}, "local_blocks": 2},
+            {"method": "dash", "target_sparsity": [0.75, 0.9]},
+        ]
+    )
+    cells = expand_cells(config)
+    # (1 + 4 + 2 + 2 targets) points x 2 lengths
+    assert len(cells) == 18
+    assert [c.index for c in cells] == list(range(18))
+    names = [c.name(config) for c in cells]
+    assert len(set(names)) == len(names)
+    hashes = {c.hash(config) for c in cells}
+    assert len(hashes) == len(cells)
+    dash = [c for c in cells if c.method == "dash" and c.target_sparsity is None]
+    # YAML's int 1 for a float parameter is stored as 1.0, and every default is filled in
+    assert {c.params["scale"] for c in dash} == {1.0, 4.0}
+    assert all(c.params["sigma"] == 1e6 and c.params["local_blocks"] == 2 for c in dash)
+    name = dash[0].name(config)
+    for part in (
+        "niah_single-L512-n2-s0",
+        "dash",
+        "alpha=1.5",
+        "scale=1.0",
+        "local_blocks=2",
+        "block_size=64",
+    ):
+        assert part in name
+    targeted = [c for c in cells if c.target_sparsity is not None]
+    assert {c.target_sparsity for c in targeted} == {0.75, 0.9}
+    assert all("scale" not in c.params and c.calibrate == "scale" for c in targeted)
+    assert all(
+        "target_sparsity=0.75" in c.name(config) or "target_sparsity=0.9" in c.name(config) for c in targeted
+    )
+    # the same config expands to the same names (what resuming relies on)
+    assert [c.name(config) for c in expand_cells(config)] == names
+
+
+def test_cell_identity_covers_model_and_seed():
+    a = _config([{"method": "full"}])
+    b = _config(
+        [{"method": "full"}], tasks=[{"task": "niah_single", "lengths": [512, 1024], "samples": 2, "seed": 1}]
+    )
+    c = parse_config({**a.raw, "model": {"pretrained": "default", "dtype": "bfloat16"}}, check_model=False)
+    names = [cfg_cells[0].name(cfg) for cfg, cfg_cells in ((x, expand_cells(x)) for x in (a, b, c))]
+    assert len(set(names)) == 3
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 5])
+def test_shards_are_disjoint_and_complete(n):
+    config = _config([{"method": "full"}, {"method": "dash", "grid": {"scale": [0.5, 1.0, 2.0, 4.0]}}])
+    cells = expand_cells(config)
+    parts = [shard_cells(cells, (i, n)) for i in range(1, n + 1)]
+    indices = sorted(c.index for part in parts for c in part)
+    assert indices == list(range(len(cells)))
+    assert shard_cells(cells, (1, n)) == parts[0]  # deterministic
+
+
+@pytest.mark.parametrize("text", ["0/2", "3/2", "1/0", "a/b", "1", "", "-1/2"])
+def test_parse_shard_rejects(text):
+    with pytest.raises(ValueError, match="--shard"):
+        parse_shard(text)
+
+
+def test_parse_shard_accepts():
+    assert parse_shard("2/4") == (2, 4)
+    assert parse_shard(" 1 / 1 ") == (1, 1)
+
+
+def test_pareto_frontier():
+    points = [(0.0, 1.0), (0.5, 0.9), (0.5, 0.95), (0.6, 0.7), (0.7, 0.8), (0.9, 0.2), (0.8, 0.2), (0.9, 0.2)]
+    assert pareto_frontier(points) == [(0.0, 1.0), (0.5, 0.95), (0.7, 0.8), (0.9, 0.2)]
+    # accuracy never rises along the frontier
+    front = pareto_frontier([(i / 10, ((7 * i) % 10) / 10) for i in range(10)])
+    assert all(a1 > a2 and s1 < s2 for (s1, a1), (s2, a2) in zip(front, front[1:]))
+    assert pareto_frontier([]) == []
+    # equal accuracy at higher sparsity dominates
+    assert pareto_frontier([(0.2, 0.5), (0.4, 0.5)]) == [(0.4, 0.5)]
+
+
+def test_interpolate_frontier():
+    front = [(0.5, 1.0), (0.75, 0.5), (0.9, 0.2)]
+    assert interpolate_frontier(front, 0.5) == 1.0
+    assert interpolate_frontier(front, 0.625) == pytest.approx(0.75)
+    assert interpolate_frontier(front, 0.875) == pytest.approx(0.25)
+    assert interpolate_frontier(front, 0.9) == pytest.approx(0.2)
+    assert interpolate_frontier(front, 0.4) is None  # below the measured range
+    assert interpolate_frontier(front, 0.95) is None  # beyond it
+    assert interpolate_frontier(front, 0.905) == pytest.approx(0.2)  # within the end tolerance
+    assert interpolate_frontier([(0.75, 0.6)], 0.75) == 0.6
+    assert interpolate_frontier([], 0.5) is None
+
+
+def test_bisect_real_parameter_rising():
+    calls = []
+
+    def measure(scale):
+        calls.append(scale)
+        return 1 - 1 / (1 + scale)  # sparsity rises with scale, like dash
+
+    cal = bisect_sparsity(
+        measure, 0.75, parameter="scale", low=0.01, high=100.0, integer=False, tolerance=0.005
+    )
+    assert cal.reached and abs(cal.sparsity - 0.75) <= 0.005
+    assert cal.value == pytest.approx(3.0, rel=0.1)
+    assert len(calls) == len(set(calls)) == len(cal.steps) <= 14
+
+
+def test_bisect_integer_parameter_falling():
+    def measure(topk):
+        return 1 - (topk + 3) / 32  # sparsity falls as topk grows, like top-k methods
+
+    cal = bisect_sparsity(measure, 0.75, parameter="topk", low=1, high=32, integer=True, tolerance=0.001)
+    assert cal.value == 5 and cal.reached and isinstance(cal.value, int)
+    cal = bisect_sparsity(measure, 0.6, parameter="topk", low=1, high=32, integer=True, tolerance=0.001)
+    assert cal.value == 10 and cal.reached  # topk 9 gives 0.625, 10 gives 0.594: 10 is closest
+
+
+def test_bisect_out_of_reach_returns_closest_end():
+    cal = bisect_sparsity(
+        lambda s: 0.3 + 0.1 * math.tanh(s), 0.95, parameter="scale", low=0.01, high=100.0, integer=False
+    )
+    assert not cal.reached and cal.value == 100.0 and len(cal.steps) == 2
+
+
+def test_bisect_rejects_bad_target():
+    with pytest.raises(ValueError, match="target_sparsity"):
+        bisect_sparsity(lambda s: s, 1.5, parameter="scale", low=0.1, high=1.0, integer=False)
