@@ -1,0 +1,310 @@
+"""The fine stage: causal flash-attention forward over the selected blocks only.
+
+One program owns one KV head and a tile of ``TQ`` query positions; its ``M = GP * TQ`` rows are the
+GQA group's query heads for those positions (``GP`` = group size rounded up to a power of two), so
+the group shares every key/value tile it loads and small groups still fill a tensor-core tile. The
+program walks its tile's visit list (``selection.tile_union``) and masks per query inside each block:
+the query's own bit, causality, and NSA's window.
+
+Bias modes: 0 none, 1 a dense ``[B, Hkv, Nq, nblocks]`` float bias (the reference's format; used in
+tests), 2 DashAttention's prior recomputed on the fly from the block summaries, the per-(head, query)
+entmax thresholds and the per-query mean log-probability that the routing kernel wrote, so no float
+per query and block is ever stored.
+
+With ``splits > 1`` each program takes a slice of the visit list and writes an unnormalised partial
+(flash-decoding); ``combine_partials`` merges them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+import triton
+import triton.language as tl
+from dash_eval.kernels._triton.launch import dot_mode, interpreting, last_dim_contiguous, next_pow2
+from dash_eval.kernels._triton.ops import mma
+from dash_eval.kernels._triton.selection import tile_union
+
+LOG2E = 1.4426950408889634
+
+
+@dataclasses.dataclass
+class DashPrior:
+    """What the fine stage needs to rebuild DashAttention's prior ``beta`` for any (query, block)."""
+
+    kbar: torch.Tensor  # [B, Hkv, nc, D] float32 block summaries
+    tau: torch.Tensor  # [B, Hq, Nq] float32 entmax thresholds (on (alpha-1)*z)
+    mean_log: torch.Tensor  # [B, Hkv, Nq] float32 mean log pbar over the routed blocks
+    route_scale: float  # (alpha - 1) * scale * softmax_scale
+    alpha: float
+    sigma: float
+    init_blocks: int
+    local_blocks: int
+
+
+@triton.jit
+def _attend_block(
+    li, list_base, q, qf, tau, mean_log, cur_q, m_i, l_i, acc, K, V, BIAS, KBAR, word_base,
+    b, h, bh, qi, q_ok, abs_i, row_ok, d, dmask, qk_scale, Nq, Nk, nblocks, nc, window,
+    ent_exp, inv_sigma, init_blocks, local_blocks, s_kb, s_kh, s_kn, s_vb, s_vh, s_vn,
+    G: tl.constexpr, GP: tl.constexpr, TQ: tl.constexpr, D: tl.constexpr, BLOCK_N: tl.constexpr,
+    BIAS_MODE: tl.constexpr, ENT_SQUARE: tl.constexpr, DOT_MODE: tl.constexpr,
+):
+    M: tl.constexpr = GP * TQ
+    j = tl.load(list_base + li)
+    offs_n = j * BLOCK_N + tl.arange(0, BLOCK_N)
+    kv_ok = (offs_n < Nk)[:, None] & dmask[None, :]
+    k = tl.load(K + b * s_kb + h * s_kh + offs_n[:, None] * s_kn + d[None, :], mask=kv_ok, other=0.0)
+    s = mma(q, tl.trans(k), DOT_MODE) * qk_scale
+
+    word = tl.load(word_base + j // 32, mask=q_ok, other=0)
+    sel_q = ((word >> (j % 32)) & 1) != 0
+    sel = tl.reshape(tl.broadcast_to(sel_q[:, None], (TQ, GP)), (M,))
+    causal = offs_n[None, :] <= abs_i[:, None]
+    in_window = offs_n[None, :] > abs_i[:, None] - window
+    allowed = causal & (sel[:, None] | in_window) & row_ok[:, None]
+
+    if BIAS_MODE == 1:
+        bq = tl.load(BIAS + (bh * Nq + qi) * nblocks + j, mask=q_ok, other=0.0)
+        brow = tl.reshape(tl.broadcast_to(bq[:, None], (TQ, GP)), (M,))
+        s = s + brow[:, None] * 1.4426950408889634
+    elif BIAS_MODE == 2:
+        kb = tl.load(KBAR + (bh * nc + j) * D + d, mask=dmask & (j < nc), other=0.0)
+        x = tl.sum(qf * kb[None, :], 1)
+        tt = tl.maximum(x - tau, 0.0)
+        if ENT_SQUARE:
+            p = tt * tt
+        else:
+            p = tl.where(tt > 0, tl.exp2(ent_exp * tl.log2(tl.maximum(tt, 1e-38))), 0.0)
+        p = tl.where(row_ok, p, 0.0)
+        pbar = tl.sum(tl.reshape(p, (TQ, GP)), 1) / G
+        forced = (j <= cur_q) & ((j < init_blocks) | (j > cur_q - local_blocks))
+        beta = (tl.log(tl.maximum(pbar, 1.1754943508222875e-38)) - mean_log) * inv_sigma
+        beta = tl.where((pbar > 0) & (~forced) & (j < nc), beta, 0.0)
+        brow = tl.reshape(tl.broadcast_to(beta[:, None], (TQ, GP)), (M,))
+        s = s + brow[:, None] * 1.4426950408889634
+
+    s = tl.where(allowed, s, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(s, 1))
+    m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
+    rescale = tl.exp2(m_i - m_use)
+    p_att = tl.exp2(s - m_use[:, None])
+    l_i = l_i * rescale + tl.sum(p_att, 1)
+    acc = acc * rescale[:, None]
+    v = tl.load(V + b * s_vb + h * s_vh + offs_n[:, None] * s_vn + d[None, :], mask=kv_ok, other=0.0)
+    acc += mma(p_att.to(v.dtype), v, DOT_MODE)
+    m_i = m_new
+    return m_i, l_i, acc
+
+
+@triton.jit
+def _sparse_attn_fwd_kernel(
+    Q, K, V, Out, WORDS, TLIST, TCOUNT,
+    BIAS, KBAR, TAU, MEANLOG,
+    PO, PM, PL,
+    qk_scale, Nq, Nk, n_tiles, q_off, n_words, nblocks, nc, window, n_rows,
+    route_scale, ent_exp, inv_sigma, init_blocks, local_blocks,
+    s_qb, s_qh, s_qn, s_kb, s_kh, s_kn, s_vb, s_vh, s_vn, s_ob, s_oh, s_on,
+    HKV,
+    G: tl.constexpr, GP: tl.constexpr, TQ: tl.constexpr, D: tl.constexpr, DP: tl.constexpr,
+    BLOCK_N: tl.constexpr, BIAS_MODE: tl.constexpr, SPLITS: tl.constexpr, ENT_SQUARE: tl.constexpr,
+    DOT_MODE: tl.constexpr, PIPELINE: tl.constexpr,
+):
+    M: tl.constexpr = GP * TQ
+    t = n_tiles - 1 - tl.program_id(0)  # the longest (latest) tiles first
+    bh = tl.program_id(1)
+    split = tl.program_id(2)
+    b = bh // HKV
+    h = bh % HKV
+
+    r = tl.arange(0, M)
+    tq = r // GP
+    g = r % GP
+    pos = t * TQ + tq
+    row_ok = (g < G) & (pos < Nq)
+    abs_i = pos + q_off
+    head = h * G + g
+    d = tl.arange(0, DP)
+    dmask = d < D
+    q = tl.load(
+        Q + b * s_qb + head[:, None] * s_qh + pos[:, None] * s_qn + d[None, :],
+        mask=row_ok[:, None] & dmask[None, :], other=0.0,
+    )
+    qi = t * TQ + tl.arange(0, TQ)  # the tile's queries, one per row group
+    q_ok = qi < Nq
+    word_base = WORDS + (bh * Nq + qi) * n_words
+
+    qf = q
+    tau = tl.zeros((M,), tl.float32)
+    mean_log = tl.zeros((TQ,), tl.float32)
+    cur_q = qi
+    if BIAS_MODE == 2:
+        qf = q.to(tl.float32) * route_scale
+        tau = tl.load(TAU + (b * HKV * G + head) * Nq + pos, mask=row_ok, other=0.0)
+        mean_log = tl.load(MEANLOG + bh * Nq + qi, mask=q_ok, other=0.0)
+        cur_q = (qi + q_off) // BLOCK_N
+
+    count = tl.load(TCOUNT + bh * n_tiles + t)
+    if SPLITS == 1:
+        lo = 0
+        hi = count
+    else:
+        per = (count + SPLITS - 1) // SPLITS
+        lo = tl.minimum(split * per, count)
+        hi = tl.minimum(lo + per, count)
+
+    m_i = tl.full((M,), float("-inf"), tl.float32)
+    l_i = tl.zeros((M,), tl.float32)
+    acc = tl.zeros((M, DP), tl.float32)
+    list_base = TLIST + (bh * n_tiles + t) * nblocks
+    if PIPELINE:
+        for li in tl.range(lo, hi):
+            m_i, l_i, acc = _attend_block(
+                li, list_base, q, qf, tau, mean_log, cur_q, m_i, l_i, acc, K, V, BIAS, KBAR, word_base,
+                b, h, bh, qi, q_ok, abs_i, row_ok, d, dmask, qk_scale, Nq, Nk, nblocks, nc, window,
+                ent_exp, inv_sigma, init_blocks, local_blocks, s_kb, s_kh, s_kn, s_vb, s_vh, s_vn,
+                G, GP, TQ, D, BLOCK_N, BIAS_MODE, ENT_SQUARE, DOT_MODE,
+            )
+    else:  # the CPU interpreter cannot take a loaded loop bound in range()
+        li = lo
+        while li < hi:
+            m_i, l_i, acc = _attend_block(
+                li, list_base, q, qf, tau, mean_log, cur_q, m_i, l_i, acc, K, V, BIAS, KBAR, word_base,
+                b, h, bh, qi, q_ok, abs_i, row_ok, d, dmask, qk_scale, Nq, Nk, nblocks, nc, window,
+                ent_exp, inv_sigma, init_blocks, local_blocks, s_kb, s_kh, s_kn, s_vb, s_vh, s_vn,
+                G, GP, TQ, D, BLOCK_N, BIAS_MODE, ENT_SQUARE, DOT_MODE,
+            )
+            li += 1
+
+    if SPLITS == 1:
+        out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
+        tl.store(
+            Out + b * s_ob + head[:, None] * s_oh + pos[:, None] * s_on + d[None, :],
+            out.to(Out.dtype.element_ty), mask=row_ok[:, None] & dmask[None, :],
+        )
+    else:
+        prow = split * n_rows + (b * HKV * G + head) * Nq + pos
+        tl.store(PO + prow[:, None] * DP + d[None, :], acc, mask=row_ok[:, None])
+        tl.store(PM + prow, m_i, mask=row_ok)
+        tl.store(PL + prow, l_i, mask=row_ok)
+
+
+@triton.jit
+def _combine_kernel(PO, PM, PL, Out, n_rows, Nq, s_ob, s_oh, s_on, HQ,
+                    SPLITS: tl.constexpr, SP: tl.constexpr, D: tl.constexpr, DP: tl.constexpr):
+    row = tl.program_id(0)  # (b * HQ + head) * Nq + pos
+    s = tl.arange(0, SP)
+    s_ok = s < SPLITS
+    m = tl.load(PM + s * n_rows + row, mask=s_ok, other=float("-inf"))
+    lsum = tl.load(PL + s * n_rows + row, mask=s_ok, other=0.0)
+    m_max = tl.max(m, 0)
+    m_use = tl.where(m_max == float("-inf"), 0.0, m_max)
+    w = tl.where(s_ok, tl.exp2(m - m_use), 0.0)
+    d = tl.arange(0, DP)
+    acc = tl.load(PO + (s * n_rows + row)[:, None] * DP + d[None, :], mask=s_ok[:, None], other=0.0)
+    num = tl.sum(acc * w[:, None], 0)
+    den = tl.sum(lsum * w, 0)
+    out = num / tl.where(den > 0, den, 1.0)
+    bh = row // Nq
+    pos = row % Nq
+    b = bh // HQ
+    head = bh % HQ
+    tl.store(Out + b * s_ob + head * s_oh + pos * s_on + d, out.to(Out.dtype.element_ty), mask=d < D)
+
+
+def default_tile_q(group: int, nq: int, tile_rows: int = 64) -> int:
+    """Query positions per tile so that the group's heads fill ``tile_rows`` rows (at least 16)."""
+    gp = next_pow2(group)
+    tq = min(max(1, tile_rows // gp), next_pow2(nq))
+    return max(tq, -(-16 // gp))  # tl.dot needs at least 16 rows
+
+
+def sparse_attention_from_words(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    words: torch.Tensor,
+    *,
+    block_size: int,
+    softmax_scale: float,
+    window: int = 0,
+    bias: torch.Tensor | None = None,
+    prior: DashPrior | None = None,
+    tile_q: int | None = None,
+    splits: int = 1,
+    num_warps: int | None = None,
+    num_stages: int | None = None,
+    tiles: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """Block-sparse causal attention over the blocks whose bits are set in ``words``.
+
+    Args:
+        q: ``[B, Hq, Nq, D]``; k, v: ``[B, Hkv, Nk, D]``; queries are the last ``Nq`` positions.
+        words: ``[B, Hkv, Nq, ceil(nblocks/32)] int32`` (``selection.pack_selection``); each query's
+            current block must be set.
+        bias: optional dense ``[B, Hkv, Nq, nblocks]`` logit bias (natural-log units).
+        prior: DashAttention's prior, rebuilt on the fly (exclusive with ``bias``).
+        window: also attend the last ``window`` keys of each query (NSA).
+        splits: >1 splits each tile's visit list over programs (flash-decoding).
+    """
+    b, hq, nq, d = q.shape
+    hkv, nk = k.shape[1], k.shape[2]
+    g = hq // hkv
+    gp = next_pow2(g)
+    q, k, v = last_dim_contiguous(q), last_dim_contiguous(k), last_dim_contiguous(v)
+    nblocks = -(-nk // block_size)
+    if tile_q is None:
+        tile_q = default_tile_q(g, nq)
+    if tiles is None:
+        tiles = tile_union(words, nk, block_size=block_size, tile_q=tile_q, window=window)
+    tlist, tcount = tiles
+    n_tiles = tlist.shape[2]
+    out = torch.empty_like(q)
+    dp = next_pow2(max(d, 16))
+    f32 = torch.float32
+    dummy = torch.zeros(1, dtype=f32, device=q.device)
+    bias_mode, ent_exp, route_scale, inv_sigma, init_b, local_b, nc = 0, 2.0, 0.0, 0.0, 0, 1, 0
+    kbar = tau = mean_log = dummy
+    if bias is not None:
+        bias_mode = 1
+        bias = bias.to(f32).contiguous()
+    elif prior is not None:
+        bias_mode = 2
+        kbar, tau, mean_log = prior.kbar.contiguous(), prior.tau.contiguous(), prior.mean_log.contiguous()
+        nc = kbar.shape[2]
+        ent_exp = 1.0 / (prior.alpha - 1.0)
+        route_scale, inv_sigma = prior.route_scale, 1.0 / prior.sigma
+        init_b, local_b = prior.init_blocks, prior.local_blocks
+    if splits > 1:
+        po = torch.empty(splits, b, hq, nq, dp, dtype=f32, device=q.device)
+        pm = torch.empty(splits, b, hq, nq, dtype=f32, device=q.device)
+        pl = torch.empty(splits, b, hq, nq, dtype=f32, device=q.device)
+    else:
+        po = pm = pl = dummy
+    m_rows = gp * tile_q
+    if num_warps is None:
+        num_warps = 4 if m_rows * dp <= 64 * 128 else 8
+    if num_stages is None:
+        num_stages = 2
+    grid = (n_tiles, b * hkv, splits)
+    _sparse_attn_fwd_kernel[grid](
+        q, k, v, out, words, tlist, tcount,
+        bias if bias is not None else dummy, kbar, tau, mean_log,
+        po, pm, pl,
+        softmax_scale * LOG2E, nq, nk, n_tiles, nk - nq, words.shape[-1], nblocks, nc, window, b * hq * nq,
+        route_scale, ent_exp, inv_sigma, init_b, local_b,
+        q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+        v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2),
+        hkv,
+        G=g, GP=gp, TQ=tile_q, D=d, DP=dp, BLOCK_N=block_size, BIAS_MODE=bias_mode, SPLITS=splits,
+        ENT_SQUARE=ent_exp == 2.0, DOT_MODE=dot_mode(q.dtype), PIPELINE=not interpreting(),
+        num_warps=num_warps, num_stages=num_stages,
+    )
+    if splits > 1:
+        n_rows = b * hq * nq
+        _combine_kernel[(n_rows,)](
+            po, pm, pl, out, n_rows, nq, out.stride(0), out.stride(1), out.stride(2), hq,
+            SPLITS=splits, SP=next_pow2(splits), D=d, DP=dp, num_warps=4,
+        )
+    return out

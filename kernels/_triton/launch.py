@@ -1,0 +1,56 @@
+"""Helpers shared by the Triton launchers."""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import torch
+
+# dtypes the Triton kernels take; float64 goes to the reference.
+KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+# Block sizes the fine-stage kernel tiles directly (one key block = one tensor-core tile).
+KERNEL_BLOCK_SIZES = (16, 32, 64, 128)
+
+
+def interpreting() -> bool:
+    """True under the CPU interpreter (``TRITON_INTERPRET=1``), whose ``range`` cannot take a loaded bound."""
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def dot_mode(dtype: torch.dtype) -> int:
+    """``ops.mma``'s mode for inputs of ``dtype``."""
+    if dtype == torch.float32:
+        return 1
+    return 2 if interpreting() else 0
+
+
+def next_pow2(x: int) -> int:
+    return 1 << max(0, int(x) - 1).bit_length()
+
+
+@functools.cache
+def num_sms(device_index: int) -> int:
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
+def persistent_programs(device: torch.device, per_sm: int = 4) -> int:
+    """Programs in flight for a persistent grid (its scratch is sized by this, never by the length)."""
+    if device.type == "cuda":
+        return num_sms(device.index if device.index is not None else torch.cuda.current_device()) * per_sm
+    return 4  # the interpreter runs programs one after another
+
+
+def last_dim_contiguous(x: torch.Tensor) -> torch.Tensor:
+    return x if x.stride(-1) == 1 else x.contiguous()
+
+
+def kernel_supports(q: torch.Tensor, block_size: int) -> str | None:
+    """Why the Triton kernels cannot take these inputs (None when they can)."""
+    if q.dtype not in KERNEL_DTYPES:
+        return f"dtype {q.dtype} (kernels take float16, bfloat16, float32)"
+    if block_size not in KERNEL_BLOCK_SIZES:
+        return f"block_size={block_size} (kernels take {', '.join(map(str, KERNEL_BLOCK_SIZES))})"
+    if q.shape[-1] > 256:
+        return f"head dim {q.shape[-1]} (kernels take up to 256)"
+    return None

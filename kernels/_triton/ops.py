@@ -1,0 +1,19 @@
+"""Small Triton device functions shared by the kernels."""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def mma(a, b, DOT_MODE: tl.constexpr):
+    """``a @ b`` with float32 accumulation. ``DOT_MODE``: 0 native (tensor cores on 16-bit inputs),
+    1 exact float32 (``ieee``; float32 inputs), 2 16-bit inputs upcast first (the CPU interpreter,
+    whose dot cannot multiply bfloat16)."""
+    if DOT_MODE == 0:
+        return tl.dot(a, b)
+    elif DOT_MODE == 1:
+        return tl.dot(a, b, input_precision="ieee")
+    else:
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")

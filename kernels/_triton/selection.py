@@ -1,0 +1,91 @@
+"""The compact block selection shared by the three sparse methods.
+
+``words: [B, Hkv, Nq, ceil(nblocks / 32)] int32``: bit ``j % 32`` of word ``j // 32`` is set when query
+``i`` attends block ``j`` (routed or forced; the GQA group shares it). That is 1/32 of a bool mask and
+1/(32 * 4 * G) of one float score per query head and block.
+
+The fine stage walks query tiles; ``tile_union`` turns the bits of a tile's queries into the sorted
+list of blocks that any of them attends (plus the blocks under NSA's sliding window), so the kernel
+loops over exactly those blocks and masks per query inside.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from dash_eval.kernels._triton.launch import next_pow2
+
+
+def num_words(nblocks: int) -> int:
+    return max(1, -(-nblocks // 32))
+
+
+def pack_selection(selected: torch.Tensor) -> torch.Tensor:
+    """``[..., nblocks] bool -> [..., ceil(nblocks / 32)] int32`` bit-packed (bit ``j % 32`` of word ``j // 32``)."""
+    nb = selected.shape[-1]
+    nw = num_words(nb)
+    pad = nw * 32 - nb
+    bits = torch.nn.functional.pad(selected.to(torch.int64), (0, pad)).view(*selected.shape[:-1], nw, 32)
+    shifts = torch.arange(32, device=selected.device, dtype=torch.int64)
+    words = (bits << shifts).sum(-1)
+    return torch.where(words >= 2**31, words - 2**32, words).to(torch.int32)
+
+
+def unpack_selection(words: torch.Tensor, nblocks: int) -> torch.Tensor:
+    """Inverse of ``pack_selection``: ``[..., nw] int32 -> [..., nblocks] bool``."""
+    shifts = torch.arange(32, device=words.device, dtype=torch.int64)
+    bits = (words.to(torch.int64)[..., None] >> shifts) & 1
+    return bits.flatten(-2)[..., :nblocks].bool()
+
+
+@triton.jit
+def _bit_or(a, b):
+    return a | b
+
+
+@triton.jit
+def _tile_union_kernel(
+    WORDS, TLIST, TCOUNT,
+    Nq, q_off, n_words, nblocks, n_tiles, block_size, window,
+    TQ: tl.constexpr, NWP: tl.constexpr,
+):
+    t = tl.program_id(0)
+    bh = tl.program_id(1)
+    qi = t * TQ + tl.arange(0, TQ)
+    w = tl.arange(0, NWP)
+    ptrs = WORDS + (bh * Nq + qi)[:, None] * n_words + w[None, :]
+    words = tl.load(ptrs, mask=(qi < Nq)[:, None] & (w < n_words)[None, :], other=0)
+    union = tl.reduce(words, 0, _bit_or)  # [NWP]
+    bits = (union[:, None] >> tl.arange(0, 32)[None, :]) & 1
+    bits = tl.reshape(bits, (NWP * 32,))
+    j = tl.arange(0, NWP * 32)
+    # NSA's window: every block that holds one of the last `window` keys of some query of the tile.
+    first = t * TQ + q_off
+    last = tl.minimum(t * TQ + TQ, Nq) - 1 + q_off
+    win_lo = tl.maximum(first - window + 1, 0) // block_size
+    in_window = (window > 0) & (j >= win_lo) & (j <= last // block_size)
+    keep = ((bits != 0) | in_window) & (j < nblocks)
+    slot = tl.cumsum(keep.to(tl.int32), 0) - 1
+    tl.store(TLIST + (bh * n_tiles + t) * nblocks + slot, j, mask=keep)
+    tl.store(TCOUNT + bh * n_tiles + t, tl.sum(keep.to(tl.int32), 0))
+
+
+def tile_union(
+    words: torch.Tensor, nk: int, *, block_size: int, tile_q: int, window: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per query tile of ``tile_q`` queries: the sorted blocks any of them attends.
+
+    Returns ``tlist: [B, Hkv, n_tiles, nblocks] int32`` (entries past the count are unused) and
+    ``tcount: [B, Hkv, n_tiles] int32``.
+    """
+    b, hkv, nq, nw = words.shape
+    nblocks = -(-nk // block_size)
+    n_tiles = -(-nq // tile_q)
+    tlist = torch.empty(b, hkv, n_tiles, nblocks, dtype=torch.int32, device=words.device)
+    tcount = torch.empty(b, hkv, n_tiles, dtype=torch.int32, device=words.device)
+    _tile_union_kernel[(n_tiles, b * hkv)](
+        words, tlist, tcount, nq, nk - nq, nw, nblocks, n_tiles, block_size, window,
+        TQ=tile_q, NWP=next_pow2(nw),
+    )
+    return tlist, tcount
