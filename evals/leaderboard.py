@@ -38,6 +38,8 @@ RESULT_COLUMNS = (
     "config_hash",
     # beyond the list: what a reader needs to trace a row back
     "metric",
+    "router",
+    "decode_active_blocks_mean",
     "calibration_sparsity",
     "calibration_time_s",
     "prompt_tokens_mean",

@@ -8,7 +8,6 @@ stand-in runner and no model.
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 import time
 import traceback
@@ -96,6 +95,7 @@ def metrics_row(cell: Cell, config: SweepConfig, cell_name: str, result: CellRes
     """The leaderboard row of a finished cell (stored as its ``metrics.json``)."""
     row: dict[str, Any] = {
         "model": config.model.pretrained,
+        "router": config.model.router,
         "method": cell.method,
         "params": result.params,
         "explicit": list(cell.explicit),
@@ -236,7 +236,3 @@ def _release_memory() -> None:
 
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-
-
-def replace_params(cell: Cell, **params: Any) -> Cell:
-    return dataclasses.replace(cell, params={**cell.params, **params})

@@ -91,6 +91,8 @@ def method_defaults(method: str) -> dict[str, Any]:
     params_cls = get_method(method).params_cls
     out: dict[str, Any] = {}
     for f in dataclasses.fields(params_cls):
+        if f.metadata.get("tensor"):
+            continue  # a tensor (the router) is no sweep value; the model's router is model.router
         if f.default is not dataclasses.MISSING:
             out[f.name] = f.default
         elif f.default_factory is not dataclasses.MISSING:

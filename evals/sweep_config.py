@@ -55,7 +55,7 @@ class ModelSpec:
     batch_size: int = 1
     router: str | None = None
     apply_chat_template: bool = False
-    max_gen_toks: int | None = None
+    attn_backend: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -145,9 +145,7 @@ class _Checker:
             if key not in allowed:
                 self.error(f"{path}.{key}", f"unknown key {key!r}; accepted: {', '.join(sorted(allowed))}")
 
-    def string(
-        self, value: Any, path: str, *, pattern: re.Pattern | None = None, accepted: str = ""
-    ) -> str | None:
+    def string(self, value: Any, path: str, *, pattern: re.Pattern | None = None, accepted: str = "") -> str | None:
         if not isinstance(value, str) or not value:
             self.error(path, f"expected a non-empty string, got {_type_name(value)} {value!r}")
             return None
@@ -200,30 +198,30 @@ def _parse_model(c: _Checker, raw: Any) -> ModelSpec | None:
     dtype = c.string(m.get("dtype", "float32"), "model.dtype")
     if dtype is not None and dtype not in DTYPES:
         c.error("model.dtype", f"bad value {dtype!r}; accepted: {', '.join(DTYPES)}")
-    device = c.string(
-        m.get("device", "cpu"), "model.device", pattern=DEVICE_PATTERN, accepted="cpu, cuda, cuda:N, mps"
-    )
+    device = c.string(m.get("device", "cpu"), "model.device", pattern=DEVICE_PATTERN, accepted="cpu, cuda, cuda:N, mps")
     if device is not None and device.startswith("cuda"):
         import torch
 
         if not torch.cuda.is_available():
-            c.error(
-                "model.device", f"{device!r} asked for but no CUDA device is available here; accepted: cpu"
-            )
+            c.error("model.device", f"{device!r} asked for but no CUDA device is available here; accepted: cpu")
         elif ":" in device and int(device.split(":")[1]) >= torch.cuda.device_count():
             c.error("model.device", f"{device!r}: only {torch.cuda.device_count()} CUDA device(s) visible")
     batch_size = c.integer(m.get("batch_size", 1), "model.batch_size", minimum=1)
     router = m.get("router")
     if router is not None:
         router = c.string(router, "model.router")
+        if router is not None and not os.path.exists(router):
+            c.error("model.router", f"{router!r} does not exist; accepted: a router directory or .safetensors file")
     chat = c.boolean(m.get("apply_chat_template", False), "model.apply_chat_template")
-    max_gen = m.get("max_gen_toks")
-    if max_gen is not None:
-        max_gen = c.integer(max_gen, "model.max_gen_toks", minimum=1)
+    from dash_eval.kernels import BACKENDS
+
+    backend = c.string(m.get("attn_backend", "auto"), "model.attn_backend")
+    if backend is not None and backend not in BACKENDS:
+        c.error("model.attn_backend", f"bad value {backend!r}; accepted: {', '.join(BACKENDS)}")
     if pretrained is None:
         return None
     return ModelSpec(
-        pretrained, dtype or "float32", device or "cpu", batch_size or 1, router, bool(chat), max_gen
+        pretrained, dtype or "float32", device or "cpu", batch_size or 1, router, bool(chat), backend or "auto"
     )
 
 
@@ -286,7 +284,8 @@ def _parse_task(c: _Checker, raw: Any, path: str, task_names: tuple[str, ...]) -
 
 
 def _param_fields(params_cls: type) -> dict[str, dataclasses.Field]:
-    return {f.name: f for f in dataclasses.fields(params_cls)}
+    # tensor-valued fields (a router) are not config values; the model's router comes from model.router
+    return {f.name: f for f in dataclasses.fields(params_cls) if not f.metadata.get("tensor")}
 
 
 def _coerce(f: dataclasses.Field, value: Any) -> Any:
@@ -337,9 +336,7 @@ def _parse_method(c: _Checker, raw: Any, path: str) -> MethodEntry | None:
         for key, values in g.items():
             gpath = f"{path}.grid.{key}"
             if key not in fields:
-                c.error(
-                    gpath, f"unknown parameter {key!r} of {name}; accepted: {', '.join(fields) or '(none)'}"
-                )
+                c.error(gpath, f"unknown parameter {key!r} of {name}; accepted: {', '.join(fields) or '(none)'}")
                 continue
             if key in fixed:
                 c.error(gpath, f"{key!r} is both fixed ({path}.{key}) and in the grid; give it once")
@@ -378,26 +375,15 @@ def _parse_method(c: _Checker, raw: Any, path: str) -> MethodEntry | None:
                     f"'calibrate' (parameters: {', '.join(fields) or '(none)'})",
                 )
         elif knob not in fields:
-            c.error(
-                f"{path}.calibrate", f"unknown parameter {knob!r} of {name}; accepted: {', '.join(fields)}"
-            )
+            c.error(f"{path}.calibrate", f"unknown parameter {knob!r} of {name}; accepted: {', '.join(fields)}")
             knob = None
         if knob is not None and (knob in fixed or knob in grid):
             where = f"{path}.{knob}" if knob in fixed else f"{path}.grid.{knob}"
-            c.error(
-                where, f"{knob!r} is calibrated by target_sparsity; give either {knob} or target_sparsity"
-            )
+            c.error(where, f"{knob!r} is calibrated by target_sparsity; give either {knob} or target_sparsity")
         if "calibrate_range" in m:
             r = m["calibrate_range"]
-            if (
-                not isinstance(r, list)
-                or len(r) != 2
-                or not all(_is_number(x) for x in r)
-                or not 0 < r[0] < r[1]
-            ):
-                c.error(
-                    f"{path}.calibrate_range", f"bad value {r!r}; accepted: [low, high] with 0 < low < high"
-                )
+            if not isinstance(r, list) or len(r) != 2 or not all(_is_number(x) for x in r) or not 0 < r[0] < r[1]:
+                c.error(f"{path}.calibrate_range", f"bad value {r!r}; accepted: [low, high] with 0 < low < high")
             else:
                 knob_range = (r[0], r[1])
     elif "calibrate" in m or "calibrate_range" in m:
@@ -497,9 +483,7 @@ def parse_config(raw: Any, *, source: str = "sweep config", check_model: bool = 
             spec = _parse_task(c, t, f"tasks[{i}]", task_names)
             if spec is not None:
                 if any(s.label == spec.label for s in tasks):
-                    c.error(
-                        f"tasks[{i}]", f"task {spec.label!r} listed twice; merge its lengths into one entry"
-                    )
+                    c.error(f"tasks[{i}]", f"task {spec.label!r} listed twice; merge its lengths into one entry")
                 tasks.append(spec)
     methods: list[MethodEntry] = []
     if "methods" in top:

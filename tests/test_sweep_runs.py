@@ -128,7 +128,6 @@ def test_sweep_writes_cells_leaderboard_and_reports(tmp_path):
         "kernel_size",
         "kernel_stride",
         "local_blocks",
-        "router",
         "scale",
         "sigma",
         "topk",

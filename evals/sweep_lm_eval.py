@@ -1,0 +1,354 @@
+"""The cell runner of ``dash-eval sweep``: one loaded model, every cell through ``lm_eval.simple_evaluate``
+with the ``dash`` model, so that a sweep cell and the hand-typed ``lm_eval --model dash`` command written
+into its ``cell.json`` give the same numbers.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shlex
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from dash_eval.evals.sweep import CellResult
+from dash_eval.evals.sweep_calibrate import DEFAULT_REAL_RANGE, bisect_sparsity
+from dash_eval.evals.sweep_cells import Cell
+from dash_eval.evals.sweep_config import SweepConfig
+from dash_eval.evals.sweep_store import ResultsStore
+
+PHASE_FIGURES = ("sparsity", "active_blocks_mean", "active_blocks_p10", "active_blocks_p50", "active_blocks_p90")
+# lm-eval result keys that are not the task's accuracy metric
+NOT_ACCURACY = ("alias", "samples", "sample_len", "sample_count")
+
+
+def lm_eval_task(cell: Cell) -> tuple[str, dict[str, Any]]:
+    """The lm-eval task name and the task ``metadata`` of a cell (lengths, sample count, seed, ...)."""
+    spec = cell.task_spec
+    if spec.jsonl is not None:
+        meta: dict[str, Any] = {"path": spec.jsonl}
+        if cell.samples is not None:
+            meta["num_samples"] = cell.samples
+        return "dash_jsonl", meta
+    meta = {"max_seq_lengths": [cell.length], "num_samples": cell.samples, "seed": cell.seed}
+    if spec.haystack is not None:
+        meta["haystack"] = spec.haystack
+    return f"dash_{spec.task}", meta
+
+
+def _arg_text(v: Any) -> str:
+    return repr(v) if isinstance(v, float) else str(v)
+
+
+def lm_eval_model_args(config: SweepConfig, method: str, params: dict[str, Any]) -> dict[str, Any]:
+    """``--model_args`` of the equivalent ``lm_eval --model dash`` command."""
+    m = config.model
+    args: dict[str, Any] = {"pretrained": m.pretrained, "dtype": m.dtype, "device": m.device, "method": method}
+    if m.router is not None:
+        args["router"] = m.router
+    if m.attn_backend != "auto":
+        args["attn_backend"] = m.attn_backend
+    args.update({k: v for k, v in params.items() if v is not None})
+    return args
+
+
+def lm_eval_command(config: SweepConfig, cell: Cell, params: dict[str, Any]) -> str:
+    task, meta = lm_eval_task(cell)
+    model_args = ",".join(f"{k}={_arg_text(v)}" for k, v in lm_eval_model_args(config, cell.method, params).items())
+    parts = [
+        "lm_eval",
+        "--model",
+        "dash",
+        "--model_args",
+        model_args,
+        "--tasks",
+        task,
+        "--metadata",
+        json.dumps(meta, separators=(",", ":")),
+        "--batch_size",
+        str(config.model.batch_size),
+        "--device",
+        config.model.device,
+        "--log_samples",
+        "--output_path",
+        "lm_eval_out",
+    ]
+    if config.model.apply_chat_template:
+        parts.append("--apply_chat_template")
+    return " ".join(shlex.quote(p) for p in parts)
+
+
+def accuracy_metric(task_results: dict[str, Any], length: int | None) -> str:
+    """The accuracy key of a task's lm-eval results: the cell's length when the task reports per length
+    (as RULER does), else the one metric that is neither a stderr nor a sparsity figure."""
+    if length is not None and f"{length},none" in task_results:
+        return f"{length},none"
+    candidates = [
+        k
+        for k, v in task_results.items()
+        if "," in k
+        and k.split(",")[1] == "none"
+        and "_stderr" not in k
+        and k.split(",")[0] not in NOT_ACCURACY
+        and isinstance(v, (int, float))
+        and not isinstance(v, bool)
+    ]
+    if len(candidates) != 1:
+        raise RuntimeError(f"cannot tell the accuracy metric among {sorted(task_results)} (candidates: {candidates})")
+    return candidates[0]
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    return f"{device.type} ({torch.get_num_threads()} threads)"
+
+
+class LmEvalRunner:
+    """Loads the sweep's model once and runs cells through lm-eval, switching the method per cell."""
+
+    def __init__(self, config: SweepConfig, store: ResultsStore):
+        from dash_eval.dash_models import load_model
+        from dash_eval.evals.lm_model import DashLM
+
+        self.config = config
+        self.store = store
+        m = config.model
+        self.model, self.tokenizer = load_model(
+            m.pretrained, method="full", dtype=m.dtype, device=m.device, router=m.router, backend=m.attn_backend
+        )
+        self.lm = DashLM(pretrained=self.model, tokenizer=self.tokenizer, batch_size=m.batch_size)
+        self.device_name = _device_name(self.lm.device)
+        self._task_managers: dict[str, Any] = {}
+
+    # --- target sparsity ---------------------------------------------------------------------------------
+
+    def _calibration_prompts(self, cell: Cell) -> list[torch.Tensor]:
+        from dash_eval.tasks import generate_samples
+
+        cal = self.config.calibration
+        spec = cell.task_spec
+        task = spec.task or cal.task
+        length = cell.length or self._jsonl_length(spec.jsonl)
+        samples = generate_samples(
+            task,
+            length=length,
+            n=cal.samples,
+            seed=cal.seed,
+            tokenizer=self.tokenizer,
+            haystack=spec.haystack if spec.task else None,
+        )
+        prompts = []
+        for s in samples:
+            text = s.prompt()
+            if self.config.model.apply_chat_template:
+                text = (
+                    self.tokenizer.apply_chat_template(
+                        [{"role": "user", "content": s.input}], tokenize=False, add_generation_prompt=True
+                    )
+                    + s.answer_prefix
+                )
+            prompts.append(self.tokenizer(text, return_tensors="pt").input_ids)
+        return prompts
+
+    def _jsonl_length(self, path: str) -> int:
+        from dash_eval.tasks import read_jsonl
+
+        lengths = [len(self.tokenizer(s.prompt()).input_ids) for s in read_jsonl(path)]
+        return int(statistics.median(lengths))
+
+    def measure_sparsity(self, method: str, params: dict[str, Any], prompts: list[torch.Tensor]) -> float:
+        """Prefill sparsity of ``prompts`` under ``method`` with ``params`` (forward passes only)."""
+        from dash_eval.dash_models import get_tally
+
+        self.lm.set_attention(
+            method, router=self.config.model.router, attn_backend=self.config.model.attn_backend, **params
+        )
+        tally = get_tally(self.model)
+        tally.reset()
+        with torch.no_grad():
+            for ids in prompts:
+                self.model(ids.to(self.lm.device), use_cache=False, logits_to_keep=1)
+        sparsity = float(tally.summary("prefill")["sparsity"])
+        tally.reset()
+        return sparsity
+
+    def calibrate(self, cell: Cell) -> dict[str, Any]:
+        """The calibrated value of ``cell.calibrate`` for ``cell.target_sparsity`` (cached in the results
+        directory, so a resumed sweep does not calibrate again)."""
+        key = cell.hash(self.config)
+        cached = self.store.read_calibration(key)
+        if cached is not None:
+            return cached
+        t0 = time.perf_counter()
+        from dash_eval.evals.sweep_cells import method_defaults
+
+        default = method_defaults(cell.method)[cell.calibrate]
+        integer = isinstance(default, int) and not isinstance(default, bool)
+        if cell.calibrate_range is not None:
+            low, high = cell.calibrate_range
+        elif integer:
+            block = cell.params.get("block_size")
+            length = cell.length or 4096
+            low, high = 1, max(2, math.ceil(length / block)) if block else 1024
+        else:
+            low, high = DEFAULT_REAL_RANGE
+        prompts = self._calibration_prompts(cell)
+        cal = self.config.calibration
+        result = bisect_sparsity(
+            lambda v: self.measure_sparsity(cell.method, {**cell.params, cell.calibrate: v}, prompts),
+            cell.target_sparsity,
+            parameter=cell.calibrate,
+            low=low,
+            high=high,
+            integer=integer,
+            tolerance=cal.tolerance,
+            max_steps=cal.max_steps,
+        )
+        record = {
+            **result.to_json(),
+            "time_s": time.perf_counter() - t0,
+            "calibration_samples": cal.samples,
+            "calibration_seed": cal.seed,
+            "range": [low, high],
+        }
+        self.store.write_calibration(key, record)
+        return record
+
+    # --- one cell ----------------------------------------------------------------------------------------
+
+    def _task_manager(self, metadata: dict[str, Any]):
+        from dash_eval.tasks import lm_eval_task_dir
+        from lm_eval.tasks import TaskManager
+
+        # Only this project's task folder is indexed: indexing all of lm-eval's tasks per cell costs seconds.
+        return TaskManager(include_path=str(lm_eval_task_dir()), include_defaults=False, metadata=metadata)
+
+    def run_cell(self, cell: Cell, on_samples: Callable[[int], None]) -> CellResult:
+        from lm_eval import simple_evaluate
+
+        params = dict(cell.params)
+        calibration = None
+        if cell.target_sparsity is not None:
+            calibration = self.calibrate(cell)
+            params[cell.calibrate] = calibration["value"]
+        self.lm.set_attention(
+            cell.method, router=self.config.model.router, attn_backend=self.config.model.attn_backend, **params
+        )
+        task, task_meta = lm_eval_task(cell)
+        # lm_eval's CLI hands model_args to the tasks as metadata too (the tokenizer comes from 'pretrained')
+        metadata = {**lm_eval_model_args(self.config, cell.method, params), **task_meta}
+        progress = _SampleProgress(self.lm, on_samples)
+        t0 = time.perf_counter()
+        with progress:
+            results = simple_evaluate(
+                model=self.lm,
+                tasks=[task],
+                batch_size=self.config.model.batch_size,
+                log_samples=True,
+                apply_chat_template=self.config.model.apply_chat_template,
+                task_manager=self._task_manager(metadata),
+                metadata=metadata,
+            )
+        wall = time.perf_counter() - t0
+        if results is None:
+            raise RuntimeError("lm-eval returned no results")
+        if "dash_attention" not in results:  # the startup hook is not installed in this interpreter
+            results = self.lm.dash_annotate_results(results)
+        return self._result(cell, task, results, wall, params, calibration, metadata)
+
+    def _result(self, cell, task, results, wall, params, calibration, metadata) -> CellResult:
+        task_results = results["results"][task]
+        metric = accuracy_metric(task_results, cell.length)
+        accuracy = float(task_results[metric])
+        name, filt = metric.split(",", 1)
+        stderr = task_results.get(f"{name}_stderr,{filt}")
+        samples = results.get("samples", {}).get(task, [])
+        predictions, prompt_tokens, new_tokens = [], [], []
+        for s in samples:
+            context = s["arguments"][0][0] if s.get("arguments") else ""
+            prediction = s["filtered_resps"][0] if s.get("filtered_resps") else ""
+            n_prompt = len(self.tokenizer(context).input_ids)
+            n_new = len(self.tokenizer(prediction, add_special_tokens=False).input_ids)
+            prompt_tokens.append(n_prompt)
+            new_tokens.append(n_new)
+            predictions.append(
+                {
+                    "doc_id": s.get("doc_id"),
+                    "target": s.get("target"),
+                    "prediction": prediction,
+                    "score": s.get(name),
+                    "prompt_tokens": n_prompt,
+                    "generated_tokens": n_new,
+                    "dash_attention": s.get("dash_attention"),
+                }
+            )
+        figures = results.get("dash_attention", {}).get("tasks", {}).get(task, {})
+        prefill, decode = figures.get("prefill", {}), figures.get("decode", {})
+        if not prefill:
+            raise RuntimeError(f"lm-eval results of {task} carry no measured sparsity (dash_attention)")
+        n = len(samples) or int(task_results.get("sample_len", 0) or 0)
+        metrics = {
+            "samples": n,
+            "accuracy": accuracy,
+            "accuracy_stderr": float(stderr) if isinstance(stderr, (int, float)) else None,
+            **{k: float(prefill[k]) for k in PHASE_FIGURES},
+            "decode_sparsity": float(decode["sparsity"]) if decode else None,
+            "decode_active_blocks_mean": float(decode["active_blocks_mean"]) if decode else None,
+            "wall_time_s": wall,
+            "tokens_per_s": (sum(prompt_tokens) + sum(new_tokens)) / wall if wall > 0 else None,
+            "prompt_tokens_mean": statistics.fmean(prompt_tokens) if prompt_tokens else None,
+            "metric": metric,
+        }
+        if cell.length is None and prompt_tokens:
+            metrics["length"] = int(statistics.median(prompt_tokens))
+        kept = {
+            k: results[k]
+            for k in (
+                "results",
+                "configs",
+                "versions",
+                "n-shot",
+                "higher_is_better",
+                "n-samples",
+                "dash_attention",
+                "config",
+            )
+            if k in results
+        }
+        kept["metadata"] = metadata
+        return CellResult(
+            metrics=metrics,
+            params=params,
+            predictions=predictions,
+            lm_eval_results=kept,
+            command=lm_eval_command(self.config, cell, params),
+            calibration=calibration,
+        )
+
+
+class _SampleProgress:
+    """Reports finished samples to the sweep's progress bar: HFLM generates batch by batch through
+    ``_model_generate``, so the instance's method is wrapped for the cell's duration (nothing global)."""
+
+    def __init__(self, lm: Any, on_samples: Callable[[int], None]):
+        self.lm = lm
+        self.on_samples = on_samples
+
+    def __enter__(self):
+        inner = self.lm._model_generate
+
+        def counted(context, *args, **kwargs):
+            out = inner(context, *args, **kwargs)
+            self.on_samples(int(context.shape[0]))
+            return out
+
+        self.lm._model_generate = counted
+        return self
+
+    def __exit__(self, *exc):
+        del self.lm._model_generate
+        return False
