@@ -450,6 +450,50 @@ def _parse_calibration(c: _Checker, raw: Any, task_names: tuple[str, ...]) -> Ca
     return CalibrationSpec(samples, seed, float(tol), steps, task)
 
 
+def _check_task_data(
+    c: _Checker, tasks: list[tuple[str, TaskSpec]], model: ModelSpec | None, context: int | None
+) -> None:
+    """Read every JSONL file, and (given the model) draw one sample of every generated task and length
+    with the model's tokenizer, so that a length too short for a task's template, an unknown haystack or a
+    broken record fails now rather than hours into a sweep."""
+    from dash_eval.tasks import generate_samples, read_jsonl
+
+    tokenizer = None
+    if model is not None and any(t.task for _, t in tasks):
+        from dash_eval.dash_models import resolve_model_path
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(model.pretrained))
+    for path, t in tasks:
+        if t.jsonl is not None:
+            try:
+                records = read_jsonl(t.jsonl)
+            except (ValueError, OSError) as exc:
+                c.error(f"{path}.jsonl", str(exc))
+                continue
+            if t.samples is not None and t.samples > len(records):
+                c.error(
+                    f"{path}.samples",
+                    f"{t.samples} asked for but {t.jsonl} holds {len(records)} samples; "
+                    f"accepted: at most {len(records)}",
+                )
+            too_long = [r.length for r in records if r.length is not None and context and r.length > context]
+            if too_long:
+                c.error(
+                    f"{path}.jsonl",
+                    f"{len(too_long)} record(s) have a length above the model's context "
+                    f"({max(too_long)} > max_position_embeddings={context})",
+                )
+        elif tokenizer is not None:
+            for j, length in enumerate(t.lengths):
+                try:
+                    generate_samples(t.task, length=length, n=1, seed=t.seed, tokenizer=tokenizer, haystack=t.haystack)
+                except (ValueError, KeyError) as exc:
+                    where = f"{path}.haystack" if "haystack" in str(exc) else f"{path}.lengths[{j}]"
+                    c.error(where, str(exc).strip("'\""))
+                    break
+
+
 def model_context_length(model: ModelSpec) -> int | None:
     """The model's context (``max_position_embeddings``), read from its config without loading weights."""
     from dash_eval.dash_models import resolve_model_path
@@ -478,6 +522,7 @@ def parse_config(raw: Any, *, source: str = "sweep config", check_model: bool = 
         name = c.string(top["name"], "name", pattern=NAME_PATTERN, accepted="letters, digits, '.', '_', '-'")
     model = _parse_model(c, top["model"]) if "model" in top else None
     tasks: list[TaskSpec] = []
+    task_paths: list[str] = []  # the config path of each valid entry (invalid ones are left out of tasks)
     if "tasks" in top:
         for i, t in enumerate(c.list_of(top["tasks"], "tasks") or []):
             spec = _parse_task(c, t, f"tasks[{i}]", task_names)
@@ -485,6 +530,7 @@ def parse_config(raw: Any, *, source: str = "sweep config", check_model: bool = 
                 if any(s.label == spec.label for s in tasks):
                     c.error(f"tasks[{i}]", f"task {spec.label!r} listed twice; merge its lengths into one entry")
                 tasks.append(spec)
+                task_paths.append(f"tasks[{i}]")
     methods: list[MethodEntry] = []
     if "methods" in top:
         for i, m in enumerate(c.list_of(top["methods"], "methods") or []):
@@ -494,31 +540,32 @@ def parse_config(raw: Any, *, source: str = "sweep config", check_model: bool = 
     calibration = CalibrationSpec()
     if "calibration" in top:
         calibration = _parse_calibration(c, top["calibration"], task_names) or calibration
-    for i, t in enumerate(tasks):
+    for path, t in zip(task_paths, tasks):
         if t.task is not None and t.seed == calibration.seed and any(m.target_sparsity for m in methods):
             c.error(
-                f"tasks[{i}].seed",
+                f"{path}.seed",
                 f"seed {t.seed} equals calibration.seed; calibration samples must be "
                 "held apart from evaluation samples (pick another seed for one of them)",
             )
     output = top.get("output", f"results/{name}" if name else None)
     if "output" in top:
         output = c.string(top["output"], "output")
+    context = None
     if model is not None and check_model and tasks:
         try:
             context = model_context_length(model)
         except Exception as exc:  # noqa: BLE001 - any failure to read the model is a config error here
             c.error("model.pretrained", f"cannot read the model config of {model.pretrained!r}: {exc}")
-            context = None
-        if context is not None:
-            for i, t in enumerate(tasks):
-                for j, length in enumerate(t.lengths):
-                    if length is not None and length > context:
-                        c.error(
-                            f"tasks[{i}].lengths[{j}]",
-                            f"length {length} exceeds the model's context "
-                            f"(max_position_embeddings={context}); accepted: at most {context}",
-                        )
+    for path, t in zip(task_paths, tasks):
+        for j, length in enumerate(t.lengths):
+            if context is not None and length is not None and length > context:
+                c.error(
+                    f"{path}.lengths[{j}]",
+                    f"length {length} exceeds the model's context "
+                    f"(max_position_embeddings={context}); accepted: at most {context}",
+                )
+    if not c.errors:
+        _check_task_data(c, list(zip(task_paths, tasks)), model if check_model else None, context)
     if c.errors:
         raise ConfigError(c.errors, source)
     return SweepConfig(name, model, tuple(tasks), tuple(methods), output, calibration, raw=top)

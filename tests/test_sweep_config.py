@@ -191,9 +191,7 @@ def test_target_sparsity_errors():
 def test_calibration_seed_must_differ_from_task_seed():
     raw = _with(methods=[{"method": "dash", "target_sparsity": 0.75}], calibration={"seed": 0})
     errors = _errors(raw)
-    assert errors == [
-        next(e for e in errors if e.startswith("tasks[0].seed: seed 0 equals calibration.seed"))
-    ]
+    assert errors == [next(e for e in errors if e.startswith("tasks[0].seed: seed 0 equals calibration.seed"))]
     errors = _errors(_with(calibration={"samples": 0, "tolerance": 2, "sead": 1}))
     text = "\n".join(errors)
     assert "calibration.samples: bad value 0" in text
@@ -212,3 +210,26 @@ def test_load_config_reads_yaml_safely(tmp_path):
     good = tmp_path / "good.yaml"
     good.write_text(yaml.safe_dump(GOOD))
     assert load_config(good, check_model=False).name == "smollm2-niah"
+
+
+def test_task_data_is_checked_before_any_cell(tmp_path):
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text('{"input": "x", "outputs": ["y"]}\n{"input": 3}\n')
+    short = tmp_path / "short.jsonl"
+    short.write_text('{"input": "x", "outputs": ["y"]}\n')
+    errors = _errors(
+        _with(
+            tasks=[
+                {"task": "niah_single", "lengths": [64, 1024]},
+                {"task": "niah_multikey", "lengths": [1024], "haystack": "nope"},
+                {"jsonl": str(broken)},
+                {"jsonl": str(short), "samples": 5},
+            ]
+        ),
+        check_model=True,
+    )
+    assert errors[0].startswith("tasks[0].lengths[0]: length 64") and "max_new_tokens" in errors[0]
+    assert errors[1].startswith("tasks[1].haystack: unknown haystack 'nope'")
+    assert errors[2].startswith("tasks[2].jsonl:") and "line 2" in errors[2] and "outputs" in errors[2]
+    assert errors[3] == f"tasks[3].samples: 5 asked for but {short} holds 1 samples; accepted: at most 1"
+    assert len(errors) == 4
