@@ -13,9 +13,15 @@ KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 KERNEL_BLOCK_SIZES = (16, 32, 64, 128)
 
 
+# Triton decides at decoration time whether a kernel runs on the CPU interpreter; the kernels of this
+# package are decorated when this module is first imported, so the flag is read once, here.
+_INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
 def interpreting() -> bool:
-    """True under the CPU interpreter (``TRITON_INTERPRET=1``), whose ``range`` cannot take a loaded bound."""
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+    """True when the kernels run on the CPU interpreter, whose ``range`` cannot take a loaded bound and
+    whose ``dot`` cannot multiply bfloat16."""
+    return _INTERPRETED
 
 
 def dot_mode(dtype: torch.dtype) -> int:

@@ -1,0 +1,307 @@
+"""DashAttention routing in Triton: block summaries, then scores, the exact entmax threshold and the
+block selection computed on chip, one KV head and a tile of queries per program.
+
+Memory: the summaries (``[B, Hkv, nblocks, D]``), the selection bits (``[B, Hkv, Nq, nblocks/32]``
+int32), one threshold per query head and query, one mean log-probability per query, and a scratch row
+buffer per program in flight (the grid is persistent, so that buffer is sized by the GPU, not by the
+length). No float per query head, query and block is stored.
+
+Threshold: Newton's method on ``f(tau) = sum_j [x_j - tau]_+^(1/(alpha-1)) - 1`` (``x = (alpha-1) z``)
+from ``tau = max(x) - 1``, where ``f >= 0``. ``f`` is convex and decreasing, so the iterates rise
+monotonically to the root without overshooting; the loop runs until every row's step is below float
+resolution (a bound on iterations only guards against a stall). Each iteration is one pass over the
+row held in registers.
+
+Precision: with 16-bit inputs the float32 summaries are split into a 16-bit high part and a 16-bit
+residual, and the scores are ``q @ hi + q @ lo`` on tensor cores (about 16 mantissa bits of the
+summary, products exact, float32 accumulation); float32 inputs use exact float32 dots.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+import triton
+import triton.language as tl
+from dash_eval.kernels._triton.launch import dot_mode, last_dim_contiguous, next_pow2, persistent_programs
+from dash_eval.kernels._triton.ops import mma
+
+_MAX_NEWTON_ITERS = 100
+_ROUTE_TILE_ELEMENTS = 16384  # rows x blocks held in registers per program (64 floats a thread at 8 warps)
+
+
+@dataclasses.dataclass
+class BlockSummaries:
+    """Router-pooled block summaries: ``kbar`` float32 and, for 16-bit inputs, its hi/lo split."""
+
+    kbar: torch.Tensor  # [B, Hkv, capacity, D] float32; the first ``count`` blocks are valid
+    hi: torch.Tensor  # same shape, the inputs' dtype (or kbar itself for float32 inputs)
+    lo: torch.Tensor | None
+    count: int
+
+
+@dataclasses.dataclass
+class DashRoute:
+    words: torch.Tensor  # [B, Hkv, Nq, nwords] int32 selection bits (routed or forced)
+    tau: torch.Tensor  # [B, Hq, Nq] float32
+    mean_log: torch.Tensor  # [B, Hkv, Nq] float32
+    active: torch.Tensor  # [B, Hkv, Nq] int32 attended blocks
+    attended: torch.Tensor  # [B, Hkv, Nq] int32 attended keys
+
+
+@triton.jit
+def _block_summary_kernel(
+    K, ROUTER, KBAR, KHI, KLO, j0, capacity, router_scale,
+    s_kb, s_kh, s_kn, HKV,
+    C: tl.constexpr, D: tl.constexpr, DP: tl.constexpr, HAS_ROUTER: tl.constexpr, SPLIT: tl.constexpr,
+):
+    j = j0 + tl.program_id(0)
+    bh = tl.program_id(1)
+    b = bh // HKV
+    h = bh % HKV
+    t = j * C + tl.arange(0, C)
+    d = tl.arange(0, DP)
+    dmask = d < D
+    k = tl.load(K + b * s_kb + h * s_kh + t[:, None] * s_kn + d[None, :], mask=dmask[None, :], other=0.0)
+    k = k.to(tl.float32)
+    if HAS_ROUTER:
+        u = tl.load(ROUTER + h * D + d, mask=dmask, other=0.0).to(tl.float32)
+        logit = tl.sum(k * u[None, :], 1) * router_scale
+        w = tl.exp(logit - tl.max(logit, 0))
+        w = w / tl.sum(w, 0)
+        kbar = tl.sum(k * w[:, None], 0)
+    else:
+        kbar = tl.sum(k, 0) / C
+    off = (bh * capacity + j) * D + d
+    tl.store(KBAR + off, kbar, mask=dmask)
+    if SPLIT:
+        hi = kbar.to(KHI.dtype.element_ty)
+        tl.store(KHI + off, hi, mask=dmask)
+        tl.store(KLO + off, (kbar - hi.to(tl.float32)).to(KLO.dtype.element_ty), mask=dmask)
+
+
+def allocate_summaries(k: torch.Tensor, capacity: int) -> BlockSummaries:
+    b, hkv, _, d = k.shape
+    kbar = torch.zeros(b, hkv, capacity, d, dtype=torch.float32, device=k.device)
+    if k.dtype == torch.float32:
+        return BlockSummaries(kbar, kbar, None, 0)
+    hi = torch.zeros(b, hkv, capacity, d, dtype=k.dtype, device=k.device)
+    return BlockSummaries(kbar, hi, torch.zeros_like(hi), 0)
+
+
+def update_summaries(
+    summ: BlockSummaries, k: torch.Tensor, router: torch.Tensor | None, block_size: int, softmax_scale: float
+) -> BlockSummaries:
+    """Summarise the blocks of ``k`` that became complete since ``summ.count`` (in place; decode appends)."""
+    b, hkv, nk, d = k.shape
+    nc = nk // block_size
+    new = nc - summ.count
+    if new <= 0:
+        return summ
+    if nc > summ.kbar.shape[2]:
+        raise ValueError(f"summary capacity {summ.kbar.shape[2]} blocks < {nc} complete blocks")
+    k = last_dim_contiguous(k)
+    router_t = summ.kbar if router is None else router.to(device=k.device, dtype=torch.float32).contiguous()
+    _block_summary_kernel[(new, b * hkv)](
+        k, router_t, summ.kbar, summ.hi, summ.lo if summ.lo is not None else summ.hi,
+        summ.count, summ.kbar.shape[2], softmax_scale,
+        k.stride(0), k.stride(1), k.stride(2), hkv,
+        C=block_size, D=d, DP=next_pow2(max(d, 16)), HAS_ROUTER=router is not None, SPLIT=summ.lo is not None,
+        num_warps=4,
+    )
+    summ.count = nc
+    return summ
+
+
+def block_summaries(
+    k: torch.Tensor, router: torch.Tensor | None, block_size: int, softmax_scale: float
+) -> BlockSummaries:
+    """``kbar_j = sum_t softmax_t(u . k_t * softmax_scale) k_t`` over the complete blocks (METHODS.md)."""
+    nc = k.shape[2] // block_size
+    return update_summaries(allocate_summaries(k, max(nc, 1)), k, router, block_size, softmax_scale)
+
+
+@triton.jit
+def _entmax_newton(x, tau, ent_exp, tol, has_rows, ENT_SQUARE: tl.constexpr, MAX_ITERS: tl.constexpr):
+    """Raise ``tau`` from a point where ``f >= 0`` to the root of ``f``; ``x`` is -inf off the support."""
+    it = 0
+    go = has_rows
+    while go:
+        tt = tl.maximum(x - tau[:, None], 0.0)
+        if ENT_SQUARE:
+            f = tl.sum(tt * tt, 1)
+            fp = 2.0 * tl.sum(tt, 1)
+        else:
+            pw = tl.where(tt > 0, tl.exp2(ent_exp * tl.log2(tl.maximum(tt, 1e-30))), 0.0)
+            f = tl.sum(pw, 1)
+            fp = ent_exp * tl.sum(tl.where(tt > 0, pw / tl.maximum(tt, 1e-30), 0.0), 1)
+        step = tl.where(fp > 0, (f - 1.0) / tl.where(fp > 0, fp, 1.0), 0.0)
+        tau = tau + step
+        it += 1
+        big = tl.max(tl.abs(step) - tol * tl.maximum(tl.abs(tau), 1.0), 0)
+        go = (big > 0) & (it < MAX_ITERS)
+    return tau
+
+
+@triton.jit
+def _dash_route_kernel(
+    Q, KHI, KLO, WORDS, TAU, MEANLOG, ACTIVE, ATTENDED, SCRATCH,
+    Nq, q_off, nc, capacity, n_words, n_qtiles, total_tiles, n_bh,
+    zscale, ent_exp, tol, init_blocks, local_blocks,
+    s_qb, s_qh, s_qn, HKV,
+    G: tl.constexpr, GP: tl.constexpr, TQ: tl.constexpr, D: tl.constexpr, DP: tl.constexpr,
+    C: tl.constexpr, NBP: tl.constexpr, CH: tl.constexpr, ENT_SQUARE: tl.constexpr, SPLIT: tl.constexpr,
+    DOT_MODE: tl.constexpr, MAX_ITERS: tl.constexpr,
+):
+    M: tl.constexpr = GP * TQ
+    NCH: tl.constexpr = NBP // CH
+    pid = tl.program_id(0)
+    n_prog = tl.num_programs(0)
+    r = tl.arange(0, M)
+    tq = r // GP
+    g = r % GP
+    d = tl.arange(0, DP)
+    dmask = d < D
+    cols = tl.arange(0, NBP)
+    colc = tl.arange(0, CH)
+    lane = tl.arange(0, TQ)
+    scratch_rows = SCRATCH + (pid * M + r)[:, None] * NBP
+    tile = pid
+    while tile < total_tiles:
+        qt = n_qtiles - 1 - tile // n_bh  # latest (longest) query tiles first
+        bh = tile % n_bh
+        b = bh // HKV
+        h = bh % HKV
+        pos = qt * TQ + tq
+        row_ok = (g < G) & (pos < Nq)
+        head = h * G + g
+        abs_i = pos + q_off
+        ncand_row = tl.where(row_ok, tl.minimum(abs_i // C, nc), 0)  # candidates: complete blocks j < b(i)
+        ncand = tl.max(ncand_row, 0)
+        q = tl.load(
+            Q + b * s_qb + head[:, None] * s_qh + pos[:, None] * s_qn + d[None, :],
+            mask=row_ok[:, None] & dmask[None, :], other=0.0,
+        )
+        kb_base = (bh * capacity) * D
+        if NCH == 1:
+            kmask = (cols < nc)[:, None] & dmask[None, :]
+            kh = tl.load(KHI + kb_base + cols[:, None] * D + d[None, :], mask=kmask, other=0.0)
+            x = mma(q, tl.trans(kh), DOT_MODE)
+            if SPLIT:
+                kl = tl.load(KLO + kb_base + cols[:, None] * D + d[None, :], mask=kmask, other=0.0)
+                x += mma(q, tl.trans(kl), DOT_MODE)
+        else:
+            tl.debug_barrier()  # the previous tile's reads of the scratch rows are done
+            for c in range(0, NCH):
+                if c * CH < ncand:
+                    jc = c * CH + colc
+                    kmask = (jc < nc)[:, None] & dmask[None, :]
+                    kh = tl.load(KHI + kb_base + jc[:, None] * D + d[None, :], mask=kmask, other=0.0)
+                    xc = mma(q, tl.trans(kh), DOT_MODE)
+                    if SPLIT:
+                        kl = tl.load(KLO + kb_base + jc[:, None] * D + d[None, :], mask=kmask, other=0.0)
+                        xc += mma(q, tl.trans(kl), DOT_MODE)
+                    tl.store(scratch_rows + jc[None, :], xc)
+            tl.debug_barrier()
+            x = tl.load(scratch_rows + cols[None, :], mask=cols[None, :] < ncand, other=0.0, cache_modifier=".cg")
+        x = tl.where(cols[None, :] < ncand_row[:, None], x * zscale, float("-inf"))
+
+        has = ncand_row > 0
+        tau = tl.where(has, tl.max(x, 1) - 1.0, 0.0)
+        tau = _entmax_newton(x, tau, ent_exp, tol, ncand > 0, ENT_SQUARE, MAX_ITERS)
+        tt = tl.maximum(x - tau[:, None], 0.0)
+        if ENT_SQUARE:
+            p = tt * tt
+        else:
+            p = tl.where(tt > 0, tl.exp2(ent_exp * tl.log2(tl.maximum(tt, 1e-30))), 0.0)
+        p = tl.where(row_ok[:, None], p, 0.0)
+        pbar = tl.sum(tl.reshape(p, (TQ, GP, NBP)), 1) / G  # [TQ, NBP]
+
+        qpos = qt * TQ + lane
+        q_ok = qpos < Nq
+        cur = (qpos + q_off) // C
+        routed = pbar > 0
+        forced = (cols[None, :] <= cur[:, None]) & (
+            (cols[None, :] < init_blocks) | (cols[None, :] > cur[:, None] - local_blocks)
+        )
+        sel = (routed | forced) & q_ok[:, None]
+        n_routed = tl.sum(routed.to(tl.int32), 1)
+        log_p = tl.where(routed, tl.log(tl.maximum(pbar, 1.1754943508222875e-38)), 0.0)
+        mean_log = tl.sum(log_p, 1) / tl.maximum(n_routed, 1).to(tl.float32)
+
+        bits = tl.reshape(sel.to(tl.int64), (TQ, NBP // 32, 32))
+        words = tl.sum(bits << tl.arange(0, 32).to(tl.int64)[None, None, :], 2).to(tl.int32)
+        wcol = tl.arange(0, NBP // 32)
+        tl.store(WORDS + (bh * Nq + qpos)[:, None] * n_words + wcol[None, :], words,
+                 mask=q_ok[:, None] & (wcol < n_words)[None, :])
+        tl.store(TAU + (b * HKV * G + head) * Nq + pos, tau, mask=row_ok)
+        tl.store(MEANLOG + bh * Nq + qpos, mean_log, mask=q_ok)
+        keys = tl.minimum(C, (qpos + q_off)[:, None] - cols[None, :] * C + 1)
+        tl.store(ACTIVE + bh * Nq + qpos, tl.sum(sel.to(tl.int32), 1), mask=q_ok)
+        tl.store(ATTENDED + bh * Nq + qpos, tl.sum(tl.where(sel, keys, 0), 1), mask=q_ok)
+        tile += n_prog
+
+
+def route_tile(group: int, nblocks_pow2: int, nq: int) -> int:
+    """Queries per routing program: as many as keep ``rows x blocks`` within the register budget."""
+    gp = next_pow2(group)
+    tq = max(1, _ROUTE_TILE_ELEMENTS // (gp * nblocks_pow2))
+    tq = min(tq, max(1, 64 // gp), next_pow2(nq))
+    return max(tq, -(-16 // gp))  # tl.dot needs 16 rows
+
+
+def dash_route(
+    q: torch.Tensor,
+    summ: BlockSummaries,
+    nk: int,
+    *,
+    alpha: float,
+    scale: float,
+    softmax_scale: float,
+    init_blocks: int,
+    local_blocks: int,
+    block_size: int,
+    tile_q: int | None = None,
+    chunk_blocks: int = 256,
+    num_warps: int | None = None,
+) -> DashRoute:
+    """Route the queries ``q: [B, Hq, Nq, D]`` (the last ``Nq`` of ``nk`` positions) onto blocks."""
+    b, hq, nq, d = q.shape
+    hkv = summ.kbar.shape[1]
+    g = hq // hkv
+    gp = next_pow2(g)
+    nblocks = -(-nk // block_size)
+    nbp = max(32, next_pow2(nblocks))
+    nwords = -(-nblocks // 32)
+    q = last_dim_contiguous(q)
+    if tile_q is None:
+        tile_q = route_tile(g, nbp, nq)
+    ch = min(nbp, chunk_blocks)
+    n_qtiles = -(-nq // tile_q)
+    total = n_qtiles * b * hkv
+    n_prog = min(total, persistent_programs(q.device))
+    m_rows = gp * tile_q
+    dev = q.device
+    words = torch.empty(b, hkv, nq, nwords, dtype=torch.int32, device=dev)
+    tau = torch.empty(b, hq, nq, dtype=torch.float32, device=dev)
+    mean_log = torch.empty(b, hkv, nq, dtype=torch.float32, device=dev)
+    active = torch.empty(b, hkv, nq, dtype=torch.int32, device=dev)
+    attended = torch.empty(b, hkv, nq, dtype=torch.int32, device=dev)
+    scratch = (
+        torch.empty(n_prog, m_rows, nbp, dtype=torch.float32, device=dev) if nbp > ch
+        else torch.empty(1, dtype=torch.float32, device=dev)
+    )
+    ent_exp = 1.0 / (alpha - 1.0)
+    if num_warps is None:
+        num_warps = 8 if m_rows * nbp >= 8192 else 4
+    _dash_route_kernel[(n_prog,)](
+        q, summ.hi, summ.lo if summ.lo is not None else summ.hi, words, tau, mean_log, active, attended, scratch,
+        nq, nk - nq, summ.count, summ.kbar.shape[2], nwords, n_qtiles, total, b * hkv,
+        (alpha - 1.0) * scale * softmax_scale, ent_exp, 2.0**-22, init_blocks, local_blocks,
+        q.stride(0), q.stride(1), q.stride(2), hkv,
+        G=g, GP=gp, TQ=tile_q, D=d, DP=next_pow2(max(d, 16)), C=block_size, NBP=nbp, CH=ch,
+        ENT_SQUARE=ent_exp == 2.0, SPLIT=summ.lo is not None, DOT_MODE=dot_mode(q.dtype),
+        MAX_ITERS=_MAX_NEWTON_ITERS, num_warps=num_warps, num_stages=1,
+    )
+    return DashRoute(words, tau, mean_log, active, attended)

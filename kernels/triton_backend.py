@@ -1,0 +1,21 @@
+"""The ``triton`` backend: importing this module registers the Triton kernels of ``dash``, ``nsa`` and
+``infllmv2`` with ``register_backend`` (``sparse_attention`` imports it lazily for ``backend="triton"``
+and for ``"auto"`` on CUDA tensors). ``full`` stays on PyTorch's SDPA, which is already a fused kernel.
+
+Forward only. Inputs the kernels do not take (float64, block sizes other than 16/32/64/128, head dims
+above 256) are computed by each method's reference implementation instead.
+"""
+
+from __future__ import annotations
+
+import triton  # noqa: F401  (fail the import, and so the backend, where Triton is missing)
+from dash_eval.kernels.dash.triton_attention import dash_attention_triton
+from dash_eval.kernels.registry import get_backend, register_backend
+
+_KERNELS = {
+    "dash": dash_attention_triton,
+}
+
+for _name, _fn in _KERNELS.items():
+    if get_backend(_name, "triton") is None:
+        register_backend(_name, "triton")(_fn)

@@ -1,0 +1,96 @@
+"""DashAttention on the Triton backend (CPU interpreter) against the reference: outputs, the routed
+selection bit for bit, and the stats, for prefill and decode."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.triton_interp import interpret_env, rel_err, triton_available  # noqa: F401  (fixture)
+
+pytestmark = [
+    pytest.mark.skipif(not triton_available, reason="triton is not importable"),
+    pytest.mark.usefixtures("interpret_env"),
+]
+
+if triton_available:
+    from dash_eval.kernels import sparse_attention
+    from dash_eval.kernels._triton.selection import unpack_selection
+    from dash_eval.kernels.common import num_blocks
+    from dash_eval.kernels.dash.naive import dash_block_summaries
+    from dash_eval.kernels.dash.naive import dash_route as reference_route
+    from dash_eval.kernels.dash.triton_routing import block_summaries, dash_route
+
+TOL = {torch.float32: 2e-5, torch.bfloat16: 2e-2}
+
+# (B, Hq, Hkv, Nq, Nk, D): lengths off the block grid and below one block, GQA 1, 3, 4, 8, decode.
+SHAPES = [
+    (1, 8, 2, 100, 100, 64),
+    (2, 3, 1, 45, 45, 64),
+    (1, 4, 4, 12, 12, 128),
+    (1, 8, 1, 70, 70, 128),
+    (1, 4, 1, 1, 150, 64),
+    (2, 8, 2, 1, 97, 64),
+]
+PARAMS = [
+    {"alpha": 1.5, "scale": 8.0},
+    {"alpha": 2.0, "scale": 4.0, "init_blocks": 1, "local_blocks": 2},
+    {"alpha": 1.25, "scale": 6.0, "sigma": 0.5, "router": True},
+]
+
+
+def _cases():
+    for pi in range(len(PARAMS)):
+        for b, hq, hkv, nq, nk, d in SHAPES:
+            for dtype, tag in ((torch.float32, "fp32"), (torch.bfloat16, "bf16")):
+                if dtype == torch.bfloat16 and pi != 0:
+                    continue
+                case_id = f"p{pi}-B{b}-Nq{nq}-Nk{nk}-Hq{hq}-Hkv{hkv}-D{d}-{tag}"
+                yield pytest.param(pi, b, hq, hkv, nq, nk, d, dtype, id=case_id)
+
+
+@pytest.mark.parametrize("pi,b,hq,hkv,nq,nk,d,dtype", list(_cases()))
+def test_dash_triton_matches_reference(pi, b, hq, hkv, nq, nk, d, dtype):
+    gen = torch.Generator().manual_seed(17 * pi + nk + hq)
+    q = torch.randn(b, hq, nq, d, generator=gen).to(dtype)
+    k, v = (torch.randn(b, hkv, nk, d, generator=gen).to(dtype) for _ in range(2))
+    params = dict(PARAMS[pi], block_size=16)
+    if params.pop("router", False):
+        params["router"] = torch.randn(hkv * d, generator=gen)
+    out, stats = sparse_attention(q, k, v, "dash", backend="triton", return_stats=True, **params)
+    ref, ref_stats = sparse_attention(q, k, v, "dash", backend="reference", return_stats=True, **params)
+    assert out.dtype == dtype and not torch.isnan(out).any()
+    assert rel_err(out, ref) < TOL[dtype]
+    assert stats.attended_pairs == ref_stats.attended_pairs
+    assert stats.causal_pairs == ref_stats.causal_pairs
+    assert stats.routing_scores == ref_stats.routing_scores
+    assert torch.equal(stats.active_blocks, ref_stats.active_blocks)
+
+
+@pytest.mark.parametrize("alpha", [1.5, 2.0, 1.75])
+@pytest.mark.parametrize("chunk", [32, 256], ids=["scratch-rows", "one-chunk"])
+def test_dash_routing_selects_the_reference_blocks(alpha, chunk):
+    """600 keys = 38 blocks of 16: a 32-block chunk sends the scores through the per-program scratch row."""
+    gen = torch.Generator().manual_seed(5)
+    b, hq, hkv, nq, nk, d, c = 1, 8, 2, 48, 600, 64, 16
+    q = torch.randn(b, hq, nq, d, generator=gen)
+    k = torch.randn(b, hkv, nk, d, generator=gen)
+    sm = d**-0.5
+    pos = torch.arange(nk - nq, nk)
+    selected, _, _ = reference_route(
+        q.view(b, hkv, hq // hkv, nq, d), dash_block_summaries(k, None, c, sm), pos, num_blocks(nk, c),
+        alpha=alpha, scale=8.0, sigma=1e6, init_blocks=0, local_blocks=1, block_size=c, softmax_scale=sm,
+    )
+    route = dash_route(q, block_summaries(k, None, c, sm), nk, alpha=alpha, scale=8.0, softmax_scale=sm,
+                       init_blocks=0, local_blocks=1, block_size=c, chunk_blocks=chunk)
+    mine = unpack_selection(route.words, num_blocks(nk, c))
+    assert 0.05 < selected.float().mean() < 0.9  # a real selection, neither empty nor everything
+    assert torch.equal(mine, selected)
+
+
+def test_dash_triton_falls_back_on_unsupported_block_size():
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, h, 30, 32, generator=gen) for h in (4, 2, 2))
+    out = sparse_attention(q, k, v, "dash", backend="triton", block_size=12, scale=4.0)
+    ref = sparse_attention(q, k, v, "dash", backend="reference", block_size=12, scale=4.0)
+    assert torch.equal(out, ref)

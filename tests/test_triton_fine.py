@@ -1,0 +1,81 @@
+"""The Triton fine stage (block-sparse attention over bit-packed selections) on the CPU interpreter,
+against the reference ``block_sparse_attention`` given the same selection, bias and window."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.triton_interp import interpret_env, rel_err, triton_available  # noqa: F401  (fixture)
+
+pytestmark = [
+    pytest.mark.skipif(not triton_available, reason="triton is not importable"),
+    pytest.mark.usefixtures("interpret_env"),
+]
+
+if triton_available:
+    from dash_eval.kernels._triton.block_sparse import sparse_attention_from_words
+    from dash_eval.kernels._triton.selection import pack_selection, tile_union, unpack_selection
+    from dash_eval.kernels.common import block_sparse_attention, forced_blocks
+
+TOL = {torch.float32: 2e-6, torch.bfloat16: 1.5e-2}
+
+# (B, Hq, Hkv, Nq, Nk, D, block_size, window, bias, splits)
+CASES = [
+    (1, 8, 2, 100, 100, 64, 16, 0, False, 1),  # N off the block grid
+    (2, 3, 1, 37, 37, 64, 16, 0, True, 1),  # G = 3 (padded to 4 rows), dense bias
+    (1, 4, 4, 10, 10, 128, 16, 0, False, 1),  # below one block, G = 1
+    (1, 8, 1, 50, 90, 128, 16, 20, False, 1),  # G = 8, queries are the last 50 keys, window
+    (1, 8, 2, 1, 200, 64, 16, 0, True, 3),  # decode, split-K
+    (1, 4, 1, 3, 77, 96, 32, 40, False, 2),  # head dim 96, block 32, few queries, window
+]
+
+
+def _case_id(c):
+    b, hq, hkv, nq, nk, d, bs, w, bias, sp = c
+    return f"B{b}-Nq{nq}-Nk{nk}-Hq{hq}-Hkv{hkv}-D{d}-C{bs}-W{w}{'-bias' if bias else ''}-S{sp}"
+
+
+def _inputs(case, dtype, seed=0):
+    b, hq, hkv, nq, nk, d, bs, window, use_bias, splits = case
+    gen = torch.Generator().manual_seed(seed)
+    q = torch.randn(b, hq, nq, d, generator=gen).to(dtype)
+    k = torch.randn(b, hkv, nk, d, generator=gen).to(dtype)
+    v = torch.randn(b, hkv, nk, d, generator=gen).to(dtype)
+    nb = -(-nk // bs)
+    qblock = torch.arange(nk - nq, nk) // bs
+    sel = (torch.rand(b, hkv, nq, nb, generator=gen) < 0.4) & (torch.arange(nb)[None, :] <= qblock[:, None])
+    sel |= forced_blocks(qblock, nb, 0, 1)
+    bias = torch.where(sel, torch.randn(b, hkv, nq, nb, generator=gen), 0.0) if use_bias else None
+    return q, k, v, sel, bias
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("case", CASES, ids=[_case_id(c) for c in CASES])
+def test_fine_stage_matches_reference(case, dtype):
+    q, k, v, sel, bias = _inputs(case, dtype)
+    bs, window, splits = case[6], case[7], case[9]
+    scale = q.shape[-1] ** -0.5
+    ref = block_sparse_attention(q.float(), k.float(), v.float(), sel, bias, block_size=bs, softmax_scale=scale,
+                                 window=window)
+    out = sparse_attention_from_words(q, k, v, pack_selection(sel), block_size=bs, softmax_scale=scale,
+                                      window=window, bias=bias, splits=splits)
+    assert out.dtype == dtype
+    assert not torch.isnan(out).any()
+    assert rel_err(out, ref) < TOL[dtype]
+
+
+def test_pack_roundtrip_and_tile_union():
+    gen = torch.Generator().manual_seed(3)
+    sel = torch.rand(2, 3, 45, 70, generator=gen) < 0.2
+    words = pack_selection(sel)
+    assert words.shape == (2, 3, 45, 3) and words.dtype == torch.int32
+    assert torch.equal(unpack_selection(words, 70), sel)
+    tlist, tcount = tile_union(words, 70 * 16, block_size=16, tile_q=8)
+    for t in range(tlist.shape[2]):
+        union = sel[:, :, t * 8 : t * 8 + 8].any(2)  # [B, Hkv, nblocks]
+        for bi in range(2):
+            for h in range(3):
+                n = int(tcount[bi, h, t])
+                expect = torch.nonzero(union[bi, h]).flatten().to(torch.int32)
+                assert torch.equal(tlist[bi, h, t, :n], expect)
