@@ -79,13 +79,10 @@ class MethodParams:
         return cls(**kwargs)
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain (JSON-able) parameters; tensors such as a router are left out."""
-        out = {}
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if not isinstance(value, torch.Tensor):
-                out[f.name] = value
-        return out
+        """Plain (JSON-able) parameters; tensor fields such as a router are left out."""
+        return {
+            f.name: getattr(self, f.name) for f in dataclasses.fields(self) if not f.metadata.get("tensor", False)
+        }
 
 
 class AttentionMethod:

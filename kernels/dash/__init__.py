@@ -16,7 +16,8 @@ class DashParams(MethodParams):
     sigma: float = 1e6
     init_blocks: int = 0
     local_blocks: int = 1
-    router: torch.Tensor | None = None  # [Hkv * D] or [Hkv, D]; None = mean-pooled summaries
+    # [Hkv * D] or [Hkv, D]; None = mean-pooled summaries. Per layer, so never stored in a config.
+    router: torch.Tensor | None = dataclasses.field(default=None, metadata={"tensor": True})
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -1,0 +1,62 @@
+"""Loading a causal LM with a sparse attention method: ``load_model``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from dash_eval.dash_models.embedded import resolve_model_path
+from dash_eval.dash_models.patch import CONFIG_KEY, apply_attention, check_supported
+from dash_eval.dash_models.router import attach_routers, checkpoint_routers
+from dash_eval.kernels import get_method
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
+
+
+def parse_dtype(dtype: str | torch.dtype) -> torch.dtype | str:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype={dtype!r}; accepted: {', '.join(DTYPES)}")
+    return DTYPES[dtype]
+
+
+def load_model(
+    pretrained: str,
+    *,
+    method: str | None = None,
+    dtype: str | torch.dtype = "float32",
+    device: str = "cpu",
+    router: str | None = None,
+    backend: str = "auto",
+    **params: Any,
+):
+    """Load a causal LM and its tokenizer with ``method`` (default: the one saved in its config, else
+    ``full``). ``pretrained`` is a directory, a hub id already in the local cache, or ``default`` (the
+    embedded SmolLM2-135M-Instruct). Everything is validated before the weights load.
+
+    >>> model, tok = load_model("default", method="dash", scale=2.0)  # doctest: +SKIP
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    torch_dtype = parse_dtype(dtype)
+    path = resolve_model_path(pretrained)
+    config = AutoConfig.from_pretrained(path)
+    check_supported(config)
+    saved = getattr(config, CONFIG_KEY, None)
+    if method is None:
+        method = saved["method"] if saved else "full"
+        if saved and not params:
+            params = dict(saved.get("params", {}))
+    get_method(method).make_params(**params)  # fail on bad parameters before loading any weight
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, attn_implementation="sdpa")
+    model.to(device).eval()
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    carried = checkpoint_routers(path)
+    if carried:
+        attach_routers(model, carried)
+    apply_attention(model, method, router=router, backend=backend, **params)
+    return model, tokenizer

@@ -1,0 +1,218 @@
+"""Switching a Hugging Face causal LM's attention to one of the registered methods.
+
+The method and its parameters live in ``model.config.dash_attention`` (so a saved model remembers
+them); the attention function is registered with transformers under the name ``dash_eval`` and reads
+its per-model runtime (parameters, router of each layer, the sparsity tally) from the attention
+modules. Importing this module patches nothing: ``apply_attention`` and ``patch_attention`` do.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+
+from dash_eval.dash_models.tally import SparsityTally
+from dash_eval.kernels import MethodParams, get_method, sparse_attention
+from dash_eval.kernels.api import BACKENDS
+
+ATTN_IMPLEMENTATION = "dash_eval"
+CONFIG_KEY = "dash_attention"
+ROUTER_BUFFER = "indexer_q"
+# Architectures whose attention modules call transformers' attention interface with
+# RoPE-rotated [B, H, N, D] keys and a plain causal mask.
+SUPPORTED_MODEL_TYPES = ("llama", "mistral", "mixtral", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe")
+
+
+@dataclasses.dataclass
+class AttentionRuntime:
+    method: str
+    params: MethodParams
+    backend: str
+    tally: SparsityTally
+
+
+def check_supported(config: Any) -> None:
+    model_type = getattr(config, "model_type", None)
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        raise ValueError(
+            f"model architecture {model_type!r} is not supported by dash-eval's attention patch; "
+            f"supported model_type values: {', '.join(SUPPORTED_MODEL_TYPES)}"
+        )
+
+
+def _register_with_transformers() -> None:
+    from transformers import AttentionInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
+
+    if ATTN_IMPLEMENTATION not in AttentionInterface._global_mapping:
+        AttentionInterface.register(ATTN_IMPLEMENTATION, dash_attention_forward)
+    if ATTN_IMPLEMENTATION not in ALL_MASK_ATTENTION_FUNCTIONS._global_mapping:
+        ALL_MASK_ATTENTION_FUNCTIONS.register(ATTN_IMPLEMENTATION, sdpa_mask)
+
+
+def attention_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The self-attention modules, in layer order (each has ``layer_idx``)."""
+    mods = [m for m in model.modules() if hasattr(m, "layer_idx") and hasattr(m, "k_proj")]
+    return sorted(mods, key=lambda m: m.layer_idx)
+
+
+def _kv_valid(attention_mask: torch.Tensor | None, batch: int, nk: int) -> torch.Tensor | None:
+    """Keys that some query may attend, from the 4-d mask transformers builds (None: no padding)."""
+    if attention_mask is None:
+        return None
+    mask = attention_mask
+    if mask.dim() != 4:
+        raise ValueError(f"dash_eval attention expects a 4-d attention mask; got shape {tuple(mask.shape)}")
+    allowed = mask if mask.dtype == torch.bool else mask > torch.finfo(mask.dtype).min / 2
+    valid = allowed[:, 0, :, -nk:].any(dim=1)
+    if valid.shape[0] != batch:
+        valid = valid.expand(batch, -1)
+    return None if bool(valid.all()) else valid
+
+
+def dash_attention_forward(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
+    runtime: AttentionRuntime | None = getattr(module, "_dash_runtime", None)
+    if runtime is None:
+        raise RuntimeError(
+            "this model's attention is set to 'dash_eval' but was not prepared; call "
+            "dash_eval.dash_models.apply_attention(model, method, ...) or load it with load_model()"
+        )
+    params = runtime.params
+    router = getattr(module, ROUTER_BUFFER, None)
+    if router is not None and "router" in params.field_names() and getattr(params, "router") is None:
+        params = dataclasses.replace(params, router=router)
+    kv_valid = _kv_valid(attention_mask, query.shape[0], key.shape[2])
+    method = get_method(runtime.method)
+    if runtime.method == "full" and kv_valid is None and query.shape[2] == key.shape[2]:
+        # The model's own sdpa path: "full" must reproduce the unpatched logits exactly.
+        from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+        out, _ = sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
+                                        scaling=scaling, is_causal=True)
+        from dash_eval.kernels.full import full_attention_stats
+
+        stats = full_attention_stats(query.shape[0], key.shape[1], query.shape[2], key.shape[2],
+                                     params.block_size, query.device)
+    else:
+        out, stats = sparse_attention(
+            query, key, value, method.name, backend=runtime.backend, return_stats=True,
+            softmax_scale=scaling, kv_valid=kv_valid, **_param_kwargs(params),
+        )
+        out = out.transpose(1, 2).contiguous()
+    phase = "decode" if query.shape[2] == 1 and key.shape[2] > 1 else "prefill"
+    runtime.tally.add(phase, stats)
+    return out, None
+
+
+def _param_kwargs(params: MethodParams) -> dict[str, Any]:
+    return {f.name: getattr(params, f.name) for f in dataclasses.fields(params)}
+
+
+def get_tally(model: torch.nn.Module) -> SparsityTally:
+    """The model's sparsity tally (created on first use)."""
+    tally = getattr(model, "_dash_tally", None)
+    if tally is None:
+        tally = SparsityTally()
+        model._dash_tally = tally
+    return tally
+
+
+def current_attention(model: torch.nn.Module) -> dict[str, Any] | None:
+    """``{"method": ..., "params": {...}}`` as stored in the model's config, or None."""
+    return getattr(model.config, CONFIG_KEY, None)
+
+
+def apply_attention(
+    model: torch.nn.Module,
+    method: str = "full",
+    *,
+    router: str | torch.Tensor | dict[int, torch.Tensor] | None = None,
+    backend: str = "auto",
+    **params: Any,
+) -> MethodParams:
+    """Switch ``model``'s attention to ``method`` with ``params`` (validated before anything changes).
+
+    ``router``: a directory or safetensors file of per-layer ``indexer_q`` vectors (see
+    ``dash_eval.dash_models.router``), or a ``{layer: tensor}`` mapping; only ``dash`` uses it.
+    """
+    from dash_eval.dash_models.router import attach_routers, load_router_file
+
+    check_supported(model.config)
+    spec = get_method(method)
+    parsed = spec.make_params(**params)
+    if backend not in BACKENDS:
+        raise ValueError(f"backend={backend!r}; accepted: {', '.join(BACKENDS)}")
+    modules = attention_modules(model)
+    if not modules:
+        raise ValueError(f"{type(model).__name__} has no attention modules with layer_idx and k_proj")
+    routers = None
+    if router is not None:
+        routers = load_router_file(router) if isinstance(router, (str, bytes)) or hasattr(router, "__fspath__") \
+            else router
+        if isinstance(routers, torch.Tensor):
+            raise ValueError("router must be a path or a {layer_index: tensor} mapping, not a single tensor")
+    _register_with_transformers()
+    if routers is not None:
+        attach_routers(model, routers)
+    runtime = AttentionRuntime(method=method, params=parsed, backend=backend, tally=get_tally(model))
+    for module in modules:
+        module._dash_runtime = runtime
+    setattr(model.config, CONFIG_KEY, {"method": method, "params": parsed.to_dict()})
+    _set_implementation(model, ATTN_IMPLEMENTATION)
+    return parsed
+
+
+def _set_implementation(model: torch.nn.Module, name: str) -> None:
+    configs = {id(model.config): model.config}
+    for module in model.modules():
+        cfg = getattr(module, "config", None)
+        if cfg is not None:
+            configs[id(cfg)] = cfg
+    for cfg in configs.values():
+        cfg._attn_implementation = name
+
+
+def remove_attention(model: torch.nn.Module, implementation: str = "sdpa") -> None:
+    """Undo ``apply_attention``: back to a transformers implementation, config key removed."""
+    for module in attention_modules(model):
+        module.__dict__.pop("_dash_runtime", None)
+    if hasattr(model.config, CONFIG_KEY):
+        delattr(model.config, CONFIG_KEY)
+    _set_implementation(model, implementation)
+
+
+@contextlib.contextmanager
+def patch_attention(model: torch.nn.Module, method: str = "full", **kwargs: Any) -> Iterator[torch.nn.Module]:
+    """``apply_attention`` inside a ``with`` block; the previous attention is restored in ``finally``."""
+    previous_impl = model.config._attn_implementation
+    previous_cfg = current_attention(model)
+    modules = attention_modules(model)
+    previous_runtime = [m.__dict__.get("_dash_runtime") for m in modules]
+    apply_attention(model, method, **kwargs)
+    try:
+        yield model
+    finally:
+        for module, runtime in zip(modules, previous_runtime):
+            if runtime is None:
+                module.__dict__.pop("_dash_runtime", None)
+            else:
+                module._dash_runtime = runtime
+        if previous_cfg is None:
+            if hasattr(model.config, CONFIG_KEY):
+                delattr(model.config, CONFIG_KEY)
+        else:
+            setattr(model.config, CONFIG_KEY, previous_cfg)
+        _set_implementation(model, previous_impl)

@@ -1,0 +1,94 @@
+"""DashAttention routers: one ``indexer_q`` vector ``[Hkv * D]`` per layer (the authors' layout).
+
+They come from a trained checkpoint (attention parameter ``...layers.<i>.self_attn.indexer_q``) or
+from a router file written by ``dash-eval fit-router`` (``router.safetensors`` in a directory). Either
+way they are attached to the attention modules as the buffer ``indexer_q``, which the ``dash`` method
+uses as ``u_h`` (METHODS.md, stage 1).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import torch
+
+ROUTER_FILENAME = "router.safetensors"
+_KEY = re.compile(r"(?:^|\.)layers\.(\d+)\.(?:self_attn\.)?indexer_q$")
+
+
+def routers_from_state(tensors: dict[str, torch.Tensor]) -> dict[int, torch.Tensor]:
+    """Pick ``{layer: indexer_q}`` out of a state dict (keys ``...layers.<i>[.self_attn].indexer_q``)."""
+    out = {}
+    for name, tensor in tensors.items():
+        match = _KEY.search(name)
+        if match:
+            out[int(match.group(1))] = tensor
+    return out
+
+
+def load_router_file(path: str | os.PathLike) -> dict[int, torch.Tensor]:
+    """Routers from a router directory, a ``.safetensors`` file, or a checkpoint directory."""
+    from safetensors.torch import load_file
+
+    p = Path(path)
+    if p.is_dir():
+        files = [p / ROUTER_FILENAME] if (p / ROUTER_FILENAME).is_file() else sorted(p.glob("*.safetensors"))
+    elif p.is_file():
+        files = [p]
+    else:
+        raise ValueError(f"router={str(path)!r}: no such file or directory")
+    routers: dict[int, torch.Tensor] = {}
+    for f in files:
+        routers.update(routers_from_state(load_file(str(f))))
+    if not routers:
+        raise ValueError(f"router={str(path)!r}: no 'layers.<i>.indexer_q' tensors found in {[f.name for f in files]}")
+    return routers
+
+
+def checkpoint_routers(model_dir: str | os.PathLike) -> dict[int, torch.Tensor]:
+    """``indexer_q`` tensors carried by a checkpoint directory (empty if none), read lazily per tensor."""
+    from safetensors import safe_open
+
+    p = Path(model_dir)
+    if not p.is_dir():
+        return {}
+    out = {}
+    for f in sorted(p.glob("*.safetensors")):
+        with safe_open(str(f), framework="pt") as handle:
+            for name in handle.keys():
+                match = _KEY.search(name)
+                if match:
+                    out[int(match.group(1))] = handle.get_tensor(name)
+    return out
+
+
+def attach_routers(model: torch.nn.Module, routers: dict[int, torch.Tensor]) -> None:
+    """Set each attention layer's ``indexer_q`` buffer; every shape is checked before any is set."""
+    from dash_eval.dash_models.patch import ROUTER_BUFFER, attention_modules
+
+    modules = {m.layer_idx: m for m in attention_modules(model)}
+    cfg = model.config
+    hkv = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
+    d = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    unknown = sorted(set(routers) - set(modules))
+    if unknown:
+        raise ValueError(f"router has layers {unknown} that the model lacks (model layers: 0..{len(modules) - 1})")
+    for layer, tensor in routers.items():
+        if tensor.numel() != hkv * d:
+            raise ValueError(
+                f"router layer {layer}: indexer_q has shape {tuple(tensor.shape)} ({tensor.numel()} values); "
+                f"the model needs Hkv * D = {hkv} * {d} = {hkv * d}"
+            )
+    for layer, tensor in routers.items():
+        module = modules[layer]
+        weight = next(module.parameters())
+        module.register_buffer(ROUTER_BUFFER, tensor.detach().reshape(hkv * d).to(weight.device, torch.float32))
+
+
+def model_routers(model: torch.nn.Module) -> dict[int, torch.Tensor]:
+    """The ``indexer_q`` buffers currently attached, by layer."""
+    from dash_eval.dash_models.patch import ROUTER_BUFFER, attention_modules
+
+    return {m.layer_idx: getattr(m, ROUTER_BUFFER) for m in attention_modules(model) if hasattr(m, ROUTER_BUFFER)}

@@ -1,0 +1,175 @@
+"""Hugging Face integration on a tiny random Llama: exactness of `full`, padding, generation with
+cache, config round trip, routers, the tally, and bad input."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from dash_eval.dash_models import (
+    apply_attention,
+    current_attention,
+    get_tally,
+    load_model,
+    model_routers,
+    patch_attention,
+)
+
+SPARSE = {
+    "dash": {"block_size": 4, "scale": 400.0},
+    "infllmv2": {"block_size": 4, "kernel_size": 4, "kernel_stride": 2, "local_blocks": 1, "topk": 2},
+    "nsa": {"block_size": 4, "kernel_size": 4, "kernel_stride": 2, "topk": 1, "window": 3},
+}
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    cfg = LlamaConfig(
+        hidden_size=96, intermediate_size=128, num_hidden_layers=2, num_attention_heads=6, num_key_value_heads=2,
+        head_dim=16, vocab_size=97, max_position_embeddings=256, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+    )
+    model = LlamaForCausalLM(cfg).eval()
+    return model
+
+
+def _ids(n: int, seed: int = 0, batch: int = 1) -> torch.Tensor:
+    return torch.randint(3, 97, (batch, n), generator=torch.Generator().manual_seed(seed))
+
+
+@torch.no_grad()
+def test_full_gives_the_models_own_logits(tiny):
+    ids = _ids(50)
+    tiny.set_attn_implementation("sdpa")
+    own = tiny(ids).logits
+    with patch_attention(tiny, "full"):
+        patched = tiny(ids).logits
+    assert torch.equal(own, patched)
+    assert tiny.config._attn_implementation == "sdpa" and current_attention(tiny) is None
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("method", ["full", *SPARSE])
+def test_left_padded_batch_equals_rows_alone(tiny, method):
+    a, b = _ids(40, 1), _ids(27, 2)
+    batch = torch.zeros(2, 40, dtype=torch.long)
+    mask = torch.zeros(2, 40, dtype=torch.long)
+    batch[0], mask[0] = a[0], 1
+    batch[1, 13:], mask[1, 13:] = b[0], 1
+    with patch_attention(tiny, method, **SPARSE.get(method, {})):
+        together = tiny(batch, attention_mask=mask).logits
+        alone_b = tiny(b).logits
+        alone_a = tiny(a).logits
+    torch.testing.assert_close(together[0], alone_a[0], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(together[1, 13:], alone_b[0], rtol=1e-4, atol=1e-4)
+    assert not torch.isnan(together).any()
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("method", ["full", *SPARSE])
+def test_generation_with_cache_equals_recomputing(tiny, method):
+    ids = _ids(30, 3)
+    with patch_attention(tiny, method, **SPARSE.get(method, {})):
+        out = tiny.generate(ids, max_new_tokens=8, do_sample=False, use_cache=True, pad_token_id=0,
+                            output_logits=True, return_dict_in_generate=True)
+        seq = out.sequences
+        for step, logits in enumerate(out.logits):
+            prefix = seq[:, : ids.shape[1] + step]
+            recomputed = tiny(prefix, use_cache=False).logits[:, -1]
+            torch.testing.assert_close(logits, recomputed, rtol=1e-4, atol=1e-4)
+
+
+@torch.no_grad()
+def test_left_padded_generation_equals_row_alone(tiny):
+    a, b = _ids(33, 4), _ids(21, 5)
+    batch = torch.zeros(2, 33, dtype=torch.long)
+    mask = torch.zeros(2, 33, dtype=torch.long)
+    batch[0], mask[0] = a[0], 1
+    batch[1, 12:], mask[1, 12:] = b[0], 1
+    with patch_attention(tiny, "dash", **SPARSE["dash"]):
+        both = tiny.generate(batch, attention_mask=mask, max_new_tokens=6, do_sample=False, pad_token_id=0)
+        alone = tiny.generate(b, max_new_tokens=6, do_sample=False, pad_token_id=0)
+    assert torch.equal(both[1, 33:], alone[0, 21:])
+
+
+@torch.no_grad()
+def test_tally_prefill_and_decode_apart(tiny):
+    with patch_attention(tiny, "dash", **SPARSE["dash"]):
+        tally = get_tally(tiny)
+        tally.reset()
+        tiny.generate(_ids(40, 6), max_new_tokens=4, do_sample=False, pad_token_id=0)
+        pre, dec = tally.summary("prefill"), tally.summary("decode")
+    layers, hkv = 2, 2
+    assert pre["queries"] == 40 * layers * hkv and dec["queries"] == 3 * layers * hkv
+    assert pre["causal_pairs"] == sum(range(1, 41)) * layers * hkv
+    assert 0.0 < pre["sparsity"] < 1.0 and 0.0 <= dec["sparsity"] < 1.0
+    assert pre["active_blocks_p10"] <= pre["active_blocks_p50"] <= pre["active_blocks_p90"]
+    tally.reset()
+    assert tally.summary("prefill")["queries"] == 0
+
+
+@torch.no_grad()
+def test_saved_model_remembers_method_and_routers(tiny, tmp_path):
+    routers = {layer: torch.randn(2 * 16) for layer in range(2)}
+    ids = _ids(40, 7)
+    with patch_attention(tiny, "dash", router=routers, alpha=2.0, **SPARSE["dash"]):
+        expected = tiny(ids).logits
+        tiny.save_pretrained(tmp_path)
+    for m in tiny.modules():  # leave the shared fixture router-free
+        m._buffers.pop("indexer_q", None)
+    loaded, _ = _load_dir(tmp_path)
+    assert current_attention(loaded)["method"] == "dash"
+    assert current_attention(loaded)["params"]["alpha"] == 2.0
+    assert set(model_routers(loaded)) == {0, 1}
+    torch.testing.assert_close(loaded(ids).logits, expected)
+    apply_attention(loaded, "dash", **SPARSE["dash"])  # routers stay attached: still the trained routing
+    routed = loaded(ids).logits
+    for m in loaded.modules():
+        m._buffers.pop("indexer_q", None)
+    assert not torch.allclose(loaded(ids).logits, routed)
+
+
+def _load_dir(path):
+    from transformers import PreTrainedTokenizerFast
+    from tokenizers import Tokenizer, models
+
+    tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel({"[UNK]": 0}, unk_token="[UNK]")))
+    tok.save_pretrained(path)
+    return load_model(str(path))
+
+
+@pytest.mark.parametrize("method,params,field", [
+    ("sparse", {}, "unknown attention method"),
+    ("dash", {"alpha": 1.0}, "alpha"),
+    ("dash", {"alpha": 2.5}, "alpha"),
+    ("dash", {"block_size": 0}, "block_size"),
+    ("dash", {"block_size": 32.5}, "block_size"),
+    ("dash", {"scale": -1.0}, "scale"),
+    ("dash", {"topk": 3}, "topk"),
+    ("infllmv2", {"kernel_size": 24, "kernel_stride": 16}, "kernel_size"),
+    ("infllmv2", {"block_size": 40}, "block_size"),
+    ("nsa", {"topk": -1}, "topk"),
+    ("nsa", {"window": -5}, "window"),
+])
+def test_bad_parameters_name_the_field(tiny, method, params, field):
+    with pytest.raises(ValueError, match=field):
+        apply_attention(tiny, method, **params)
+
+
+def test_bad_shapes_are_rejected_before_compute():
+    from dash_eval.kernels import sparse_attention
+
+    q, k = torch.randn(1, 6, 10, 16), torch.randn(1, 4, 10, 16)
+    with pytest.raises(ValueError, match="multiple of key/value heads"):
+        sparse_attention(q, k, k, "dash")
+    with pytest.raises(ValueError, match="query length"):
+        sparse_attention(torch.randn(1, 4, 12, 16), k, k, "full")
+
+
+def test_unsupported_architecture():
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=50))
+    with pytest.raises(ValueError, match="model architecture 'gpt2' is not supported"):
+        apply_attention(model, "dash")
