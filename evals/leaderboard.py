@@ -41,6 +41,7 @@ RESULT_COLUMNS = (
     "router",
     "decode_active_blocks_mean",
     "calibration_sparsity",
+    "calibration_reached",
     "calibration_time_s",
     "prompt_tokens_mean",
     "cell",

@@ -110,6 +110,8 @@ def setting_text(row: dict) -> str:
     if row.get("target_sparsity") is not None:
         calibrated = row.get("calibrated")
         cal = f" -> {calibrated}={_short(params.get(calibrated))}" if calibrated else ""
+        if row.get("calibration_reached") is False:
+            cal += f" (not reached: {_short(row.get('calibration_sparsity'))} on calibration samples)"
         parts.append(f"target={row['target_sparsity']:g}{cal}")
     return ", ".join(parts) or "-"
 

@@ -114,6 +114,7 @@ def metrics_row(cell: Cell, config: SweepConfig, cell_name: str, result: CellRes
     row.update(result.metrics)
     if result.calibration is not None:
         row["calibration_sparsity"] = result.calibration.get("sparsity")
+        row["calibration_reached"] = result.calibration.get("reached")
         row["calibration_time_s"] = result.calibration.get("time_s")
     return row
 

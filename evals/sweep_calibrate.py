@@ -51,8 +51,9 @@ def bisect_sparsity(
     stopping within ``tolerance`` or after ``max_steps`` measurements."""
     if not 0.0 < target < 1.0:
         raise ValueError(f"target_sparsity={target!r}: accepted: a number strictly between 0 and 1")
-    if not 0 < low < high:
-        raise ValueError(f"calibrate_range=[{low}, {high}]: accepted: 0 < low < high")
+    if not (0 <= low if integer else 0 < low) or not low < high:
+        accepted = "0 <= low < high" if integer else "0 < low < high (real values bisect in log space)"
+        raise ValueError(f"calibrate_range=[{low}, {high}]: accepted: {accepted}")
     if integer:
         low, high = math.ceil(low), math.floor(high)
         if high <= low:

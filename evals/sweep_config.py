@@ -382,8 +382,16 @@ def _parse_method(c: _Checker, raw: Any, path: str) -> MethodEntry | None:
             c.error(where, f"{knob!r} is calibrated by target_sparsity; give either {knob} or target_sparsity")
         if "calibrate_range" in m:
             r = m["calibrate_range"]
-            if not isinstance(r, list) or len(r) != 2 or not all(_is_number(x) for x in r) or not 0 < r[0] < r[1]:
-                c.error(f"{path}.calibrate_range", f"bad value {r!r}; accepted: [low, high] with 0 < low < high")
+            integer = knob is not None and _is_int(fields[knob].default)
+            if (
+                not isinstance(r, list)
+                or len(r) != 2
+                or not all(_is_number(x) for x in r)
+                or not (0 <= r[0] if integer else 0 < r[0])
+                or not r[0] < r[1]
+            ):
+                bound = "0 <= low < high" if integer else "0 < low < high"
+                c.error(f"{path}.calibrate_range", f"bad value {r!r}; accepted: [low, high] with {bound}")
             else:
                 knob_range = (r[0], r[1])
     elif "calibrate" in m or "calibrate_range" in m:

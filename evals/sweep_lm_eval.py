@@ -193,7 +193,7 @@ class LmEvalRunner:
         elif integer:
             block = cell.params.get("block_size")
             length = cell.length or 4096
-            low, high = 1, max(2, math.ceil(length / block)) if block else 1024
+            low, high = 0, max(2, math.ceil(length / block)) if block else 1024
         else:
             low, high = DEFAULT_REAL_RANGE
         prompts = self._calibration_prompts(cell)

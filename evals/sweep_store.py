@@ -130,9 +130,7 @@ class ResultsStore:
         atomic_write_json(d / CELL_FILE, cell)
         atomic_write_text(
             d / PREDICTIONS_FILE,
-            "".join(
-                json.dumps(_finite(p), default=_json_default, allow_nan=False) + "\n" for p in predictions
-            ),
+            "".join(json.dumps(_finite(p), default=_json_default, allow_nan=False) + "\n" for p in predictions),
         )
         atomic_write_json(d / LM_EVAL_FILE, lm_eval_results)
         # metrics last: its presence is what marks the cell complete

@@ -60,7 +60,7 @@ class FakeRunner:
         calibration = None
         if cell.target_sparsity is not None:
             params["scale"] = 3.0
-            calibration = {"parameter": "scale", "value": 3.0, "sparsity": 0.75, "time_s": 0.5}
+            calibration = {"parameter": "scale", "value": 3.0, "sparsity": 0.75, "reached": True, "time_s": 0.5}
         s = self.sparsity(cell.method, params, cell.length)
         for _ in range(cell.samples):
             on_samples(1)

@@ -67,18 +67,14 @@ def test_expand_cells_counts_names_and_defaults():
     targeted = [c for c in cells if c.target_sparsity is not None]
     assert {c.target_sparsity for c in targeted} == {0.75, 0.9}
     assert all("scale" not in c.params and c.calibrate == "scale" for c in targeted)
-    assert all(
-        "target_sparsity=0.75" in c.name(config) or "target_sparsity=0.9" in c.name(config) for c in targeted
-    )
+    assert all("target_sparsity=0.75" in c.name(config) or "target_sparsity=0.9" in c.name(config) for c in targeted)
     # the same config expands to the same names (what resuming relies on)
     assert [c.name(config) for c in expand_cells(config)] == names
 
 
 def test_cell_identity_covers_model_and_seed():
     a = _config([{"method": "full"}])
-    b = _config(
-        [{"method": "full"}], tasks=[{"task": "niah_single", "lengths": [512, 1024], "samples": 2, "seed": 1}]
-    )
+    b = _config([{"method": "full"}], tasks=[{"task": "niah_single", "lengths": [512, 1024], "samples": 2, "seed": 1}])
     c = parse_config({**a.raw, "model": {"pretrained": "default", "dtype": "bfloat16"}}, check_model=False)
     names = [cfg_cells[0].name(cfg) for cfg, cfg_cells in ((x, expand_cells(x)) for x in (a, b, c))]
     assert len(set(names)) == 3
@@ -136,9 +132,7 @@ def test_bisect_real_parameter_rising():
         calls.append(scale)
         return 1 - 1 / (1 + scale)  # sparsity rises with scale, like dash
 
-    cal = bisect_sparsity(
-        measure, 0.75, parameter="scale", low=0.01, high=100.0, integer=False, tolerance=0.005
-    )
+    cal = bisect_sparsity(measure, 0.75, parameter="scale", low=0.01, high=100.0, integer=False, tolerance=0.005)
     assert cal.reached and abs(cal.sparsity - 0.75) <= 0.005
     assert cal.value == pytest.approx(3.0, rel=0.1)
     assert len(calls) == len(set(calls)) == len(cal.steps) <= 14
