@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-
 from dash_eval.dash_models.embedded import resolve_model_path
 from dash_eval.dash_models.patch import CONFIG_KEY, apply_attention, check_supported
 from dash_eval.dash_models.router import attach_routers, checkpoint_routers

@@ -14,7 +14,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
-
 from dash_eval.dash_models.tally import SparsityTally
 from dash_eval.kernels import MethodParams, get_method, sparse_attention
 from dash_eval.kernels.api import BACKENDS
@@ -92,7 +91,7 @@ def dash_attention_forward(
         )
     params = runtime.params
     router = getattr(module, ROUTER_BUFFER, None)
-    if router is not None and "router" in params.field_names() and getattr(params, "router") is None:
+    if router is not None and "router" in params.field_names() and params.router is None:
         params = dataclasses.replace(params, router=router)
     kv_valid = _kv_valid(attention_mask, query.shape[0], key.shape[2])
     method = get_method(runtime.method)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 
 import torch
-
 from dash_eval.kernels.stats import AttentionStats
 
 PHASES = ("prefill", "decode")

@@ -14,7 +14,6 @@ import statistics
 import time
 
 import torch
-
 from dash_eval.dash_models import apply_attention, get_tally, load_model
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from dash_eval.dash_models import get_tally, load_model
 
 FILLER = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. "

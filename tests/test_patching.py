@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
-
 from dash_eval.dash_models import (
     apply_attention,
     current_attention,
@@ -15,6 +13,7 @@ from dash_eval.dash_models import (
     model_routers,
     patch_attention,
 )
+from transformers import LlamaConfig, LlamaForCausalLM
 
 SPARSE = {
     "dash": {"block_size": 4, "scale": 400.0},
@@ -131,8 +130,8 @@ def test_saved_model_remembers_method_and_routers(tiny, tmp_path):
 
 
 def _load_dir(path):
-    from transformers import PreTrainedTokenizerFast
     from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
 
     tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel({"[UNK]": 0}, unk_token="[UNK]")))
     tok.save_pretrained(path)

@@ -45,9 +45,8 @@ class DashAttention(AttentionMethod):
                     f"Hkv * D = {hkv} * {d} = {hkv * d}"
                 )
             router = router.to(k.device)
-        fields = {f: getattr(params, f) for f in ("alpha", "block_size", "scale", "sigma", "init_blocks", "local_blocks")}
         return dash_attention_naive(
-            q, k, v, router=router, softmax_scale=softmax_scale, return_stats=return_stats, **fields
+            q, k, v, router=router, softmax_scale=softmax_scale, return_stats=return_stats, **params.to_dict()
         )
 
 

@@ -22,4 +22,6 @@ class InfLLMv2Attention(AttentionMethod):
         return infllmv2_attention_naive(q, k, v, softmax_scale=softmax_scale, return_stats=return_stats, **params.to_dict())
 
 
-__all__ = ["InfLLMv2Attention", "InfLLMv2Params", "infllmv2_attention_naive", "infllmv2_select", "topk_block_select"]
+__all__ = [
+    "InfLLMv2Attention", "InfLLMv2Params", "infllmv2_attention_naive", "infllmv2_select", "topk_block_select",
+]
