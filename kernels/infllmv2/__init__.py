@@ -19,7 +19,9 @@ class InfLLMv2Attention(AttentionMethod):
     params_cls = InfLLMv2Params
 
     def reference(self, q, k, v, params, *, softmax_scale, return_stats):
-        return infllmv2_attention_naive(q, k, v, softmax_scale=softmax_scale, return_stats=return_stats, **params.to_dict())
+        return infllmv2_attention_naive(
+            q, k, v, softmax_scale=softmax_scale, return_stats=return_stats, **params.to_dict()
+        )
 
 
 __all__ = [

@@ -26,7 +26,9 @@ class NSAAttention(AttentionMethod):
     params_cls = NSAParams
 
     def reference(self, q, k, v, params, *, softmax_scale, return_stats):
-        return nsa_attention_naive(q, k, v, softmax_scale=softmax_scale, return_stats=return_stats, **params.to_dict())
+        return nsa_attention_naive(
+            q, k, v, softmax_scale=softmax_scale, return_stats=return_stats, **params.to_dict()
+        )
 
 
 __all__ = ["NSAAttention", "NSAParams", "nsa_attention_naive", "nsa_select"]
