@@ -86,19 +86,27 @@ def _add_task_dir(module: ModuleType) -> None:
 
 def _annotate_results(module: ModuleType) -> None:
     import functools
+    import inspect
 
     original = module.evaluate
     if getattr(original, "_dash_eval_wrapped", False):
         return
+    signature = inspect.signature(original)
 
     @functools.wraps(original)
-    def evaluate(lm, *args, **kwargs):
-        results = original(lm, *args, **kwargs)
+    def evaluate(*args, **kwargs):
+        bound = signature.bind_partial(*args, **kwargs)
         # CachingLM forwards attribute look-ups to the model it wraps, so this finds DashLM there too.
-        annotate = getattr(lm, ANNOTATE_ATTR, None)
-        if callable(annotate):
-            results = annotate(results)
-        return results
+        annotate = getattr(bound.arguments.get("lm"), ANNOTATE_ATTR, None)
+        if not callable(annotate):
+            return original(*args, **kwargs)
+        samples = bound.arguments.get("samples")
+        try:
+            results = original(*args, **kwargs)
+        except BaseException:
+            annotate(None, samples=samples)  # forget this evaluation's records
+            raise
+        return annotate(results, samples=samples)
 
     evaluate._dash_eval_wrapped = True
     module.evaluate = evaluate

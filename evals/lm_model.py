@@ -1,0 +1,328 @@
+"""The lm-evaluation-harness model ``dash``: a Hugging Face causal LM with a sparse attention method.
+
+    lm_eval --model dash --model_args pretrained=default,method=dash,alpha=1.5,block_size=64,scale=2.0 \\
+        --tasks niah_single_1 --metadata max_seq_lengths=[1024] --device cpu
+
+``DashLM`` is ``HFLM`` with two differences: the model is loaded by ``dash_eval.dash_models.load_model``
+(``pretrained`` is ``default`` for the embedded model, a local directory, or a hub id already in the local
+cache) with the attention method and its parameters from ``model_args``; and every forward pass's
+measured sparsity is attributed to the requests it served, so that lm-eval's results carry the sparsity
+of each task and each logged sample (see ``_lm_eval_sparsity``). Everything else is ``HFLM``.
+
+``model_args`` keys: ``pretrained``, ``method``, ``router``, ``dtype``, ``device``, ``attn_backend``, the
+method's parameters (METHODS.md; e.g. ``alpha``, ``block_size``, ``scale`` for ``dash``), and the ``HFLM``
+options that apply to an already-loaded model (``batch_size``, ``max_length``, ``tokenizer``, ...). Any
+other key is an error that names it and lists the accepted ones.
+
+A sweep loads the model once and switches the method per cell::
+
+    model, tokenizer = load_model("default")
+    lm = DashLM(pretrained=model, tokenizer=tokenizer, batch_size=4)
+    lm.set_attention("dash", alpha=1.5, scale=2.0)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import torch
+from dash_eval.dash_models import apply_attention, current_attention, get_tally, load_model
+from dash_eval.dash_models.embedded import DEFAULT_MODEL_NAME
+from dash_eval.evals._lm_eval_sparsity import SampleRecorder
+from dash_eval.kernels import get_method, method_names
+from lm_eval.api.model import CacheHook
+from lm_eval.models.huggingface import HFLM
+
+MODEL_NAME = "dash"
+
+# HFLM options that still mean something when HFLM is handed a loaded model; they pass through as given.
+HFLM_KEYS = (
+    "tokenizer",
+    "truncation",
+    "logits_cache",
+    "max_length",
+    "softmax_dtype",
+    "mixed_precision_dtype",
+    "batch_size",
+    "max_batch_size",
+    "trust_remote_code",
+    "use_fast_tokenizer",
+    "add_bos_token",
+    "prefix_token_id",
+    "think_end_token",
+    "enable_thinking",
+    "chat_template_args",
+)
+# HFLM options about how HFLM itself would load the weights; dash loads them with load_model instead.
+HFLM_LOADING_KEYS = (
+    "backend",
+    "revision",
+    "subfolder",
+    "parallelize",
+    "max_memory_per_gpu",
+    "max_cpu_memory",
+    "offload_folder",
+    "tp_plan",
+    "peft",
+    "delta",
+    "autogptq",
+    "gptqmodel",
+    "gguf_file",
+)
+OWN_KEYS = ("pretrained", "method", "router", "dtype", "device", "attn_backend")
+
+
+def method_param_names(method: str) -> list[str]:
+    """The ``model_args`` keys that are parameters of ``method`` (tensor-valued fields, such as the
+    per-layer router, are given through ``router=PATH`` instead)."""
+    fields = dataclasses.fields(get_method(method).params_cls)
+    return [f.name for f in fields if not f.metadata.get("tensor")]
+
+
+def split_model_args(method: str, args: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Split ``model_args`` (without ``OWN_KEYS``) into HFLM options and ``method`` parameters.
+
+    Raises ``ValueError`` naming every key that is neither, with the accepted keys."""
+    if not isinstance(method, str) or method not in method_names():
+        raise ValueError(
+            f"model_args method={method!r}: unknown attention method; accepted: {', '.join(method_names())}"
+        )
+    params = method_param_names(method)
+    hflm = {k: v for k, v in args.items() if k in HFLM_KEYS}
+    method_params = {k: v for k, v in args.items() if k in params}
+    unknown = sorted(set(args) - set(hflm) - set(method_params))
+    if unknown:
+        loading = [k for k in unknown if k in HFLM_LOADING_KEYS]
+        other_methods = sorted(
+            {k for k in unknown for m in method_names() if m != method and k in method_param_names(m)}
+        )
+        hints = []
+        if loading:
+            hints.append(
+                f"{', '.join(loading)}: HFLM loading option(s) that --model {MODEL_NAME} does not take "
+                "(the model is loaded by dash_eval's load_model)"
+            )
+        if other_methods:
+            hints.append(f"{', '.join(other_methods)}: parameter(s) of another method, not of {method}")
+        hint = f" ({'; '.join(hints)})" if hints else ""
+        raise ValueError(
+            f"model_args: unknown key(s) {', '.join(unknown)} for --model {MODEL_NAME} with method={method}{hint}; "
+            f"accepted: {', '.join(OWN_KEYS)}; {method} parameters: {', '.join(params) or '(none)'}; "
+            f"HFLM options: {', '.join(HFLM_KEYS)}"
+        )
+    return hflm, method_params
+
+
+def resolve_device(device: str | None) -> str:
+    """HFLM's rule for a single device: the device asked for if this machine has it, else CUDA if
+    available, else CPU (lm-eval's CLI passes ``cuda:0`` when ``--device`` is not given)."""
+    if device is None or device == "":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if not isinstance(device, str):
+        raise ValueError(f"model_args device={device!r}; accepted: a device string such as cpu, cuda, cuda:0")
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            return "cpu"
+        index = device.partition(":")[2]
+        if index and (not index.isdigit() or int(index) >= torch.cuda.device_count()):
+            raise ValueError(
+                f"model_args device={device!r}: this machine has {torch.cuda.device_count()} CUDA device(s); "
+                "accepted: cpu, cuda, cuda:0 .. cuda:N-1"
+            )
+    return device
+
+
+def _saved_attention(pretrained: str) -> dict[str, Any] | None:
+    from dash_eval.dash_models import resolve_model_path
+    from dash_eval.dash_models.patch import CONFIG_KEY
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(resolve_model_path(pretrained))
+    except (OSError, ValueError):
+        return None  # load_model reports what is wrong with the path
+    return getattr(config, CONFIG_KEY, None)
+
+
+class _RecordingCacheHook:
+    """Forwards to lm-eval's cache hook, and tells the recorder which request each result answers (HFLM
+    calls ``add_partial`` once per request, right after the batch that computed it)."""
+
+    def __init__(self, inner: CacheHook, recorder: SampleRecorder) -> None:
+        self.inner = inner
+        self.recorder = recorder
+
+    def add_partial(self, attr: str, req: Any, res: Any) -> None:
+        self.recorder.on_result(attr, req)
+        self.inner.add_partial(attr, req, res)
+
+
+class DashLM(HFLM):
+    """``HFLM`` with a dash-eval attention method and measured sparsity per task and per sample."""
+
+    def __init__(
+        self,
+        pretrained: Any = DEFAULT_MODEL_NAME,
+        method: str | None = None,
+        router: str | None = None,
+        dtype: str = "auto",
+        device: str | None = None,
+        attn_backend: str = "auto",
+        **kwargs: Any,
+    ) -> None:
+        self._recorder = SampleRecorder()
+        loaded = not isinstance(pretrained, str)
+        if loaded and not isinstance(pretrained, torch.nn.Module):
+            raise ValueError(
+                f"model_args pretrained={pretrained!r}; accepted: 'default', a model directory, a hub id in "
+                "the local cache, or a loaded transformers model"
+            )
+        if method is None:
+            # Keep the attention the model has (a loaded model's, or the one saved in its config).
+            saved = current_attention(pretrained) if loaded else _saved_attention(pretrained)
+            method = saved["method"] if saved else "full"
+            kwargs = {**(saved or {}).get("params", {}), **kwargs}
+        hflm_kwargs, params = split_model_args(method, kwargs)
+        get_method(method).make_params(**params)  # every bad value fails here, before any weight loads
+        if loaded:
+            if hflm_kwargs.get("tokenizer") is None:
+                raise ValueError("model_args tokenizer: required when pretrained is a loaded model")
+            model = pretrained
+            apply_attention(model, method, router=router, backend=attn_backend, **params)
+            self.model_name_or_path = getattr(model, "name_or_path", "")
+        else:
+            model, tokenizer = load_model(
+                pretrained,
+                method=method,
+                dtype=dtype,
+                device=resolve_device(device),
+                router=router,
+                backend=attn_backend,
+                **params,
+            )
+            hflm_kwargs.setdefault("tokenizer", tokenizer)
+            self.model_name_or_path = pretrained
+        super().__init__(pretrained=model, **hflm_kwargs)
+        get_tally(self.model).reset()
+
+    # --- switching the method (a sweep loads once and switches per cell) -------------------------------
+
+    def set_attention(self, method: str, router: str | None = None, attn_backend: str = "auto", **params: Any):
+        """Switch the attention method in place and forget the sparsity recorded so far."""
+        _, params = split_model_args(method, params)
+        parsed = apply_attention(self.model, method, router=router, backend=attn_backend, **params)
+        self.reset_sparsity()
+        return parsed
+
+    def reset_sparsity(self) -> None:
+        self._recorder.clear()
+        get_tally(self.model).reset()
+
+    @property
+    def attention(self) -> dict[str, Any]:
+        """``{"method": ..., "params": {...}}`` of the model's current attention."""
+        return current_attention(self.model) or {"method": "full", "params": {}}
+
+    # --- lm-eval's cache hook is where HFLM names the request of each result ---------------------------
+
+    @property
+    def cache_hook(self):
+        return self._cache_hook
+
+    @cache_hook.setter
+    def cache_hook(self, hook: CacheHook) -> None:
+        if isinstance(hook, _RecordingCacheHook):
+            hook = hook.inner
+        self._cache_hook = _RecordingCacheHook(hook, self._recorder_for_hook)
+
+    @property
+    def _recorder_for_hook(self) -> SampleRecorder:
+        # LM.__init__ sets cache_hook before DashLM.__init__ has finished; the recorder exists by then.
+        return self.__dict__.setdefault("_recorder", SampleRecorder())
+
+    # --- request types: attribute every batch row's sparsity to its requests ---------------------------
+
+    def generate_until(self, requests, disable_tqdm: bool = False):
+        with self._recorder.serving("generate_until", requests):
+            return super().generate_until(requests, disable_tqdm=disable_tqdm)
+
+    def loglikelihood(self, requests, disable_tqdm: bool = False):
+        with self._recorder.serving("loglikelihood", requests):
+            return super().loglikelihood(requests, disable_tqdm=disable_tqdm)
+
+    def loglikelihood_rolling(self, requests, disable_tqdm: bool = False):
+        # HFLM batches the windows of all documents together, and no per-window result names its
+        # document; one document at a time keeps every window's sparsity with its document.
+        results = []
+        for request in requests:
+            with self._recorder.serving("loglikelihood_rolling", [request]):
+                results += super().loglikelihood_rolling([request], disable_tqdm=True)
+        return results
+
+    def _model_generate(self, context, max_length, stop, **generation_kwargs):
+        tally = get_tally(self.model)
+        tally.begin_batch()
+        out = super()._model_generate(context, max_length, stop, **generation_kwargs)
+        self._recorder.rows_done(tally.rows)
+        return out
+
+    def _model_call(self, inps, attn_mask=None, labels=None):
+        tally = get_tally(self.model)
+        tally.begin_batch()
+        padding = self._recorder.right_padding_mask(inps) if attn_mask is None else None
+        if padding is None:
+            out = super()._model_call(inps, attn_mask=attn_mask, labels=labels)
+        else:
+            # Right-padded rows of a loglikelihood batch: the mask keeps the padding out of the measured
+            # sparsity (the real tokens' logits are the same with or without it: attention is causal).
+            with (
+                torch.no_grad(),
+                torch.autocast(
+                    device_type=self.device.type,
+                    dtype=self.mixed_precision_dtype,
+                    enabled=self.mixed_precision_dtype is not None,
+                ),
+            ):
+                out = self.model(inps, attention_mask=padding).logits
+        self._recorder.rows_done(tally.rows)
+        return out
+
+    def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, override_bs: int | None = None):
+        self._recorder.expect_inputs(
+            (context_enc + continuation_enc)[-(self.max_length + 1) :][:-1]
+            for _, context_enc, continuation_enc in requests
+        )
+        return super()._loglikelihood_tokens(requests, disable_tqdm=disable_tqdm, override_bs=override_bs)
+
+    def _select_cont_toks(self, logits, contlen=None, inplen=None):
+        # HFLM calls this once per batch row, in row order, before the results of that row's requests.
+        self._recorder.next_row()
+        return super()._select_cont_toks(logits, contlen=contlen, inplen=inplen)
+
+    # --- results ---------------------------------------------------------------------------------------
+
+    def dash_annotate_results(self, results: dict | None, samples: dict | None = None) -> dict | None:
+        """Add measured sparsity to lm-eval's results (called by the startup hook's ``evaluate``)."""
+        if results is None:
+            return None
+        return self._recorder.annotate(results, attention=self.attention, doc_indices=samples)
+
+    def get_model_info(self) -> dict:
+        info = super().get_model_info()
+        info["model_name_or_path"] = str(self.model_name_or_path)
+        info["dash_attention"] = self.attention
+        return info
+
+
+def _register() -> None:
+    # Importing this module imports lm_eval.models first (HFLM lives there), so lm-eval's own models are
+    # registered already and adding a name cannot hide them. An entry point or the startup hook may have
+    # registered "dash" before: leave theirs (it points here).
+    from lm_eval.api.registry import model_registry
+
+    if MODEL_NAME not in model_registry:
+        model_registry.register(MODEL_NAME, target=DashLM)
+
+
+_register()
