@@ -1,0 +1,46 @@
+"""``--model dash`` model_args: split into HFLM options and method parameters; every bad key or value is
+an error that names it, raised before any weight loads."""
+
+import pytest
+
+from dash_eval.evals.lm_model import DashLM, method_param_names, split_model_args
+
+
+@pytest.mark.parametrize(
+    "model_args, expected",
+    [
+        pytest.param({"method": "nope"}, ["method='nope'", "accepted: ", "dash", "infllmv2"], id="unknown-method"),
+        pytest.param({"method": "dash", "alphaa": 1.5}, ["alphaa", "accepted:", "alpha", "batch_size"], id="unknown-key"),
+        pytest.param({"method": "full", "topk": 4}, ["topk", "another method", "full"], id="other-methods-param"),
+        pytest.param({"method": "dash", "peft": "adapter"}, ["peft", "load_model"], id="hflm-loading-key"),
+        pytest.param({"method": "dash", "alpha": 3.0}, ["alpha=3.0", "(1, 2]"], id="alpha-out-of-range"),
+        pytest.param({"method": "infllmv2", "block_size": 0}, ["block_size=0", ">= 1"], id="block_size-zero"),
+        pytest.param({"method": "nsa", "topk": "many"}, ["topk='many'", "integer"], id="topk-not-int"),
+        pytest.param({"method": "full", "dtype": "float8"}, ["dtype='float8'", "bfloat16"], id="bad-dtype"),
+    ],
+)
+def test_bad_model_args_are_named(model_args, expected):
+    with pytest.raises(ValueError) as err:
+        DashLM(pretrained="default", device="cpu", **model_args)
+    message = str(err.value)
+    for text in expected:
+        assert text in message, message
+
+
+def test_split_model_args_routes_each_key():
+    hflm, params = split_model_args("dash", {"alpha": 1.25, "scale": 4.0, "batch_size": 4, "max_length": 2048})
+    assert hflm == {"batch_size": 4, "max_length": 2048}
+    assert params == {"alpha": 1.25, "scale": 4.0}
+
+
+def test_router_is_not_a_method_param():
+    # The per-layer router is a tensor field of dash's parameters; model_args give it as router=PATH.
+    assert "router" not in method_param_names("dash")
+    assert {"alpha", "block_size", "scale", "sigma", "init_blocks", "local_blocks"} <= set(method_param_names("dash"))
+
+
+def test_loaded_model_needs_its_tokenizer():
+    import torch
+
+    with pytest.raises(ValueError, match="tokenizer"):
+        DashLM(pretrained=torch.nn.Linear(2, 2), method="full")
