@@ -2,7 +2,6 @@
 an error that names it, raised before any weight loads."""
 
 import pytest
-
 from dash_eval.evals.lm_model import DashLM, method_param_names, split_model_args
 
 
@@ -10,7 +9,9 @@ from dash_eval.evals.lm_model import DashLM, method_param_names, split_model_arg
     "model_args, expected",
     [
         pytest.param({"method": "nope"}, ["method='nope'", "accepted: ", "dash", "infllmv2"], id="unknown-method"),
-        pytest.param({"method": "dash", "alphaa": 1.5}, ["alphaa", "accepted:", "alpha", "batch_size"], id="unknown-key"),
+        pytest.param(
+            {"method": "dash", "alphaa": 1.5}, ["alphaa", "accepted:", "alpha", "batch_size"], id="unknown-key"
+        ),
         pytest.param({"method": "full", "topk": 4}, ["topk", "another method", "full"], id="other-methods-param"),
         pytest.param({"method": "dash", "peft": "adapter"}, ["peft", "load_model"], id="hflm-loading-key"),
         pytest.param({"method": "dash", "alpha": 3.0}, ["alpha=3.0", "(1, 2]"], id="alpha-out-of-range"),
