@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
-from dash_eval.kernels.stats import AttentionStats, concat_stats, stats_from_token_mask
+from dash_eval.kernels.stats import AttentionStats, chunk_stats, concat_stats
 
 # Upper bound on the elements of one chunk's [B, Hq, L, Nk] logit mask (~128 MB in float32).
 _CHUNK_ELEMENTS = 1 << 25
@@ -61,31 +61,47 @@ def _attend_chunk(
     block_size: int,
     softmax_scale: float,
     window: int,
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Softmax over the selected blocks' tokens (plus an optional causal window) for one query chunk.
 
-    ``qg: [B, Hkv, G, L, D]``. Returns ``out: [B, Hkv, G, L, D]`` and ``allowed: [B, Hkv, L, K]``.
+    The mask is built once per KV head at block level, expanded over each block's tokens, and shared
+    by the group's query heads (the KV head is folded into the batch, so SDPA broadcasts it).
+
+    ``qg: [B, Hkv, G, L, D]``. Returns ``out: [B, Hkv, G, L, D]``, ``attended: [B, Hkv, L]`` (tokens
+    each query attends) and ``active: [B, Hkv, L]`` (blocks in which it attends at least one token).
     """
     b, hkv, g, length, d = qg.shape
+    c = block_size
     kend = int(positions[-1]) + 1
-    t = torch.arange(kend, device=qg.device)
-    block_of_t = t // block_size
-    nbk = num_blocks(kend, block_size)
+    nbk = num_blocks(kend, c)
+    dtype, device = qg.dtype, qg.device
+    neg = torch.full((), float("-inf"), dtype=dtype, device=device)
+    sel = selected[..., :nbk]  # [B, Hkv, L, nbk]
+    add = bias[..., :nbk].to(dtype) if bias is not None else torch.zeros((), dtype=dtype, device=device)
+    block_mask = torch.where(sel, add, neg)
+    token_mask = block_mask[..., None].expand(b, hkv, length, nbk, c).reshape(b, hkv, length, nbk * c)[..., :kend]
+    t = torch.arange(kend, device=device)
     causal = t[None, :] <= positions[:, None]  # [L, K]
-    allowed = selected[..., :nbk].index_select(-1, block_of_t) & causal
+    tokens_in_block = (positions[:, None] + 1 - torch.arange(nbk, device=device)[None, :] * c).clamp(0, c)
     if window > 0:
-        allowed = allowed | (causal & (t[None, :] > positions[:, None] - window))
-    if bias is None:
-        logits_add = torch.zeros((), dtype=qg.dtype, device=qg.device)
+        in_window = causal & (t[None, :] > positions[:, None] - window)
+        token_mask = torch.where(in_window, token_mask.clamp(min=0), token_mask)
+        window_tokens = F.pad(in_window, (0, nbk * c - kend)).view(length, nbk, c).sum(-1)
+        attended = torch.where(sel, tokens_in_block, window_tokens).sum(-1)
+        active = ((sel & (tokens_in_block > 0)) | (window_tokens > 0)).sum(-1)
     else:
-        logits_add = bias[..., :nbk].index_select(-1, block_of_t).to(qg.dtype)
-    mask = torch.where(allowed, logits_add, torch.full((), float("-inf"), dtype=qg.dtype, device=qg.device))
-    # The group's query heads become extra query rows of their KV head: one shared mask, no K/V copies.
-    mask = mask[:, :, None].expand(b, hkv, g, length, kend).reshape(b, hkv, g * length, kend)
+        attended = torch.where(sel, tokens_in_block, 0).sum(-1)
+        active = (sel & (tokens_in_block > 0)).sum(-1)
+    token_mask = torch.where(causal, token_mask, neg)
     out = F.scaled_dot_product_attention(
-        qg.reshape(b, hkv, g * length, d), k[:, :, :kend], v[:, :, :kend], attn_mask=mask, scale=softmax_scale
+        qg.reshape(b * hkv, g, length, d),
+        k[:, :, :kend].reshape(b * hkv, 1, kend, d),
+        v[:, :, :kend].reshape(b * hkv, 1, kend, d),
+        attn_mask=token_mask.reshape(b * hkv, 1, length, kend),
+        scale=softmax_scale,
+        enable_gqa=True,
     )
-    return out.view(b, hkv, g, length, d), allowed
+    return out.view(b, hkv, g, length, d), attended, active
 
 
 def chunked_sparse_attention(
@@ -119,10 +135,10 @@ def chunked_sparse_attention(
         pos = positions[start:stop]
         q_chunk = qg[:, :, :, start:stop]
         selected, bias, routing_scores = select(q_chunk, pos)
-        o, allowed = _attend_chunk(q_chunk, k, v, selected, bias, pos, block_size, softmax_scale, window)
+        o, attended, active = _attend_chunk(q_chunk, k, v, selected, bias, pos, block_size, softmax_scale, window)
         out[:, :, :, start:stop] = o
         if return_stats:
-            stats.append(stats_from_token_mask(allowed, pos, block_size, routing_scores))
+            stats.append(chunk_stats(attended, active, pos, block_size, routing_scores))
     return out.view(b, hq, nq, d), (concat_stats(stats) if return_stats else None)
 
 

@@ -38,25 +38,21 @@ class AttentionStats:
         return 1.0 - self.sparsity
 
 
-def stats_from_token_mask(
-    allowed: torch.Tensor, positions: torch.Tensor, block_size: int, routing_scores: int = 0
+def chunk_stats(
+    attended: torch.Tensor, active: torch.Tensor, positions: torch.Tensor, block_size: int, routing_scores: int = 0
 ) -> AttentionStats:
-    """Stats of one chunk from its attended-token mask ``allowed: [B, Hkv, L, K]`` (already causal)."""
-    b, h, length, kend = allowed.shape
-    attended = allowed.sum(-1)  # [B, Hkv, L]
-    nblk = -(-kend // block_size)
-    pad = nblk * block_size - kend
-    padded = torch.nn.functional.pad(allowed, (0, pad)) if pad else allowed
-    active = padded.view(b, h, length, nblk, block_size).any(-1).sum(-1)
-    causal_row = (positions + 1).sum() * h
+    """Stats of one query chunk from the tokens (``attended: [B, Hkv, L]``) and blocks (``active``)
+    each query attends."""
+    b, h, length = attended.shape
+    causal_row = int((positions + 1).sum()) * h
     return AttentionStats(
         attended_pairs=int(attended.sum()),
-        causal_pairs=int(causal_row) * b,
+        causal_pairs=causal_row * b,
         routing_scores=routing_scores,
         active_blocks=active.to(torch.int64),
-        valid_queries=torch.ones(b, length, dtype=torch.bool, device=allowed.device),
+        valid_queries=torch.ones(b, length, dtype=torch.bool, device=attended.device),
         attended_per_row=attended.sum((1, 2)).to(torch.int64).cpu(),
-        causal_per_row=torch.full((b,), int(causal_row), dtype=torch.int64),
+        causal_per_row=torch.full((b,), causal_row, dtype=torch.int64),
         block_size=block_size,
     )
 
