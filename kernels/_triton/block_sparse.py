@@ -23,8 +23,8 @@ import torch
 import triton
 import triton.language as tl
 from dash_eval.kernels._triton.launch import dot_mode, interpreting, last_dim_contiguous, next_pow2
-from dash_eval.kernels._triton.ops import mma
-from dash_eval.kernels._triton.selection import tile_union
+from dash_eval.kernels._triton.ops import dim_mask, mma
+from dash_eval.kernels._triton.selection import FULL_FLAG, FULL_MASK, tile_union
 
 LOG2E = 1.4426950408889634
 
@@ -36,6 +36,7 @@ class DashPrior:
     kbar: torch.Tensor  # [B, Hkv, nc, D] float32 block summaries
     tau: torch.Tensor  # [B, Hq, Nq] float32 entmax thresholds (on (alpha-1)*z)
     mean_log: torch.Tensor  # [B, Hkv, Nq] float32 mean log pbar over the routed blocks
+    max_beta: torch.Tensor  # [B, Hkv, Nq] float32 max |beta| over the query's prior-weighted blocks
     route_scale: float  # (alpha - 1) * scale * softmax_scale
     alpha: float
     sigma: float
@@ -45,47 +46,46 @@ class DashPrior:
 
 @triton.jit
 def _attend_block(
-    li, list_base, q, qf, tau, mean_log, cur_q, m_i, l_i, acc, K, V, BIAS, KBAR, word_base,
-    b, h, bh, qi, q_ok, abs_i, row_ok, d, dmask, qk_scale, Nq, Nk, nblocks, nc, window,
-    ent_exp, inv_sigma, init_blocks, local_blocks, s_kb, s_kh, s_kn, s_vb, s_vh, s_vn,
+    li, list_base, q, m_i, l_i, acc, K, V, BIAS, KBAR, word_rows, use_bias, tau, mean_log_rows,
+    b, h, bh, pos, abs_i, row_ok, d, dmask, qk_scale, Nq, Nk, nblocks, nc, window,
+    route_scale, ent_exp, inv_sigma, init_blocks, local_blocks, s_kb, s_kh, s_kn, s_vb, s_vh, s_vn,
     G: tl.constexpr, GP: tl.constexpr, TQ: tl.constexpr, D: tl.constexpr, BLOCK_N: tl.constexpr,
     BIAS_MODE: tl.constexpr, ENT_SQUARE: tl.constexpr, DOT_MODE: tl.constexpr,
 ):
     M: tl.constexpr = GP * TQ
-    j = tl.load(list_base + li)
+    entry = tl.load(list_base + li)
+    j = entry & FULL_MASK
     offs_n = j * BLOCK_N + tl.arange(0, BLOCK_N)
     kv_ok = (offs_n < Nk)[:, None] & dmask[None, :]
     k = tl.load(K + b * s_kb + h * s_kh + offs_n[:, None] * s_kn + d[None, :], mask=kv_ok, other=0.0)
     s = mma(q, tl.trans(k), DOT_MODE) * qk_scale
-
-    word = tl.load(word_base + j // 32, mask=q_ok, other=0)
-    sel_q = ((word >> (j % 32)) & 1) != 0
-    sel = tl.reshape(tl.broadcast_to(sel_q[:, None], (TQ, GP)), (M,))
-    causal = offs_n[None, :] <= abs_i[:, None]
-    in_window = offs_n[None, :] > abs_i[:, None] - window
-    allowed = causal & (sel[:, None] | in_window) & row_ok[:, None]
-
+    if entry < FULL_FLAG:  # some query of the tile skips this block, or it reaches the diagonal
+        word = tl.load(word_rows + j // 32, mask=row_ok, other=0)
+        sel = ((word >> (j % 32)) & 1) != 0
+        causal = offs_n[None, :] <= abs_i[:, None]
+        in_window = offs_n[None, :] > abs_i[:, None] - window
+        s = tl.where(causal & (sel[:, None] | in_window), s, float("-inf"))
     if BIAS_MODE == 1:
-        bq = tl.load(BIAS + (bh * Nq + qi) * nblocks + j, mask=q_ok, other=0.0)
-        brow = tl.reshape(tl.broadcast_to(bq[:, None], (TQ, GP)), (M,))
+        brow = tl.load(BIAS + (bh * Nq + pos) * nblocks + j, mask=row_ok, other=0.0)
         s = s + brow[:, None] * 1.4426950408889634
     elif BIAS_MODE == 2:
-        kb = tl.load(KBAR + (bh * nc + j) * D + d, mask=dmask & (j < nc), other=0.0)
-        x = tl.sum(qf * kb[None, :], 1)
-        tt = tl.maximum(x - tau, 0.0)
-        if ENT_SQUARE:
-            p = tt * tt
-        else:
-            p = tl.where(tt > 0, tl.exp2(ent_exp * tl.log2(tl.maximum(tt, 1e-38))), 0.0)
-        p = tl.where(row_ok, p, 0.0)
-        pbar = tl.sum(tl.reshape(p, (TQ, GP)), 1) / G
-        forced = (j <= cur_q) & ((j < init_blocks) | (j > cur_q - local_blocks))
-        beta = (tl.log(tl.maximum(pbar, 1.1754943508222875e-38)) - mean_log) * inv_sigma
-        beta = tl.where((pbar > 0) & (~forced) & (j < nc), beta, 0.0)
-        brow = tl.reshape(tl.broadcast_to(beta[:, None], (TQ, GP)), (M,))
-        s = s + brow[:, None] * 1.4426950408889634
+        if use_bias:
+            kb = tl.load(KBAR + (bh * nc + j) * D + d, mask=dmask & (j < nc), other=0.0)
+            x = tl.sum(q.to(tl.float32) * kb[None, :], 1) * route_scale
+            tt = tl.maximum(x - tau, 0.0)
+            if ENT_SQUARE:
+                p = tt * tt
+            else:
+                p = tl.where(tt > 0, tl.exp2(ent_exp * tl.log2(tl.maximum(tt, 1e-38))), 0.0)
+            p = tl.where(row_ok, p, 0.0)
+            pbar_q = tl.sum(tl.reshape(p, (TQ, GP)), 1) / G
+            pbar = tl.reshape(tl.broadcast_to(pbar_q[:, None], (TQ, GP)), (M,))
+            cur = abs_i // BLOCK_N
+            forced = (j <= cur) & ((j < init_blocks) | (j > cur - local_blocks))
+            beta = (tl.log(tl.maximum(pbar, 1.1754943508222875e-38)) - mean_log_rows) * inv_sigma
+            beta = tl.where((pbar > 0) & (~forced) & (j < nc), beta, 0.0)
+            s = s + beta[:, None] * 1.4426950408889634
 
-    s = tl.where(allowed, s, float("-inf"))
     m_new = tl.maximum(m_i, tl.max(s, 1))
     m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
     rescale = tl.exp2(m_i - m_use)
@@ -94,17 +94,16 @@ def _attend_block(
     acc = acc * rescale[:, None]
     v = tl.load(V + b * s_vb + h * s_vh + offs_n[:, None] * s_vn + d[None, :], mask=kv_ok, other=0.0)
     acc += mma(p_att.to(v.dtype), v, DOT_MODE)
-    m_i = m_new
-    return m_i, l_i, acc
+    return m_new, l_i, acc
 
 
 @triton.jit
 def _sparse_attn_fwd_kernel(
     Q, K, V, Out, WORDS, TLIST, TCOUNT,
-    BIAS, KBAR, TAU, MEANLOG,
+    BIAS, KBAR, TAU, MEANLOG, MAXBETA,
     PO, PM, PL,
     qk_scale, Nq, Nk, n_tiles, q_off, n_words, nblocks, nc, window, n_rows,
-    route_scale, ent_exp, inv_sigma, init_blocks, local_blocks,
+    route_scale, ent_exp, inv_sigma, init_blocks, local_blocks, bias_eps,
     s_qb, s_qh, s_qn, s_kb, s_kh, s_kn, s_vb, s_vh, s_vn, s_ob, s_oh, s_on,
     HKV,
     G: tl.constexpr, GP: tl.constexpr, TQ: tl.constexpr, D: tl.constexpr, DP: tl.constexpr,
@@ -126,24 +125,21 @@ def _sparse_attn_fwd_kernel(
     abs_i = pos + q_off
     head = h * G + g
     d = tl.arange(0, DP)
-    dmask = d < D
+    dmask = dim_mask(d, D, DP)
     q = tl.load(
         Q + b * s_qb + head[:, None] * s_qh + pos[:, None] * s_qn + d[None, :],
         mask=row_ok[:, None] & dmask[None, :], other=0.0,
     )
-    qi = t * TQ + tl.arange(0, TQ)  # the tile's queries, one per row group
-    q_ok = qi < Nq
-    word_base = WORDS + (bh * Nq + qi) * n_words
+    word_rows = WORDS + (bh * Nq + pos) * n_words  # rows of one query read the same words
 
-    qf = q
+    use_bias = False
     tau = tl.zeros((M,), tl.float32)
-    mean_log = tl.zeros((TQ,), tl.float32)
-    cur_q = qi
+    mean_log_rows = tl.zeros((M,), tl.float32)
     if BIAS_MODE == 2:
-        qf = q.to(tl.float32) * route_scale
         tau = tl.load(TAU + (b * HKV * G + head) * Nq + pos, mask=row_ok, other=0.0)
-        mean_log = tl.load(MEANLOG + bh * Nq + qi, mask=q_ok, other=0.0)
-        cur_q = (qi + q_off) // BLOCK_N
+        mean_log_rows = tl.load(MEANLOG + bh * Nq + pos, mask=row_ok, other=0.0)
+        # The prior only moves logits by |beta| <= max_beta; below the output's resolution it is skipped.
+        use_bias = tl.max(tl.load(MAXBETA + bh * Nq + pos, mask=row_ok, other=0.0), 0) > bias_eps
 
     count = tl.load(TCOUNT + bh * n_tiles + t)
     if SPLITS == 1:
@@ -161,18 +157,18 @@ def _sparse_attn_fwd_kernel(
     if PIPELINE:
         for li in tl.range(lo, hi):
             m_i, l_i, acc = _attend_block(
-                li, list_base, q, qf, tau, mean_log, cur_q, m_i, l_i, acc, K, V, BIAS, KBAR, word_base,
-                b, h, bh, qi, q_ok, abs_i, row_ok, d, dmask, qk_scale, Nq, Nk, nblocks, nc, window,
-                ent_exp, inv_sigma, init_blocks, local_blocks, s_kb, s_kh, s_kn, s_vb, s_vh, s_vn,
+                li, list_base, q, m_i, l_i, acc, K, V, BIAS, KBAR, word_rows, use_bias, tau, mean_log_rows,
+                b, h, bh, pos, abs_i, row_ok, d, dmask, qk_scale, Nq, Nk, nblocks, nc, window,
+                route_scale, ent_exp, inv_sigma, init_blocks, local_blocks, s_kb, s_kh, s_kn, s_vb, s_vh, s_vn,
                 G, GP, TQ, D, BLOCK_N, BIAS_MODE, ENT_SQUARE, DOT_MODE,
             )
     else:  # the CPU interpreter cannot take a loaded loop bound in range()
         li = lo
         while li < hi:
             m_i, l_i, acc = _attend_block(
-                li, list_base, q, qf, tau, mean_log, cur_q, m_i, l_i, acc, K, V, BIAS, KBAR, word_base,
-                b, h, bh, qi, q_ok, abs_i, row_ok, d, dmask, qk_scale, Nq, Nk, nblocks, nc, window,
-                ent_exp, inv_sigma, init_blocks, local_blocks, s_kb, s_kh, s_kn, s_vb, s_vh, s_vn,
+                li, list_base, q, m_i, l_i, acc, K, V, BIAS, KBAR, word_rows, use_bias, tau, mean_log_rows,
+                b, h, bh, pos, abs_i, row_ok, d, dmask, qk_scale, Nq, Nk, nblocks, nc, window,
+                route_scale, ent_exp, inv_sigma, init_blocks, local_blocks, s_kb, s_kh, s_kn, s_vb, s_vh, s_vn,
                 G, GP, TQ, D, BLOCK_N, BIAS_MODE, ENT_SQUARE, DOT_MODE,
             )
             li += 1
@@ -211,6 +207,13 @@ def _combine_kernel(PO, PM, PL, Out, n_rows, Nq, s_ob, s_oh, s_on, HQ,
     b = bh // HQ
     head = bh % HQ
     tl.store(Out + b * s_ob + head * s_oh + pos * s_on + d, out.to(Out.dtype.element_ty), mask=d < D)
+
+
+def negligible_logit(dtype: torch.dtype) -> float:
+    """A logit shift below which a query's output cannot change by a quarter of its dtype's resolution:
+    shifting some logits by at most ``e`` scales softmax weights by ``exp(+-e)``, so the output moves by
+    at most about ``2 e`` relative."""
+    return {torch.float32: 2.0**-26, torch.float16: 2.0**-13}.get(dtype, 2.0**-10)
 
 
 def default_tile_q(group: int, nq: int, tile_rows: int = 64) -> int:
@@ -265,13 +268,16 @@ def sparse_attention_from_words(
     f32 = torch.float32
     dummy = torch.zeros(1, dtype=f32, device=q.device)
     bias_mode, ent_exp, route_scale, inv_sigma, init_b, local_b, nc = 0, 2.0, 0.0, 0.0, 0, 1, 0
-    kbar = tau = mean_log = dummy
+    kbar = tau = mean_log = max_beta = dummy
+    bias_eps = 0.0
     if bias is not None:
         bias_mode = 1
         bias = bias.to(f32).contiguous()
     elif prior is not None:
         bias_mode = 2
         kbar, tau, mean_log = prior.kbar.contiguous(), prior.tau.contiguous(), prior.mean_log.contiguous()
+        max_beta = prior.max_beta.contiguous()
+        bias_eps = negligible_logit(q.dtype)
         nc = kbar.shape[2]
         ent_exp = 1.0 / (prior.alpha - 1.0)
         route_scale, inv_sigma = prior.route_scale, 1.0 / prior.sigma
@@ -290,10 +296,10 @@ def sparse_attention_from_words(
     grid = (n_tiles, b * hkv, splits)
     _sparse_attn_fwd_kernel[grid](
         q, k, v, out, words, tlist, tcount,
-        bias if bias is not None else dummy, kbar, tau, mean_log,
+        bias if bias is not None else dummy, kbar, tau, mean_log, max_beta,
         po, pm, pl,
         softmax_scale * LOG2E, nq, nk, n_tiles, nk - nq, words.shape[-1], nblocks, nc, window, b * hq * nq,
-        route_scale, ent_exp, inv_sigma, init_b, local_b,
+        route_scale, ent_exp, inv_sigma, init_b, local_b, bias_eps,
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2),
         hkv,

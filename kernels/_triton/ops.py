@@ -17,3 +17,13 @@ def mma(a, b, DOT_MODE: tl.constexpr):
         return tl.dot(a, b, input_precision="ieee")
     else:
         return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
+
+
+@triton.jit
+def dim_mask(d, D: tl.constexpr, DP: tl.constexpr):
+    """``d < D`` over the padded head dim; a compile-time all-true mask when ``D == DP``, so that masked
+    loads and stores along the head dim stay 16-byte vectors."""
+    if D == DP:
+        return tl.full([DP], 1, tl.int1)
+    else:
+        return d < D

@@ -16,6 +16,11 @@ import triton
 import triton.language as tl
 from dash_eval.kernels._triton.launch import next_pow2
 
+# A visit-list entry is a block index, plus FULL_FLAG when every query of the tile attends the whole
+# block (all select it and it lies strictly before the tile): the fine stage then skips masking.
+FULL_FLAG = tl.constexpr(1 << 30)
+FULL_MASK = tl.constexpr((1 << 30) - 1)
+
 
 def num_words(nblocks: int) -> int:
     return max(1, -(-nblocks // 32))
@@ -45,6 +50,11 @@ def _bit_or(a, b):
 
 
 @triton.jit
+def _bit_and(a, b):
+    return a & b
+
+
+@triton.jit
 def _tile_union_kernel(
     WORDS, TLIST, TCOUNT,
     Nq, q_off, n_words, nblocks, n_tiles, block_size, window,
@@ -55,10 +65,14 @@ def _tile_union_kernel(
     qi = t * TQ + tl.arange(0, TQ)
     w = tl.arange(0, NWP)
     ptrs = WORDS + (bh * Nq + qi)[:, None] * n_words + w[None, :]
-    words = tl.load(ptrs, mask=(qi < Nq)[:, None] & (w < n_words)[None, :], other=0)
+    q_ok = (qi < Nq)[:, None]
+    w_ok = (w < n_words)[None, :]
+    words = tl.load(ptrs, mask=q_ok & w_ok, other=0)
     union = tl.reduce(words, 0, _bit_or)  # [NWP]
-    bits = (union[:, None] >> tl.arange(0, 32)[None, :]) & 1
-    bits = tl.reshape(bits, (NWP * 32,))
+    common = tl.reduce(tl.where(q_ok, words, -1), 0, _bit_and)
+    shifts = tl.arange(0, 32)[None, :]
+    bits = tl.reshape((union[:, None] >> shifts) & 1, (NWP * 32,))
+    all_bits = tl.reshape((common[:, None] >> shifts) & 1, (NWP * 32,))
     j = tl.arange(0, NWP * 32)
     # NSA's window: every block that holds one of the last `window` keys of some query of the tile.
     first = t * TQ + q_off
@@ -67,7 +81,8 @@ def _tile_union_kernel(
     in_window = (window > 0) & (j >= win_lo) & (j <= last // block_size)
     keep = ((bits != 0) | in_window) & (j < nblocks)
     slot = tl.cumsum(keep.to(tl.int32), 0) - 1
-    tl.store(TLIST + (bh * n_tiles + t) * nblocks + slot, j, mask=keep)
+    full = (all_bits != 0) & (j < first // block_size)
+    tl.store(TLIST + (bh * n_tiles + t) * nblocks + slot, j | tl.where(full, FULL_FLAG, 0), mask=keep)
     tl.store(TCOUNT + bh * n_tiles + t, tl.sum(keep.to(tl.int32), 0))
 
 
@@ -76,8 +91,8 @@ def tile_union(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per query tile of ``tile_q`` queries: the sorted blocks any of them attends.
 
-    Returns ``tlist: [B, Hkv, n_tiles, nblocks] int32`` (entries past the count are unused) and
-    ``tcount: [B, Hkv, n_tiles] int32``.
+    Returns ``tlist: [B, Hkv, n_tiles, nblocks] int32`` (entries past the count are unused; an entry is
+    ``block | FULL_FLAG`` when the whole tile attends all of that block) and ``tcount: [B, Hkv, n_tiles] int32``.
     """
     b, hkv, nq, nw = words.shape
     nblocks = -(-nk // block_size)

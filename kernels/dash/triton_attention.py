@@ -47,10 +47,10 @@ def dash_attention_triton(
         summaries = block_summaries(k, _router(params, k), c, softmax_scale)
     route = dash_route(
         q, summaries, nk, alpha=params.alpha, scale=params.scale, softmax_scale=softmax_scale,
-        init_blocks=params.init_blocks, local_blocks=params.local_blocks, block_size=c,
+        init_blocks=params.init_blocks, local_blocks=params.local_blocks, block_size=c, sigma=params.sigma,
     )
     prior = DashPrior(
-        kbar=summaries.kbar, tau=route.tau, mean_log=route.mean_log,
+        kbar=summaries.kbar, tau=route.tau, mean_log=route.mean_log, max_beta=route.max_beta,
         route_scale=(params.alpha - 1.0) * params.scale * softmax_scale, alpha=params.alpha, sigma=params.sigma,
         init_blocks=params.init_blocks, local_blocks=params.local_blocks,
     )

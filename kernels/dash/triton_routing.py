@@ -6,11 +6,12 @@ int32), one threshold per query head and query, one mean log-probability per que
 buffer per program in flight (the grid is persistent, so that buffer is sized by the GPU, not by the
 length). No float per query head, query and block is stored.
 
-Threshold: Newton's method on ``f(tau) = sum_j [x_j - tau]_+^(1/(alpha-1)) - 1`` (``x = (alpha-1) z``)
-from ``tau = max(x) - 1``, where ``f >= 0``. ``f`` is convex and decreasing, so the iterates rise
-monotonically to the root without overshooting; the loop runs until every row's step is below float
-resolution (a bound on iterations only guards against a stall). Each iteration is one pass over the
-row held in registers.
+Threshold: Newton's method on ``g(tau) = (sum_j [x_j - tau]_+^e)^(1/e) - 1`` (``e = 1/(alpha-1)``,
+``x = (alpha-1) z``) from ``tau = max(x) - 1``, where ``g >= 0``. ``g`` (an e-norm of a convex function)
+is convex and decreasing, so the iterates rise monotonically to the root without overshooting, exactly
+in one step on equal scores, and typically in 3-6 steps on real rows; the loop runs until every row's
+step is below float resolution (a bound on iterations only guards against a stall). Each iteration is
+one pass over the row held in registers.
 
 Precision: with 16-bit inputs the float32 summaries are split into a 16-bit high part and a 16-bit
 residual, and the scores are ``q @ hi + q @ lo`` on tensor cores (about 16 mantissa bits of the
@@ -25,9 +26,9 @@ import torch
 import triton
 import triton.language as tl
 from dash_eval.kernels._triton.launch import dot_mode, last_dim_contiguous, next_pow2, persistent_programs
-from dash_eval.kernels._triton.ops import mma
+from dash_eval.kernels._triton.ops import dim_mask, mma
 
-_MAX_NEWTON_ITERS = 100
+_MAX_NEWTON_ITERS = 60
 _ROUTE_TILE_ELEMENTS = 16384  # rows x blocks held in registers per program (64 floats a thread at 8 warps)
 
 
@@ -46,6 +47,7 @@ class DashRoute:
     words: torch.Tensor  # [B, Hkv, Nq, nwords] int32 selection bits (routed or forced)
     tau: torch.Tensor  # [B, Hq, Nq] float32
     mean_log: torch.Tensor  # [B, Hkv, Nq] float32
+    max_beta: torch.Tensor  # [B, Hkv, Nq] float32 max |beta| of the query's prior-weighted blocks
     active: torch.Tensor  # [B, Hkv, Nq] int32 attended blocks
     attended: torch.Tensor  # [B, Hkv, Nq] int32 attended keys
 
@@ -62,7 +64,7 @@ def _block_summary_kernel(
     h = bh % HKV
     t = j * C + tl.arange(0, C)
     d = tl.arange(0, DP)
-    dmask = d < D
+    dmask = dim_mask(d, D, DP)
     k = tl.load(K + b * s_kb + h * s_kh + t[:, None] * s_kn + d[None, :], mask=dmask[None, :], other=0.0)
     k = k.to(tl.float32)
     if HAS_ROUTER:
@@ -124,31 +126,36 @@ def block_summaries(
 
 @triton.jit
 def _entmax_newton(x, tau, ent_exp, tol, has_rows, ENT_SQUARE: tl.constexpr, MAX_ITERS: tl.constexpr):
-    """Raise ``tau`` from a point where ``f >= 0`` to the root of ``f``; ``x`` is -inf off the support."""
+    """Raise ``tau`` from a point where ``g >= 1`` to the root of ``g(tau) = ||[x - tau]_+||_e = 1``
+    (``e = 1/(alpha-1)``; ``x`` is -inf off the candidates). ``g`` is convex and decreasing in ``tau``, so
+    Newton's iterates rise monotonically to the root without overshooting; on ``k`` equal scores one
+    step is exact. Stops once every row's step is below ``tol`` (relative) or non-positive (rounding)."""
     it = 0
     go = has_rows
     while go:
         tt = tl.maximum(x - tau[:, None], 0.0)
         if ENT_SQUARE:
             f = tl.sum(tt * tt, 1)
-            fp = 2.0 * tl.sum(tt, 1)
+            s1 = tl.sum(tt, 1)
+            gn = tl.sqrt(f)
         else:
-            pw = tl.where(tt > 0, tl.exp2(ent_exp * tl.log2(tl.maximum(tt, 1e-30))), 0.0)
-            f = tl.sum(pw, 1)
-            fp = ent_exp * tl.sum(tl.where(tt > 0, pw / tl.maximum(tt, 1e-30), 0.0), 1)
-        step = tl.where(fp > 0, (f - 1.0) / tl.where(fp > 0, fp, 1.0), 0.0)
-        tau = tau + step
+            lt = tl.log2(tl.maximum(tt, 1e-30))
+            f = tl.sum(tl.where(tt > 0, tl.exp2(ent_exp * lt), 0.0), 1)
+            s1 = tl.sum(tl.where(tt > 0, tl.exp2((ent_exp - 1.0) * lt), 0.0), 1)
+            gn = tl.exp2(tl.log2(tl.maximum(f, 1e-30)) / ent_exp)
+        step = tl.where(s1 > 0, (gn - 1.0) * f / (tl.maximum(gn, 1e-30) * tl.where(s1 > 0, s1, 1.0)), 0.0)
+        tau = tau + tl.maximum(step, 0.0)
         it += 1
-        big = tl.max(tl.abs(step) - tol * tl.maximum(tl.abs(tau), 1.0), 0)
+        big = tl.max(step - tol * tl.maximum(tl.abs(tau), 1.0), 0)
         go = (big > 0) & (it < MAX_ITERS)
     return tau
 
 
 @triton.jit
 def _dash_route_kernel(
-    Q, KHI, KLO, WORDS, TAU, MEANLOG, ACTIVE, ATTENDED, SCRATCH,
+    Q, KHI, KLO, WORDS, TAU, MEANLOG, MAXBETA, ACTIVE, ATTENDED, SCRATCH,
     Nq, q_off, nc, capacity, n_words, n_qtiles, total_tiles, n_bh,
-    zscale, ent_exp, tol, init_blocks, local_blocks,
+    zscale, ent_exp, tol, init_blocks, local_blocks, inv_sigma,
     s_qb, s_qh, s_qn, HKV,
     G: tl.constexpr, GP: tl.constexpr, TQ: tl.constexpr, D: tl.constexpr, DP: tl.constexpr,
     C: tl.constexpr, NBP: tl.constexpr, CH: tl.constexpr, ENT_SQUARE: tl.constexpr, SPLIT: tl.constexpr,
@@ -162,7 +169,7 @@ def _dash_route_kernel(
     tq = r // GP
     g = r % GP
     d = tl.arange(0, DP)
-    dmask = d < D
+    dmask = dim_mask(d, D, DP)
     cols = tl.arange(0, NBP)
     colc = tl.arange(0, CH)
     lane = tl.arange(0, TQ)
@@ -229,6 +236,8 @@ def _dash_route_kernel(
         n_routed = tl.sum(routed.to(tl.int32), 1)
         log_p = tl.where(routed, tl.log(tl.maximum(pbar, 1.1754943508222875e-38)), 0.0)
         mean_log = tl.sum(log_p, 1) / tl.maximum(n_routed, 1).to(tl.float32)
+        dev = tl.where(routed & ~forced, tl.abs(log_p - mean_log[:, None]), 0.0)
+        tl.store(MAXBETA + bh * Nq + qpos, tl.max(dev, 1) * inv_sigma, mask=q_ok)
 
         bits = tl.reshape(sel.to(tl.int64), (TQ, NBP // 32, 32))
         words = tl.sum(bits << tl.arange(0, 32).to(tl.int64)[None, None, :], 2).to(tl.int32)
@@ -262,6 +271,7 @@ def dash_route(
     init_blocks: int,
     local_blocks: int,
     block_size: int,
+    sigma: float = 1e6,
     tile_q: int | None = None,
     chunk_blocks: int = 256,
     num_warps: int | None = None,
@@ -286,6 +296,7 @@ def dash_route(
     words = torch.empty(b, hkv, nq, nwords, dtype=torch.int32, device=dev)
     tau = torch.empty(b, hq, nq, dtype=torch.float32, device=dev)
     mean_log = torch.empty(b, hkv, nq, dtype=torch.float32, device=dev)
+    max_beta = torch.empty(b, hkv, nq, dtype=torch.float32, device=dev)
     active = torch.empty(b, hkv, nq, dtype=torch.int32, device=dev)
     attended = torch.empty(b, hkv, nq, dtype=torch.int32, device=dev)
     scratch = (
@@ -296,12 +307,13 @@ def dash_route(
     if num_warps is None:
         num_warps = 8 if m_rows * nbp >= 8192 else 4
     _dash_route_kernel[(n_prog,)](
-        q, summ.hi, summ.lo if summ.lo is not None else summ.hi, words, tau, mean_log, active, attended, scratch,
+        q, summ.hi, summ.lo if summ.lo is not None else summ.hi, words, tau, mean_log, max_beta, active, attended,
+        scratch,
         nq, nk - nq, summ.count, summ.kbar.shape[2], nwords, n_qtiles, total, b * hkv,
-        (alpha - 1.0) * scale * softmax_scale, ent_exp, 2.0**-22, init_blocks, local_blocks,
+        (alpha - 1.0) * scale * softmax_scale, ent_exp, 2.0**-21, init_blocks, local_blocks, 1.0 / sigma,
         q.stride(0), q.stride(1), q.stride(2), hkv,
         G=g, GP=gp, TQ=tile_q, D=d, DP=next_pow2(max(d, 16)), C=block_size, NBP=nbp, CH=ch,
         ENT_SQUARE=ent_exp == 2.0, SPLIT=summ.lo is not None, DOT_MODE=dot_mode(q.dtype),
         MAX_ITERS=_MAX_NEWTON_ITERS, num_warps=num_warps, num_stages=1,
     )
-    return DashRoute(words, tau, mean_log, active, attended)
+    return DashRoute(words, tau, mean_log, max_beta, active, attended)

@@ -1,0 +1,438 @@
+"""``dash-eval bench``: check, then time, the sparse kernels against dense attention on one GPU.
+
+For every case of a named shape set (or of the command line): dense baselines (PyTorch SDPA forced to
+cuDNN and to flash; FlexAttention given the very selection of the sparse kernel as a block mask), then
+each sparse kernel, checked against the reference implementation before it is timed. One CSV row per
+timed call: method, parameters, tokens, heads, head dim, the measured sparsity of that call, median ms,
+the ratio to each dense baseline and the GPU name. See docs/bench.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+FIELDS = [
+    "case", "method", "params", "batch", "tokens", "queries", "q_heads", "kv_heads", "head_dim", "dtype",
+    "sparsity", "active_blocks_mean", "ms", "route_ms", "ms_cudnn", "ms_flash", "ms_flex", "x_cudnn", "x_flash",
+    "x_flex", "check", "gpu", "torch", "triton", "inputs",
+]
+
+
+@dataclasses.dataclass
+class Case:
+    name: str
+    method: str
+    tokens: int
+    q_heads: int = 32
+    kv_heads: int = 2
+    head_dim: int = 128
+    queries: int | None = None  # None: prefill (all tokens are queries); 1: decode
+    params: dict[str, Any] = dataclasses.field(default_factory=dict)
+    target_sparsity: float | None = None  # dash: calibrate `scale` on the inputs to reach this
+    flex: bool = False  # also time FlexAttention with this call's selection
+
+    @property
+    def nq(self) -> int:
+        return self.tokens if self.queries is None else self.queries
+
+
+def _dash(name, n, hkv, sp, flex=False, **kw):
+    return Case(name, "dash", n, kv_heads=hkv, target_sparsity=sp, flex=flex, **kw)
+
+
+SHAPE_SETS: dict[str, list[Case]] = {
+    # Small shapes: compile and correctness on the GPU in a few seconds.
+    "smoke": [
+        _dash("smoke-dash", 4096, 2, 0.5),
+        Case("smoke-nsa", "nsa", 4096, kv_heads=2),
+        Case("smoke-infllmv2", "infllmv2", 4096, kv_heads=2, params={"local_blocks": 4, "topk": 15}),
+        _dash("smoke-dash-decode", 8192, 2, 0.75, queries=1),
+    ],
+    # The targets of issue 3 / PERF.md.
+    "targets": [
+        _dash("dash-32k-kv2-75", 32768, 2, 0.75, flex=True),
+        _dash("dash-32k-kv2-87.5", 32768, 2, 0.875),
+        _dash("dash-32k-kv8-75", 32768, 8, 0.75, flex=True),
+        _dash("dash-32k-kv8-87.5", 32768, 8, 0.875),
+        Case("nsa-64k-kv2", "nsa", 65536, kv_heads=2),
+        Case("infllmv2-128k-kv2", "infllmv2", 131072, kv_heads=2),
+        _dash("dash-128k-kv2-75", 131072, 2, 0.75),
+        _dash("dash-decode-128k-kv2-75", 131072, 2, 0.75, queries=1),
+        _dash("dash-decode-128k-kv8-75", 131072, 8, 0.75, queries=1),
+    ],
+    # PERF.md's table of the authors' kernel: same shapes, our kernel at their densities (1 - sparsity).
+    "perf-table": [
+        _dash("table-16k-kv2-d56", 16384, 2, 0.44),
+        _dash("table-16k-kv2-d30", 16384, 2, 0.70),
+        _dash("table-32k-kv2-d40", 32768, 2, 0.60),
+        _dash("table-32k-kv2-d19", 32768, 2, 0.81),
+        _dash("table-64k-kv2-d30", 65536, 2, 0.70),
+        _dash("table-32k-kv8-d15", 32768, 8, 0.85),
+        _dash("table-32k-kv8-d7", 32768, 8, 0.93),
+    ],
+}
+
+
+# --- inputs ---------------------------------------------------------------------------------------------
+
+
+def structured_inputs(case: Case, dtype: torch.dtype, device: torch.device, seed: int = 0, segment: int = 256):
+    """Random q, k, v with a routing structure: every 64-key block has a topic vector mixed into its keys,
+    and the queries of each ``segment``-long stretch share a direction (per head) mixed into theirs, so
+    neighbouring queries prefer the same blocks, as in real text. Pure noise would give every query an
+    unrelated selection, which no tiled kernel (nor a real model) sees."""
+    gen = torch.Generator(device=device).manual_seed(seed)
+    b, n, nq, d = 1, case.tokens, case.nq, case.head_dim
+    hq, hkv = case.q_heads, case.kv_heads
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=gen, device=device, dtype=torch.float32)
+
+    topics = randn(b, hkv, -(-n // 64), d).repeat_interleave(64, dim=2)[:, :, :n]
+    k = (randn(b, hkv, n, d) + topics).mul_(0.5)
+    nseg = -(-n // segment)
+    dirs = randn(b, hq, nseg, d).repeat_interleave(segment, dim=2)[:, :, n - nq : n]
+    q = (randn(b, hq, nq, d) + dirs).mul_(0.5)
+    v = randn(b, hkv, n, d)
+    return q.to(dtype), k.to(dtype), v.to(dtype)
+
+
+# --- timing ---------------------------------------------------------------------------------------------
+
+
+def _median_ms(fn, graph: bool = False) -> float:
+    import triton.testing
+
+    if graph:
+        return float(triton.testing.do_bench_cudagraph(fn, rep=200, return_mode="median"))
+    return float(triton.testing.do_bench(fn, warmup=50, rep=300, return_mode="median"))
+
+
+def _sdpa(backend_name: str):
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    backend = {"cudnn": SDPBackend.CUDNN_ATTENTION, "flash": SDPBackend.FLASH_ATTENTION}[backend_name]
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def run(q, k, v):
+        causal = q.shape[2] == k.shape[2]
+        with sdpa_kernel(backend):
+            # Decode: one query attends the whole cache, so no causal mask.
+            return sdpa(q, k, v, is_causal=causal, enable_gqa=True)
+
+    return run
+
+
+def _dense_times(q, k, v, decode: bool, log) -> dict[str, float]:
+    out = {}
+    for name in ("cudnn", "flash"):
+        fn = _sdpa(name)
+        try:
+            fn(q, k, v)
+            out[name] = _median_ms(lambda fn=fn: fn(q, k, v), graph=decode)
+        except RuntimeError as exc:  # a backend that does not take this shape
+            log(f"  {name}: unavailable ({str(exc).splitlines()[0][:120]})")
+            out[name] = float("nan")
+    return out
+
+
+def _flex_time(q, k, v, words, block_size: int, log) -> float:
+    """FlexAttention with the sparse kernel's own selection: per-128-query tiles list the union of their
+    queries' blocks, and a mask_mod applies each query's bits and causality inside them."""
+    from dash_eval.kernels._triton.selection import tile_union, unpack_selection
+    from torch.nn.attention.flex_attention import BlockMask, flex_attention
+
+    b, hq, n, _ = q.shape
+    hkv = k.shape[1]
+    g = hq // hkv
+    nblocks = -(-n // block_size)
+    tq = 128
+    tlist, tcount = tile_union(words, n, block_size=block_size, tile_q=tq)
+    sel = unpack_selection(words, nblocks)  # [B, Hkv, N, nblocks] bool
+
+    def mask_mod(bi, h, qi, kv):
+        return (kv <= qi) & sel[bi, h // g, qi, kv // block_size]
+
+    mask = BlockMask.from_kv_blocks(
+        tcount.repeat_interleave(g, 1).contiguous(), tlist.repeat_interleave(g, 1).contiguous(),
+        BLOCK_SIZE=(tq, block_size), mask_mod=mask_mod, seq_lengths=(n, n),
+    )
+    flex = torch.compile(flex_attention, dynamic=False)
+    try:
+        flex(q, k, v, block_mask=mask, enable_gqa=True)
+        return _median_ms(lambda: flex(q, k, v, block_mask=mask, enable_gqa=True))
+    except Exception as exc:  # noqa: BLE001  (report, keep benchmarking)
+        log(f"  flex: failed ({str(exc).splitlines()[0][:160]})")
+        return float("nan")
+
+
+# --- the sparse kernels ---------------------------------------------------------------------------------
+
+
+def _rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
+    return float((out.double() - ref.double()).norm() / ref.double().norm().clamp(min=1e-30))
+
+
+class SparseRun:
+    """One sparse method on one input set: the call to time, and what the check needs."""
+
+    def __init__(self, case: Case, q, k, v, softmax_scale: float):
+        from dash_eval.kernels import get_method
+
+        self.case, self.q, self.k, self.v, self.scale = case, q, k, v, softmax_scale
+        self.spec = get_method(case.method)
+        self.params = self.spec.make_params(**case.params)
+        self.decode = case.nq < case.tokens
+        self.summaries = None
+        if self.decode and case.method == "dash":
+            self._cache_summaries()
+
+    def _cache_summaries(self) -> None:
+        """Decode keeps the block summaries of the cache (``update_summaries`` appends each new block), so a
+        step routes against them instead of re-reading every key."""
+        from dash_eval.kernels.dash.triton_attention import _router
+        from dash_eval.kernels.dash.triton_routing import block_summaries
+
+        p = self.params
+        self.summaries = block_summaries(self.k, _router(p, self.k), p.block_size, self.scale)
+
+    def calibrate(self, target: float, log) -> None:
+        """dash: bisect log2(scale) until the routed selection's sparsity is within 0.5% of ``target``."""
+        lo, hi = -6.0, 14.0
+        best = None
+        for _ in range(22):
+            mid = (lo + hi) / 2
+            self.params = self.spec.make_params(**dict(self.case.params, scale=2.0**mid))
+            sp = self.sparsity()
+            best = (abs(sp - target), mid, sp) if best is None or abs(sp - target) < best[0] else best
+            if abs(sp - target) < 0.005:
+                break
+            lo, hi = (mid, hi) if sp < target else (lo, mid)
+        self.params = self.spec.make_params(**dict(self.case.params, scale=2.0 ** best[1]))
+        log(f"  calibrated scale={2.0 ** best[1]:.4g} -> sparsity {best[2]:.4f} (target {target})")
+
+    def sparsity(self) -> float:
+        _, stats = self.forward(return_stats=True)
+        return stats.sparsity
+
+    def forward(self, return_stats: bool = False):
+        from dash_eval.kernels import get_backend
+
+        if self.summaries is not None:
+            from dash_eval.kernels.dash.triton_attention import dash_attention_triton
+            from dash_eval.kernels.dash.triton_routing import update_summaries
+
+            update_summaries(self.summaries, self.k, self.params.router, self.params.block_size, self.scale)
+            return dash_attention_triton(self.q, self.k, self.v, self.params, softmax_scale=self.scale,
+                                         return_stats=return_stats, summaries=self.summaries)
+        fn = get_backend(self.case.method, "triton")
+        return fn(self.q, self.k, self.v, self.params, softmax_scale=self.scale, return_stats=return_stats)
+
+    def check(self, out: torch.Tensor, log) -> str:
+        """The reference on query slices (all queries when short): relative error of the output."""
+        nq = self.q.shape[2]
+        width = min(nq, 256)
+        starts = sorted({0, max(0, nq // 2 - width // 2), nq - width}) if nq > 2048 else [0]
+        if nq <= 2048:
+            width = nq
+        tol = 2e-2 if self.q.dtype != torch.float32 else 1e-4
+        worst = 0.0
+        nk = self.k.shape[2]
+        for s in starts:
+            q_slice = self.q[:, :, s : s + width]
+            kk, vv = self.k[:, :, : nk - nq + s + width], self.v[:, :, : nk - nq + s + width]
+            ref, _ = self.spec.reference(q_slice, kk, vv, self.params, softmax_scale=self.scale, return_stats=False)
+            err = _rel_err(out[:, :, s : s + width], ref)
+            worst = max(worst, err)
+        ok = worst < tol and not torch.isnan(out).any()
+        log(f"  check vs reference ({len(starts)} slice(s) of {width} queries): rel err {worst:.2e} "
+            f"{'ok' if ok else 'FAILED'}")
+        return f"{'ok' if ok else 'FAILED'} rel_err={worst:.2e}"
+
+
+def _words_for_flex(run: SparseRun) -> torch.Tensor | None:
+    from dash_eval.kernels.dash.triton_attention import _router
+    from dash_eval.kernels.dash.triton_routing import block_summaries, dash_route
+
+    if run.case.method != "dash":
+        return None
+    p = run.params
+    summ = block_summaries(run.k, _router(p, run.k), p.block_size, run.scale)
+    return dash_route(run.q, summ, run.k.shape[2], alpha=p.alpha, scale=p.scale, softmax_scale=run.scale,
+                      init_blocks=p.init_blocks, local_blocks=p.local_blocks, block_size=p.block_size).words
+
+
+def _route_time(run: SparseRun) -> float:
+    from dash_eval.kernels.dash.triton_attention import _router
+    from dash_eval.kernels.dash.triton_routing import block_summaries, dash_route
+
+    if run.case.method != "dash":
+        return float("nan")
+    p = run.params
+
+    def route():
+        summ = block_summaries(run.k, _router(p, run.k), p.block_size, run.scale)
+        return dash_route(run.q, summ, run.k.shape[2], alpha=p.alpha, scale=p.scale, softmax_scale=run.scale,
+                          init_blocks=p.init_blocks, local_blocks=p.local_blocks, block_size=p.block_size)
+
+    return _median_ms(route)
+
+
+def sweep_configs(run: SparseRun, log) -> None:
+    """dash: time the routing and the fine stage alone over launch configurations (tile rows, warps,
+    pipeline stages, routing chunk), on this call's inputs and selection; prints a table."""
+    from dash_eval.kernels._triton.block_sparse import DashPrior, sparse_attention_from_words
+    from dash_eval.kernels._triton.launch import next_pow2
+    from dash_eval.kernels.dash.triton_attention import _router
+    from dash_eval.kernels.dash.triton_routing import block_summaries, dash_route
+
+    p, q, k, v = run.params, run.q, run.k, run.v
+    gp = next_pow2(q.shape[1] // k.shape[1])
+    summ = block_summaries(k, _router(p, k), p.block_size, run.scale)
+    route_kw = dict(alpha=p.alpha, scale=p.scale, softmax_scale=run.scale, init_blocks=p.init_blocks,
+                    local_blocks=p.local_blocks, block_size=p.block_size, sigma=p.sigma)
+    for rows in (16, 32, 64):
+        for chunk in (256, 512):
+            for warps in (4, 8):
+                tq = max(1, rows // gp)
+                try:
+                    ms = _median_ms(lambda tq=tq, chunk=chunk, warps=warps: dash_route(
+                        q, summ, k.shape[2], tile_q=tq, chunk_blocks=chunk, num_warps=warps, **route_kw))
+                    log(f"  sweep route rows={gp * tq} chunk={chunk} warps={warps}: {ms:.3f} ms")
+                except Exception as exc:  # noqa: BLE001  (a configuration that does not compile)
+                    log(f"  sweep route rows={gp * tq} chunk={chunk} warps={warps}: failed {str(exc)[:80]}")
+    route = dash_route(q, summ, k.shape[2], **route_kw)
+    prior = DashPrior(kbar=summ.kbar, tau=route.tau, mean_log=route.mean_log, max_beta=route.max_beta,
+                      route_scale=(p.alpha - 1) * p.scale * run.scale, alpha=p.alpha, sigma=p.sigma,
+                      init_blocks=p.init_blocks, local_blocks=p.local_blocks)
+    for rows in (64, 128):
+        for warps in (4, 8):
+            for stages in (2, 3):
+                for with_prior in (True, False):
+                    tq = max(1, rows // gp)
+                    kw = dict(block_size=p.block_size, softmax_scale=run.scale, prior=prior if with_prior else None,
+                              tile_q=tq, num_warps=warps, num_stages=stages)
+                    label = f"  sweep fine rows={gp * tq} warps={warps} stages={stages} prior={with_prior}"
+                    try:
+                        ms = _median_ms(lambda kw=kw: sparse_attention_from_words(q, k, v, route.words, **kw))
+                        log(f"{label}: {ms:.3f} ms")
+                    except Exception as exc:  # noqa: BLE001
+                        log(f"{label}: failed {str(exc)[:80]}")
+
+
+def bench_case(
+    case: Case, dtype: torch.dtype, baselines: dict, log, flex: bool, sweep: bool = False
+) -> dict[str, Any]:
+    import dash_eval.kernels.triton_backend  # noqa: F401  (registers the kernels)
+    import triton
+
+    device = torch.device("cuda")
+    q, k, v = structured_inputs(case, dtype, device)
+    scale = case.head_dim**-0.5
+    key = (case.tokens, case.nq, case.q_heads, case.kv_heads, case.head_dim, dtype)
+    decode = case.nq < case.tokens
+    if key not in baselines:
+        baselines[key] = _dense_times(q, k, v, decode, log)
+        log(f"  dense: cuDNN {baselines[key]['cudnn']:.3f} ms, flash {baselines[key]['flash']:.3f} ms")
+    dense = baselines[key]
+    run = SparseRun(case, q, k, v, scale)
+    if case.target_sparsity is not None:
+        run.calibrate(case.target_sparsity, log)
+    out, stats = run.forward(return_stats=True)
+    torch.cuda.synchronize()
+    verdict = run.check(out, log)
+    if sweep and case.method == "dash" and not decode:
+        sweep_configs(run, log)
+    row = {
+        "case": case.name, "method": case.method, "params": json.dumps(run.params.to_dict(), sort_keys=True),
+        "batch": 1, "tokens": case.tokens, "queries": case.nq, "q_heads": case.q_heads, "kv_heads": case.kv_heads,
+        "head_dim": case.head_dim, "dtype": str(dtype).replace("torch.", ""), "sparsity": round(stats.sparsity, 5),
+        "active_blocks_mean": round(float(stats.active_blocks.float().mean()), 2), "check": verdict,
+        "gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
+        "inputs": "structured random (block topics, 256-query segments)",
+        "ms_cudnn": dense["cudnn"], "ms_flash": dense["flash"],
+    }
+    if not verdict.startswith("ok"):
+        row.update(ms=float("nan"), route_ms=float("nan"), ms_flex=float("nan"))
+        return row
+    row["ms"] = _median_ms(lambda: run.forward(), graph=decode)
+    row["route_ms"] = _route_time(run)
+    row["ms_flex"] = float("nan")
+    if flex and case.flex and not decode:
+        words = _words_for_flex(run)
+        if words is not None:
+            row["ms_flex"] = _flex_time(q, k, v, words, run.params.block_size, log)
+    for name in ("cudnn", "flash", "flex"):
+        base = row[f"ms_{name}"]
+        row[f"x_{name}"] = round(base / row["ms"], 3) if math.isfinite(base) and row["ms"] > 0 else float("nan")
+    return row
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--shapes", default="smoke", help=f"named shape set: {', '.join(SHAPE_SETS)}")
+    parser.add_argument("--cases", default="", help="comma-separated case names of the set to run (default all)")
+    parser.add_argument("--dtype", default="bf16", choices=sorted(DTYPES))
+    parser.add_argument("--out", default="results/bench.csv", help="CSV file (appended; header when new)")
+    parser.add_argument("--flex", action="store_true", help="also time FlexAttention where the case asks")
+    parser.add_argument("--sweep", action="store_true", help="dash prefill: also time launch configurations")
+
+
+def run(args: argparse.Namespace) -> int:
+    if not torch.cuda.is_available():
+        print("dash-eval bench: needs a CUDA GPU (the kernels are checked on the CPU by the tests)", file=sys.stderr)
+        return 2
+    if args.shapes not in SHAPE_SETS:
+        print(f"dash-eval bench: unknown shape set {args.shapes!r}; known: {', '.join(SHAPE_SETS)}", file=sys.stderr)
+        return 2
+    cases = SHAPE_SETS[args.shapes]
+    if args.cases:
+        wanted = set(args.cases.split(","))
+        unknown = wanted - {c.name for c in cases}
+        if unknown:
+            print(f"dash-eval bench: unknown case(s) {sorted(unknown)} in set {args.shapes}", file=sys.stderr)
+            return 2
+        cases = [c for c in cases if c.name in wanted]
+    out_path = Path(args.out)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    new = not out_path.exists()
+    baselines: dict = {}
+    failed = 0
+
+    def log(msg: str) -> None:
+        print(msg, flush=True)
+
+    with out_path.open("a", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=FIELDS)
+        if new:
+            writer.writeheader()
+        for case in cases:
+            t0 = time.time()
+            log(f"[{case.name}] {case.method} N={case.tokens} Nq={case.nq} Hq={case.q_heads} Hkv={case.kv_heads} "
+                f"D={case.head_dim}")
+            try:
+                row = bench_case(case, DTYPES[args.dtype], baselines, log, args.flex, args.sweep)
+            except torch.cuda.OutOfMemoryError as exc:
+                log(f"  out of memory: {str(exc).splitlines()[0][:200]}")
+                failed += 1
+                torch.cuda.empty_cache()
+                continue
+            failed += not str(row["check"]).startswith("ok")
+            writer.writerow(row)
+            fh.flush()
+            log(f"  {row['ms']:.3f} ms (route {row['route_ms']:.3f}) sparsity {row['sparsity']:.3f}: "
+                f"x{row.get('x_cudnn', float('nan'))} vs cuDNN, x{row.get('x_flash', float('nan'))} vs flash, "
+                f"x{row.get('x_flex', float('nan'))} vs flex  [{time.time() - t0:.0f}s]")
+            del row
+            torch.cuda.empty_cache()
+    return 1 if failed else 0
