@@ -23,7 +23,9 @@ A sweep loads the model once and switches the method per cell::
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import logging
 from typing import Any
 
 import torch
@@ -145,6 +147,23 @@ def _saved_attention(pretrained: str) -> dict[str, Any] | None:
     return getattr(config, CONFIG_KEY, None)
 
 
+@contextlib.contextmanager
+def _quiet_about_loaded_model():
+    """HFLM warns that a loaded model makes its loading options moot; DashLM rejects those options up front,
+    so the warnings would only mislead."""
+
+    def keep(record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        return not ("`pretrained` model kwarg is not of type `str`" in text or "already-initialized model" in text)
+
+    hf_logger = logging.getLogger(HFLM.__module__)
+    hf_logger.addFilter(keep)
+    try:
+        yield
+    finally:
+        hf_logger.removeFilter(keep)
+
+
 class _RecordingCacheHook:
     """Forwards to lm-eval's cache hook, and tells the recorder which request each result answers (HFLM
     calls ``add_partial`` once per request, right after the batch that computed it)."""
@@ -203,7 +222,8 @@ class DashLM(HFLM):
             )
             hflm_kwargs.setdefault("tokenizer", tokenizer)
             self.model_name_or_path = pretrained
-        super().__init__(pretrained=model, **hflm_kwargs)
+        with _quiet_about_loaded_model():
+            super().__init__(pretrained=model, **hflm_kwargs)
         get_tally(self.model).reset()
 
     # --- switching the method (a sweep loads once and switches per cell) -------------------------------
