@@ -41,6 +41,7 @@ class Cell:
             "task_source": {
                 "task": self.task_spec.task,
                 "haystack": self.task_spec.haystack,
+                "options": dict(sorted(self.task_spec.options.items())),
                 "jsonl": self.task_spec.jsonl,
             },
             "length": self.length,

@@ -69,6 +69,7 @@ class TaskSpec:
     task: str | None = None
     jsonl: str | None = None
     haystack: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)  # the task's own options (e.g. value_type)
 
 
 @dataclass(frozen=True)
@@ -179,7 +180,7 @@ class _Checker:
 # --- sections ----------------------------------------------------------------------------------------------
 
 MODEL_KEYS = {f.name for f in dataclasses.fields(ModelSpec)}
-GEN_TASK_KEYS = {"task", "lengths", "samples", "seed", "haystack"}
+GEN_TASK_KEYS = {"task", "name", "lengths", "samples", "seed", "haystack", "options"}
 JSONL_TASK_KEYS = {"jsonl", "name", "samples"}
 CALIBRATION_KEYS = {f.name for f in dataclasses.fields(CalibrationSpec)}
 METHOD_RESERVED = {"method", "grid", "target_sparsity", "calibrate", "calibrate_range"}
@@ -271,15 +272,22 @@ def _parse_task(c: _Checker, raw: Any, path: str, task_names: tuple[str, ...]) -
     haystack = t.get("haystack")
     if haystack is not None:
         haystack = c.string(haystack, f"{path}.haystack")
-    if name is None or not lengths or samples is None or seed is None:
+    options = c.mapping(t.get("options", {}), f"{path}.options")
+    label = None
+    if "name" in t:
+        label = c.string(t["name"], f"{path}.name", pattern=NAME_PATTERN, accepted="letters, digits, '.', '_', '-'")
+    elif name is not None:
+        label = name if haystack is None else f"{name}.{haystack}"
+    if name is None or label is None or not lengths or samples is None or seed is None or options is None:
         return None
     return TaskSpec(
-        label=name if haystack is None else f"{name}.{haystack}",
+        label=label,
         lengths=tuple(lengths),
         samples=samples,
         seed=seed,
         task=name,
         haystack=haystack,
+        options=dict(options),
     )
 
 
@@ -495,9 +503,18 @@ def _check_task_data(
         elif tokenizer is not None:
             for j, length in enumerate(t.lengths):
                 try:
-                    generate_samples(t.task, length=length, n=1, seed=t.seed, tokenizer=tokenizer, haystack=t.haystack)
-                except (ValueError, KeyError) as exc:
-                    where = f"{path}.haystack" if "haystack" in str(exc) else f"{path}.lengths[{j}]"
+                    generate_samples(
+                        t.task, length=length, n=1, seed=t.seed, tokenizer=tokenizer, haystack=t.haystack, **t.options
+                    )
+                except (ValueError, KeyError, TypeError) as exc:
+                    text = str(exc)
+                    where = (
+                        f"{path}.haystack"
+                        if "haystack" in text
+                        else f"{path}.options"
+                        if "option" in text or any(k in text for k in t.options)
+                        else f"{path}.lengths[{j}]"
+                    )
                     c.error(where, str(exc).strip("'\""))
                     break
 
@@ -572,8 +589,8 @@ def parse_config(raw: Any, *, source: str = "sweep config", check_model: bool = 
                     f"length {length} exceeds the model's context "
                     f"(max_position_embeddings={context}); accepted: at most {context}",
                 )
-    if not c.errors:
-        _check_task_data(c, list(zip(task_paths, tasks)), model if check_model else None, context)
+    # the valid entries' data is checked even when other entries have errors: all problems show at once
+    _check_task_data(c, list(zip(task_paths, tasks)), model if check_model else None, context)
     if c.errors:
         raise ConfigError(c.errors, source)
     return SweepConfig(name, model, tuple(tasks), tuple(methods), output, calibration, raw=top)

@@ -140,6 +140,7 @@ class LmEvalRunner:
             seed=cal.seed,
             tokenizer=self.tokenizer,
             haystack=spec.haystack if spec.task else None,
+            **(spec.options if spec.task else {}),
         )
         prompts = []
         for s in samples:

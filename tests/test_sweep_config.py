@@ -233,3 +233,30 @@ def test_task_data_is_checked_before_any_cell(tmp_path):
     assert errors[2].startswith("tasks[2].jsonl:") and "line 2" in errors[2] and "outputs" in errors[2]
     assert errors[3] == f"tasks[3].samples: 5 asked for but {short} holds 1 samples; accepted: at most 1"
     assert len(errors) == 4
+
+
+def test_task_options_and_labels():
+    raw = _with(
+        tasks=[
+            {"task": "niah_single", "lengths": [1024], "haystack": "noise"},
+            {"task": "niah_single", "name": "niah_single_3", "lengths": [1024], "options": {"value_type": "uuids"}},
+        ]
+    )
+    config = parse_config(raw, check_model=True)
+    assert [t.label for t in config.tasks] == ["niah_single.noise", "niah_single_3"]
+    assert config.tasks[1].options == {"value_type": "uuids"}
+    errors = _errors(
+        _with(
+            tasks=[
+                {"task": "niah_single", "lengths": [1024], "options": {"value_typ": "uuids"}},
+                {"task": "niah_single", "name": "b", "lengths": [1024], "options": {"value_type": "emoji"}},
+                {"task": "niah_multikey", "lengths": [1024], "options": ["value_type"]},
+            ]
+        ),
+        check_model=True,
+    )
+    by_field = {e.split(": ")[0]: e for e in errors}
+    assert set(by_field) == {"tasks[0].options", "tasks[1].options", "tasks[2].options"}
+    assert "value_typ" in by_field["tasks[0].options"] and "value_type" in by_field["tasks[0].options"]
+    assert "emoji" in by_field["tasks[1].options"]
+    assert "expected a mapping" in by_field["tasks[2].options"]
