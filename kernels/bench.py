@@ -24,8 +24,8 @@ import torch
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 FIELDS = [
     "case", "method", "params", "batch", "tokens", "queries", "q_heads", "kv_heads", "head_dim", "dtype",
-    "sparsity", "active_blocks_mean", "ms", "route_ms", "ms_cudnn", "ms_flash", "ms_flex", "x_cudnn", "x_flash",
-    "x_flex", "check", "gpu", "torch", "triton", "inputs",
+    "sparsity", "visited", "active_blocks_mean", "ms", "route_ms", "ms_cudnn", "ms_flash", "ms_flex", "x_cudnn",
+    "x_flash", "x_flex", "check", "gpu", "torch", "triton", "inputs",
 ]
 
 
@@ -41,6 +41,7 @@ class Case:
     params: dict[str, Any] = dataclasses.field(default_factory=dict)
     target_sparsity: float | None = None  # dash: calibrate `scale` on the inputs to reach this
     flex: bool = False  # also time FlexAttention with this call's selection
+    noise: float = 1.0  # per-query noise against the shared direction of a 256-query segment (see inputs)
 
     @property
     def nq(self) -> int:
@@ -55,8 +56,8 @@ SHAPE_SETS: dict[str, list[Case]] = {
     # Small shapes: compile and correctness on the GPU in a few seconds.
     "smoke": [
         _dash("smoke-dash", 4096, 2, 0.5),
-        Case("smoke-nsa", "nsa", 4096, kv_heads=2),
-        Case("smoke-infllmv2", "infllmv2", 4096, kv_heads=2, params={"local_blocks": 4, "topk": 15}),
+        Case("smoke-nsa", "nsa", 16384, kv_heads=2),
+        Case("smoke-infllmv2", "infllmv2", 16384, kv_heads=2),
         _dash("smoke-dash-decode", 8192, 2, 0.75, queries=1),
     ],
     # The targets of issue 3 / PERF.md.
@@ -65,8 +66,16 @@ SHAPE_SETS: dict[str, list[Case]] = {
         _dash("dash-32k-kv2-87.5", 32768, 2, 0.875),
         _dash("dash-32k-kv8-75", 32768, 8, 0.75, flex=True),
         _dash("dash-32k-kv8-87.5", 32768, 8, 0.875),
+        _dash("dash-32k-kv2-75-coherent", 32768, 2, 0.75, noise=0.25),
+        _dash("dash-32k-kv8-75-coherent", 32768, 8, 0.75, noise=0.25),
+        _dash("dash-32k-kv2-87.5-coherent", 32768, 2, 0.875, noise=0.25),
+        _dash("dash-32k-kv8-87.5-coherent", 32768, 8, 0.875, noise=0.25),
         Case("nsa-64k-kv2", "nsa", 65536, kv_heads=2),
         Case("infllmv2-128k-kv2", "infllmv2", 131072, kv_heads=2),
+        Case("nsa-64k-kv2-coherent", "nsa", 65536, kv_heads=2, noise=0.25),
+        Case("infllmv2-128k-kv2-coherent", "infllmv2", 131072, kv_heads=2, noise=0.25),
+        Case("nsa-decode-128k-kv2", "nsa", 131072, kv_heads=2, queries=1),
+        Case("infllmv2-decode-128k-kv2", "infllmv2", 131072, kv_heads=2, queries=1),
         _dash("dash-128k-kv2-75", 131072, 2, 0.75),
         _dash("dash-decode-128k-kv2-75", 131072, 2, 0.75, queries=1),
         _dash("dash-decode-128k-kv8-75", 131072, 8, 0.75, queries=1),
@@ -89,9 +98,10 @@ SHAPE_SETS: dict[str, list[Case]] = {
 
 def structured_inputs(case: Case, dtype: torch.dtype, device: torch.device, seed: int = 0, segment: int = 256):
     """Random q, k, v with a routing structure: every 64-key block has a topic vector mixed into its keys,
-    and the queries of each ``segment``-long stretch share a direction (per head) mixed into theirs, so
-    neighbouring queries prefer the same blocks, as in real text. Pure noise would give every query an
-    unrelated selection, which no tiled kernel (nor a real model) sees."""
+    and the queries of each ``segment``-long stretch share a direction (per head) mixed into theirs, plus
+    per-query noise of relative size ``case.noise``, so neighbouring queries prefer similar blocks. At
+    ``noise=1`` (the default) neighbours still disagree often: a tile of queries visits the union of
+    their blocks, reported as ``visited``; ``-coherent`` cases use ``noise=0.25``."""
     gen = torch.Generator(device=device).manual_seed(seed)
     b, n, nq, d = 1, case.tokens, case.nq, case.head_dim
     hq, hkv = case.q_heads, case.kv_heads
@@ -103,7 +113,7 @@ def structured_inputs(case: Case, dtype: torch.dtype, device: torch.device, seed
     k = (randn(b, hkv, n, d) + topics).mul_(0.5)
     nseg = -(-n // segment)
     dirs = randn(b, hq, nseg, d).repeat_interleave(segment, dim=2)[:, :, n - nq : n]
-    q = (randn(b, hq, nq, d) + dirs).mul_(0.5)
+    q = (randn(b, hq, nq, d).mul_(case.noise) + dirs).mul_(0.5)
     v = randn(b, hkv, n, d)
     return q.to(dtype), k.to(dtype), v.to(dtype)
 
@@ -261,6 +271,36 @@ class SparseRun:
         return f"{'ok' if ok else 'FAILED'} rel_err={worst:.2e}"
 
 
+def _visited(run: SparseRun) -> float:
+    """Fraction of the causal key range the fine stage's query tiles visit (the union of the tile's
+    queries' blocks), against which ``1 - sparsity`` is the per-query fraction."""
+    from dash_eval.kernels._triton.block_sparse import default_tile_q
+    from dash_eval.kernels._triton.selection import tile_union
+
+    words = _words(run)
+    q, k = run.q, run.k
+    nq, nk = q.shape[2], k.shape[2]
+    tq = default_tile_q(q.shape[1] // k.shape[1], nq)
+    window = getattr(run.params, "window", 0)
+    _, tcount = tile_union(words, nk, block_size=run.params.block_size, tile_q=tq, window=window)
+    causal = (nk - nq + 1 + nk) * nq // 2 * k.shape[1]
+    return min(1.0, float(tcount.sum()) * tq * run.params.block_size / causal)
+
+
+def _words(run: SparseRun) -> torch.Tensor:
+    from dash_eval.kernels._triton.topk_routing import POOL_MAX, POOL_WEIGHTED, topk_route
+    from dash_eval.kernels.compression import kernel_keys
+
+    p = run.params
+    if run.case.method == "dash":
+        return _words_for_flex(run)
+    kc = kernel_keys(run.k.float(), p.kernel_size, p.kernel_stride)
+    pool = POOL_WEIGHTED if run.case.method == "nsa" else POOL_MAX
+    return topk_route(run.q, kc, run.k.shape[2], pool=pool, block_size=p.block_size, kernel_size=p.kernel_size,
+                      kernel_stride=p.kernel_stride, init_blocks=p.init_blocks, local_blocks=p.local_blocks,
+                      topk=p.topk, softmax_scale=run.scale, window=getattr(p, "window", 0)).words
+
+
 def _words_for_flex(run: SparseRun) -> torch.Tensor | None:
     from dash_eval.kernels.dash.triton_attention import _router
     from dash_eval.kernels.dash.triton_routing import block_summaries, dash_route
@@ -274,12 +314,33 @@ def _words_for_flex(run: SparseRun) -> torch.Tensor | None:
 
 
 def _route_time(run: SparseRun) -> float:
+    from dash_eval.kernels._triton.topk_routing import POOL_MAX, POOL_WEIGHTED, topk_route
+    from dash_eval.kernels.compression import kernel_keys
     from dash_eval.kernels.dash.triton_attention import _router
     from dash_eval.kernels.dash.triton_routing import block_summaries, dash_route
 
+    p = run.params
+    if run.case.method in ("nsa", "infllmv2"):
+        pool = POOL_WEIGHTED if run.case.method == "nsa" else POOL_MAX
+        window = getattr(p, "window", 0)
+
+        def route_topk():
+            kc = kernel_keys(run.k.float(), p.kernel_size, p.kernel_stride)
+            return topk_route(run.q, kc, run.k.shape[2], pool=pool, block_size=p.block_size,
+                              kernel_size=p.kernel_size, kernel_stride=p.kernel_stride, init_blocks=p.init_blocks,
+                              local_blocks=p.local_blocks, topk=p.topk, softmax_scale=run.scale, window=window)
+
+        return _median_ms(route_topk)
     if run.case.method != "dash":
         return float("nan")
-    p = run.params
+    if run.summaries is not None:  # decode: the cached summaries, as the timed call uses
+
+        def route_cached():
+            return dash_route(run.q, run.summaries, run.k.shape[2], alpha=p.alpha, scale=p.scale,
+                              softmax_scale=run.scale, init_blocks=p.init_blocks, local_blocks=p.local_blocks,
+                              block_size=p.block_size, sigma=p.sigma)
+
+        return _median_ms(route_cached, graph=True)
 
     def route():
         summ = block_summaries(run.k, _router(p, run.k), p.block_size, run.scale)
@@ -302,8 +363,8 @@ def sweep_configs(run: SparseRun, log) -> None:
     summ = block_summaries(k, _router(p, k), p.block_size, run.scale)
     route_kw = dict(alpha=p.alpha, scale=p.scale, softmax_scale=run.scale, init_blocks=p.init_blocks,
                     local_blocks=p.local_blocks, block_size=p.block_size, sigma=p.sigma)
-    for rows in (16, 32, 64):
-        for chunk in (256, 512):
+    for rows in (16, 32):
+        for chunk in (256,):
             for warps in (4, 8):
                 tq = max(1, rows // gp)
                 try:
@@ -316,10 +377,17 @@ def sweep_configs(run: SparseRun, log) -> None:
     prior = DashPrior(kbar=summ.kbar, tau=route.tau, mean_log=route.mean_log, max_beta=route.max_beta,
                       route_scale=(p.alpha - 1) * p.scale * run.scale, alpha=p.alpha, sigma=p.sigma,
                       init_blocks=p.init_blocks, local_blocks=p.local_blocks)
+    from dash_eval.kernels._triton.selection import tile_union
+
+    causal = q.shape[2] * (q.shape[2] + 1) // 2 * k.shape[1]
+    for rows in (64, 128):
+        _, tcount = tile_union(route.words, k.shape[2], block_size=p.block_size, tile_q=max(1, rows // gp))
+        visited = float(tcount.sum()) * max(1, rows // gp) * p.block_size / causal
+        log(f"  tiles of {rows} rows visit {visited:.3f} of the causal key range per query (union + diagonal)")
     for rows in (64, 128):
         for warps in (4, 8):
             for stages in (2, 3):
-                for with_prior in (True, False):
+                for with_prior in (True,):
                     tq = max(1, rows // gp)
                     kw = dict(block_size=p.block_size, softmax_scale=run.scale, prior=prior if with_prior else None,
                               tile_q=tq, num_warps=warps, num_stages=stages)
@@ -360,19 +428,18 @@ def bench_case(
         "head_dim": case.head_dim, "dtype": str(dtype).replace("torch.", ""), "sparsity": round(stats.sparsity, 5),
         "active_blocks_mean": round(float(stats.active_blocks.float().mean()), 2), "check": verdict,
         "gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
-        "inputs": "structured random (block topics, 256-query segments)",
+        "inputs": f"structured random (block topics, 256-query segments, query noise {case.noise})",
         "ms_cudnn": dense["cudnn"], "ms_flash": dense["flash"],
     }
     if not verdict.startswith("ok"):
-        row.update(ms=float("nan"), route_ms=float("nan"), ms_flex=float("nan"))
+        row.update(ms=float("nan"), route_ms=float("nan"), ms_flex=float("nan"), visited=float("nan"))
         return row
+    row["visited"] = round(_visited(run), 4)
     row["ms"] = _median_ms(lambda: run.forward(), graph=decode)
     row["route_ms"] = _route_time(run)
     row["ms_flex"] = float("nan")
     if flex and case.flex and not decode:
-        words = _words_for_flex(run)
-        if words is not None:
-            row["ms_flex"] = _flex_time(q, k, v, words, run.params.block_size, log)
+        row["ms_flex"] = _flex_time(q, k, v, _words(run), run.params.block_size, log)
     for name in ("cudnn", "flash", "flex"):
         base = row[f"ms_{name}"]
         row[f"x_{name}"] = round(base / row["ms"], 3) if math.isfinite(base) and row["ms"] > 0 else float("nan")
@@ -430,7 +497,8 @@ def run(args: argparse.Namespace) -> int:
             failed += not str(row["check"]).startswith("ok")
             writer.writerow(row)
             fh.flush()
-            log(f"  {row['ms']:.3f} ms (route {row['route_ms']:.3f}) sparsity {row['sparsity']:.3f}: "
+            log(f"  {row['ms']:.3f} ms (route {row['route_ms']:.3f}) sparsity {row['sparsity']:.3f} "
+                f"visited {row.get('visited', float('nan'))}: "
                 f"x{row.get('x_cudnn', float('nan'))} vs cuDNN, x{row.get('x_flash', float('nan'))} vs flash, "
                 f"x{row.get('x_flex', float('nan'))} vs flex  [{time.time() - t0:.0f}s]")
             del row

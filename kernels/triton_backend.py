@@ -10,10 +10,14 @@ from __future__ import annotations
 
 import triton  # noqa: F401  (fail the import, and so the backend, where Triton is missing)
 from dash_eval.kernels.dash.triton_attention import dash_attention_triton
+from dash_eval.kernels.infllmv2.triton_attention import infllmv2_attention_triton
+from dash_eval.kernels.nsa.triton_attention import nsa_attention_triton
 from dash_eval.kernels.registry import get_backend, register_backend
 
 _KERNELS = {
     "dash": dash_attention_triton,
+    "nsa": nsa_attention_triton,
+    "infllmv2": infllmv2_attention_triton,
 }
 
 for _name, _fn in _KERNELS.items():

@@ -94,3 +94,18 @@ def test_dash_triton_falls_back_on_unsupported_block_size():
     out = sparse_attention(q, k, v, "dash", backend="triton", block_size=12, scale=4.0)
     ref = sparse_attention(q, k, v, "dash", backend="reference", block_size=12, scale=4.0)
     assert torch.equal(out, ref)
+
+
+def test_dash_decode_scores_launch_matches_fused_routing():
+    """The decode path computes the scores in a block-parallel launch first; same selection and thresholds."""
+    gen = torch.Generator().manual_seed(9)
+    b, hq, hkv, nq, nk, d, c = 2, 8, 2, 1, 2100, 64, 16
+    q = torch.randn(b, hq, nq, d, generator=gen).to(torch.bfloat16)
+    k = torch.randn(b, hkv, nk, d, generator=gen).to(torch.bfloat16)
+    summ = block_summaries(k, None, c, d**-0.5)
+    kw = dict(alpha=1.5, scale=8.0, softmax_scale=d**-0.5, init_blocks=0, local_blocks=1, block_size=c)
+    fused = dash_route(q, summ, nk, precompute=False, **kw)
+    split = dash_route(q, summ, nk, precompute=True, **kw)
+    assert torch.equal(fused.words, split.words)
+    assert torch.equal(fused.attended, split.attended)
+    torch.testing.assert_close(fused.tau, split.tau, rtol=0, atol=1e-5)

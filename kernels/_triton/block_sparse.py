@@ -292,7 +292,7 @@ def sparse_attention_from_words(
     if num_warps is None:
         num_warps = 4 if m_rows * dp <= 64 * 128 else 8
     if num_stages is None:
-        num_stages = 2
+        num_stages = 3
     grid = (n_tiles, b * hkv, splits)
     _sparse_attn_fwd_kernel[grid](
         q, k, v, out, words, tlist, tcount,

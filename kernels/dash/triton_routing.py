@@ -159,7 +159,7 @@ def _dash_route_kernel(
     s_qb, s_qh, s_qn, HKV,
     G: tl.constexpr, GP: tl.constexpr, TQ: tl.constexpr, D: tl.constexpr, DP: tl.constexpr,
     C: tl.constexpr, NBP: tl.constexpr, CH: tl.constexpr, ENT_SQUARE: tl.constexpr, SPLIT: tl.constexpr,
-    DOT_MODE: tl.constexpr, MAX_ITERS: tl.constexpr,
+    DOT_MODE: tl.constexpr, MAX_ITERS: tl.constexpr, PRECOMPUTED: tl.constexpr,
 ):
     M: tl.constexpr = GP * TQ
     NCH: tl.constexpr = NBP // CH
@@ -191,7 +191,10 @@ def _dash_route_kernel(
             mask=row_ok[:, None] & dmask[None, :], other=0.0,
         )
         kb_base = (bh * capacity) * D
-        if NCH == 1:
+        if PRECOMPUTED:  # scores written by _dash_scores_kernel (decode: spread over the whole GPU)
+            pre_rows = SCRATCH + ((bh * n_qtiles + qt) * M + r)[:, None] * NBP
+            x = tl.load(pre_rows + cols[None, :], mask=cols[None, :] < ncand, other=0.0)
+        elif NCH == 1:
             kmask = (cols < nc)[:, None] & dmask[None, :]
             kh = tl.load(KHI + kb_base + cols[:, None] * D + d[None, :], mask=kmask, other=0.0)
             x = mma(q, tl.trans(kh), DOT_MODE)
@@ -252,6 +255,44 @@ def _dash_route_kernel(
         tile += n_prog
 
 
+@triton.jit
+def _dash_scores_kernel(
+    Q, KHI, KLO, SCORES, Nq, q_off, nc, capacity, n_qtiles,
+    s_qb, s_qh, s_qn, HKV,
+    G: tl.constexpr, GP: tl.constexpr, TQ: tl.constexpr, D: tl.constexpr, DP: tl.constexpr,
+    NBP: tl.constexpr, CH: tl.constexpr, SPLIT: tl.constexpr, DOT_MODE: tl.constexpr,
+):
+    """Routing scores of one chunk of blocks for one query tile: the decode path's first stage, which
+    spreads reading the summaries over many programs (one query tile alone cannot fill the GPU)."""
+    M: tl.constexpr = GP * TQ
+    c = tl.program_id(0)
+    tile = tl.program_id(1)  # bh * n_qtiles + qt
+    bh = tile // n_qtiles
+    qt = tile % n_qtiles
+    b = bh // HKV
+    h = bh % HKV
+    r = tl.arange(0, M)
+    tq = r // GP
+    g = r % GP
+    pos = qt * TQ + tq
+    row_ok = (g < G) & (pos < Nq)
+    d = tl.arange(0, DP)
+    dmask = dim_mask(d, D, DP)
+    q = tl.load(
+        Q + b * s_qb + (h * G + g)[:, None] * s_qh + pos[:, None] * s_qn + d[None, :],
+        mask=row_ok[:, None] & dmask[None, :], other=0.0,
+    )
+    jc = c * CH + tl.arange(0, CH)
+    kb_base = (bh * capacity) * D
+    kmask = (jc < nc)[:, None] & dmask[None, :]
+    kh = tl.load(KHI + kb_base + jc[:, None] * D + d[None, :], mask=kmask, other=0.0)
+    x = mma(q, tl.trans(kh), DOT_MODE)
+    if SPLIT:
+        kl = tl.load(KLO + kb_base + jc[:, None] * D + d[None, :], mask=kmask, other=0.0)
+        x += mma(q, tl.trans(kl), DOT_MODE)
+    tl.store(SCORES + (tile * M + r)[:, None] * NBP + jc[None, :], x)
+
+
 def route_tile(group: int, nblocks_pow2: int, nq: int) -> int:
     """Queries per routing program: as many as keep ``rows x blocks`` within the register budget."""
     gp = next_pow2(group)
@@ -275,6 +316,7 @@ def dash_route(
     tile_q: int | None = None,
     chunk_blocks: int = 256,
     num_warps: int | None = None,
+    precompute: bool | None = None,
 ) -> DashRoute:
     """Route the queries ``q: [B, Hq, Nq, D]`` (the last ``Nq`` of ``nk`` positions) onto blocks."""
     b, hq, nq, d = q.shape
@@ -299,21 +341,36 @@ def dash_route(
     max_beta = torch.empty(b, hkv, nq, dtype=torch.float32, device=dev)
     active = torch.empty(b, hkv, nq, dtype=torch.int32, device=dev)
     attended = torch.empty(b, hkv, nq, dtype=torch.int32, device=dev)
-    scratch = (
-        torch.empty(n_prog, m_rows, nbp, dtype=torch.float32, device=dev) if nbp > ch
-        else torch.empty(1, dtype=torch.float32, device=dev)
-    )
+    # Too few query tiles to fill the GPU (decode): compute the scores in a first, block-parallel launch.
+    precomputed = precompute
+    if precomputed is None:
+        precomputed = dev.type == "cuda" and total < persistent_programs(dev, per_sm=1) and nbp >= 256
+    dp = next_pow2(max(d, 16))
+    if precomputed:
+        scratch = torch.empty(total, m_rows, nbp, dtype=torch.float32, device=dev)
+        ch_pre = 64
+        _dash_scores_kernel[(nbp // ch_pre, total)](
+            q, summ.hi, summ.lo if summ.lo is not None else summ.hi, scratch, nq, nk - nq, summ.count,
+            summ.kbar.shape[2], n_qtiles, q.stride(0), q.stride(1), q.stride(2), hkv,
+            G=g, GP=gp, TQ=tile_q, D=d, DP=dp, NBP=nbp, CH=ch_pre, SPLIT=summ.lo is not None,
+            DOT_MODE=dot_mode(q.dtype), num_warps=4,
+        )
+        n_prog = total
+    elif nbp > ch:
+        scratch = torch.empty(n_prog, m_rows, nbp, dtype=torch.float32, device=dev)
+    else:
+        scratch = torch.empty(1, dtype=torch.float32, device=dev)
     ent_exp = 1.0 / (alpha - 1.0)
     if num_warps is None:
-        num_warps = 8 if m_rows * nbp >= 8192 else 4
+        num_warps = 8 if m_rows * nbp > 16384 else 4
     _dash_route_kernel[(n_prog,)](
         q, summ.hi, summ.lo if summ.lo is not None else summ.hi, words, tau, mean_log, max_beta, active, attended,
         scratch,
         nq, nk - nq, summ.count, summ.kbar.shape[2], nwords, n_qtiles, total, b * hkv,
         (alpha - 1.0) * scale * softmax_scale, ent_exp, 2.0**-21, init_blocks, local_blocks, 1.0 / sigma,
         q.stride(0), q.stride(1), q.stride(2), hkv,
-        G=g, GP=gp, TQ=tile_q, D=d, DP=next_pow2(max(d, 16)), C=block_size, NBP=nbp, CH=ch,
+        G=g, GP=gp, TQ=tile_q, D=d, DP=dp, C=block_size, NBP=nbp, CH=ch,
         ENT_SQUARE=ent_exp == 2.0, SPLIT=summ.lo is not None, DOT_MODE=dot_mode(q.dtype),
-        MAX_ITERS=_MAX_NEWTON_ITERS, num_warps=num_warps, num_stages=1,
+        MAX_ITERS=_MAX_NEWTON_ITERS, PRECOMPUTED=precomputed, num_warps=num_warps, num_stages=1,
     )
     return DashRoute(words, tau, mean_log, max_beta, active, attended)

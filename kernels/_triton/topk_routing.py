@@ -1,0 +1,244 @@
+"""Top-k block routing in Triton, shared by ``infllmv2`` (max-pooled kernel scores) and ``nsa``
+(overlap-weighted kernel scores): one KV head and a tile of queries per program, persistent grid.
+
+Per tile: (1) the kernel scores ``q . kc * softmax_scale`` of every query head, chunk by chunk on tensor
+cores, reduced to each row's softmax max and normaliser; (2) the same chunks again, turned into
+probabilities and summed over the group's heads, written to the program's scratch row (one float per
+query and kernel, for the tile only); (3) each block pools its overlapping kernels from that row
+(max for InfLLM-V2, overlap-weighted sum for NSA); (4) the exact top-k of every query among its
+eligible blocks by a radix select on the 64-bit key ``(score, block)``, so ties go to the more recent
+block exactly as in the reference; (5) the selection is written as bits with the per-query counts.
+Each kernel probability is computed once per query, so blocks sharing a kernel tie exactly as they do
+in the reference. No float per query head, query and block is stored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+import triton
+import triton.language as tl
+from dash_eval.kernels._triton.launch import dot_mode, last_dim_contiguous, next_pow2, persistent_programs
+from dash_eval.kernels._triton.ops import dim_mask, mma
+
+POOL_MAX = 0
+POOL_WEIGHTED = 1
+
+
+@dataclasses.dataclass
+class TopkRoute:
+    words: torch.Tensor  # [B, Hkv, Nq, nwords] int32
+    active: torch.Tensor  # [B, Hkv, Nq] int32
+    attended: torch.Tensor  # [B, Hkv, Nq] int32
+
+
+@triton.jit
+def _kernel_scores(q, KHI, KLO, kc_base, c, nk, s_m, d, dmask, scale_log2,
+                   KC: tl.constexpr, SPLIT: tl.constexpr, DOT_MODE: tl.constexpr):
+    m = c * KC + tl.arange(0, KC)
+    kmask = (m < nk)[:, None] & dmask[None, :]
+    kh = tl.load(KHI + kc_base + m[:, None] * s_m + d[None, :], mask=kmask, other=0.0)
+    x = mma(q, tl.trans(kh), DOT_MODE)
+    if SPLIT:
+        kl = tl.load(KLO + kc_base + m[:, None] * s_m + d[None, :], mask=kmask, other=0.0)
+        x += mma(q, tl.trans(kl), DOT_MODE)
+    return x * scale_log2, m
+
+
+@triton.jit
+def _topk_route_kernel(
+    Q, KHI, KLO, WEIGHTS, WORDS, ACTIVE, ATTENDED, SCRATCH,
+    Nq, q_off, nk, n_words, nblocks, n_qtiles, total_tiles, n_bh,
+    scale_log2, kernel_size, kernel_stride, ratio, lead, init_blocks, local_blocks, topk, window,
+    s_qb, s_qh, s_qn, HKV,
+    G: tl.constexpr, GP: tl.constexpr, TQ: tl.constexpr, D: tl.constexpr, DP: tl.constexpr,
+    C: tl.constexpr, NBP: tl.constexpr, NKP: tl.constexpr, KC: tl.constexpr, W: tl.constexpr,
+    POOL: tl.constexpr, SPLIT: tl.constexpr, DOT_MODE: tl.constexpr,
+):
+    M: tl.constexpr = GP * TQ
+    NKC: tl.constexpr = NKP // KC
+    pid = tl.program_id(0)
+    n_prog = tl.num_programs(0)
+    r = tl.arange(0, M)
+    tq = r // GP
+    g = r % GP
+    d = tl.arange(0, DP)
+    dmask = dim_mask(d, D, DP)
+    lane = tl.arange(0, TQ)
+    cols = tl.arange(0, NBP)
+    colk = tl.arange(0, KC)
+    scratch_q = SCRATCH + (pid * TQ + lane)[:, None] * NKP
+    tile = pid
+    while tile < total_tiles:
+        qt = n_qtiles - 1 - tile // n_bh
+        bh = tile % n_bh
+        b = bh // HKV
+        h = bh % HKV
+        pos = qt * TQ + tq
+        row_ok = (g < G) & (pos < Nq)
+        abs_i = pos + q_off
+        # kernel m is visible to query i when m * stride + kernel_size - 1 <= i
+        nvis_row = tl.where(row_ok, tl.minimum(tl.maximum((abs_i - kernel_size + 1) // kernel_stride + 1, 0), nk), 0)
+        nvis_row = tl.where(abs_i - kernel_size + 1 >= 0, nvis_row, 0)
+        nvis = tl.max(nvis_row, 0)
+        q = tl.load(
+            Q + b * s_qb + (h * G + g)[:, None] * s_qh + pos[:, None] * s_qn + d[None, :],
+            mask=row_ok[:, None] & dmask[None, :], other=0.0,
+        )
+        kc_base = bh * nk * D
+        m_i = tl.full((M,), float("-inf"), tl.float32)
+        l_i = tl.zeros((M,), tl.float32)
+        for c in range(0, NKC):
+            if c * KC < nvis:
+                x, m = _kernel_scores(q, KHI, KLO, kc_base, c, nk, D, d, dmask, scale_log2, KC, SPLIT, DOT_MODE)
+                x = tl.where(m[None, :] < nvis_row[:, None], x, float("-inf"))
+                m_new = tl.maximum(m_i, tl.max(x, 1))
+                m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
+                l_i = l_i * tl.exp2(m_i - m_use) + tl.sum(tl.exp2(x - m_use[:, None]), 1)
+                m_i = m_new
+        inv_l = tl.where(l_i > 0, 1.0 / tl.where(l_i > 0, l_i, 1.0), 0.0)
+        m_i = tl.where(m_i == float("-inf"), 0.0, m_i)
+        tl.debug_barrier()  # the previous tile's reads of the scratch row are done
+        for c in range(0, NKC):
+            if c * KC < nvis:
+                x, m = _kernel_scores(q, KHI, KLO, kc_base, c, nk, D, d, dmask, scale_log2, KC, SPLIT, DOT_MODE)
+                p = tl.where(m[None, :] < nvis_row[:, None], tl.exp2(x - m_i[:, None]) * inv_l[:, None], 0.0)
+                ps = tl.sum(tl.reshape(p, (TQ, GP, KC)), 1)  # summed over the group's heads
+                tl.store(scratch_q + (c * KC + colk)[None, :], ps)
+        tl.debug_barrier()
+
+        qpos = qt * TQ + lane
+        q_ok = qpos < Nq
+        qabs = qpos + q_off
+        nvis_q = tl.where(qabs - kernel_size + 1 >= 0, tl.minimum((qabs - kernel_size + 1) // kernel_stride + 1, nk), 0)
+        if POOL == 0:
+            score = tl.full((TQ, NBP), float("-inf"), tl.float32)
+        else:
+            score = tl.zeros((TQ, NBP), tl.float32)
+        for o in tl.static_range(W):
+            mk = cols * ratio - lead + o
+            ok = (mk >= 0)[None, :] & (mk[None, :] < nvis_q[:, None])
+            ps = tl.load(scratch_q + mk[None, :], mask=ok, other=0.0, cache_modifier=".cg")
+            if POOL == 0:
+                score = tl.maximum(score, tl.where(ok, ps, float("-inf")))
+            else:
+                score += ps * tl.load(WEIGHTS + o)
+
+        cur = qabs // C
+        forced = (cols[None, :] <= cur[:, None]) & (
+            (cols[None, :] < init_blocks) | (cols[None, :] > cur[:, None] - local_blocks)
+        )
+        eligible = (cols[None, :] < cur[:, None]) & (~forced) & q_ok[:, None]
+        bits = score.to(tl.int32, bitcast=True)
+        order = tl.where(bits >= 0, bits, bits ^ 0x7FFFFFFF)  # integer order == float order (-inf lowest)
+        key = ((order.to(tl.int64) + 2147483648) << 16) | cols[None, :].to(tl.int64)
+        key = tl.where(eligible, key, -1)
+        want = tl.minimum(tl.sum(eligible.to(tl.int32), 1), topk)  # [TQ]
+        thr = tl.zeros((TQ,), tl.int64)
+        for bit in tl.static_range(47, -1, -1):
+            cand = thr | (1 << bit)
+            cnt = tl.sum((key >= cand[:, None]).to(tl.int32), 1)
+            thr = tl.where(cnt >= want, cand, thr)
+        chosen = eligible & (key >= thr[:, None]) & (want > 0)[:, None]
+        sel = (forced | chosen) & q_ok[:, None]
+
+        wbits = tl.reshape(sel.to(tl.int64), (TQ, NBP // 32, 32))
+        words = tl.sum(wbits << tl.arange(0, 32).to(tl.int64)[None, None, :], 2).to(tl.int32)
+        wcol = tl.arange(0, NBP // 32)
+        tl.store(WORDS + (bh * Nq + qpos)[:, None] * n_words + wcol[None, :], words,
+                 mask=q_ok[:, None] & (wcol < n_words)[None, :])
+        start = cols[None, :] * C
+        sel_keys = tl.minimum(C, qabs[:, None] - start + 1)
+        win_lo = tl.maximum(qabs[:, None] - window + 1, start)
+        win_hi = tl.minimum(qabs[:, None], start + C - 1)
+        win_keys = tl.where(window > 0, tl.maximum(win_hi - win_lo + 1, 0), 0)
+        keys = tl.where(sel, sel_keys, win_keys)
+        keys = tl.where(cols[None, :] < nblocks, keys, 0)
+        tl.store(ACTIVE + bh * Nq + qpos, tl.sum((keys > 0).to(tl.int32), 1), mask=q_ok)
+        tl.store(ATTENDED + bh * Nq + qpos, tl.sum(keys, 1), mask=q_ok)
+        tile += n_prog
+
+
+def kernel_split(kc: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """float32 kernel keys -> (hi, lo) in the inputs' 16-bit dtype, or (kc, None) for float32 inputs."""
+    if dtype == torch.float32:
+        return kc.contiguous(), None
+    hi = kc.to(dtype)
+    return hi.contiguous(), (kc - hi.float()).to(dtype).contiguous()
+
+
+def route_tile(group: int, nblocks_pow2: int, nq: int) -> int:
+    gp = next_pow2(group)
+    tq = max(1, min(64 // gp, 8192 // nblocks_pow2))
+    tq = min(tq, next_pow2(nq))
+    return max(tq, -(-16 // gp))
+
+
+def topk_route(
+    q: torch.Tensor,
+    kc: torch.Tensor,
+    nk: int,
+    *,
+    pool: int,
+    block_size: int,
+    kernel_size: int,
+    kernel_stride: int,
+    init_blocks: int,
+    local_blocks: int,
+    topk: int,
+    softmax_scale: float,
+    window: int = 0,
+    tile_q: int | None = None,
+    chunk_kernels: int = 128,
+    num_warps: int | None = None,
+) -> TopkRoute:
+    """Forced blocks plus the ``topk`` best other past blocks per query (METHODS.md infllmv2 / nsa).
+
+    ``kc: [B, Hkv, M, D]`` float32 kernel keys (``compression.kernel_keys``); ``pool``: ``POOL_MAX``
+    (InfLLM-V2) or ``POOL_WEIGHTED`` (NSA's overlap weights).
+    """
+    from dash_eval.kernels.compression import block_kernel_index
+
+    b, hq, nq, d = q.shape
+    hkv, n_kernels = kc.shape[1], kc.shape[2]
+    g = hq // hkv
+    gp = next_pow2(g)
+    nblocks = -(-nk // block_size)
+    nbp = max(32, next_pow2(nblocks))
+    nwords = -(-nblocks // 32)
+    nkp = max(16, next_pow2(max(n_kernels, 1)))
+    kc_chunk = min(nkp, chunk_kernels)
+    q = last_dim_contiguous(q)
+    khi, klo = kernel_split(kc, q.dtype)
+    if n_kernels == 0:  # shorter than one kernel: placeholders the kernel never reads
+        khi = torch.zeros(b, hkv, 1, d, dtype=khi.dtype, device=q.device)
+        klo = None if klo is None else torch.zeros_like(khi)
+    ratio = block_size // kernel_stride
+    lead = kernel_size // kernel_stride - 1
+    _, _, overlap = block_kernel_index(1, 1, block_size, kernel_size, kernel_stride, q.device)
+    weights = overlap.to(torch.float32).contiguous()
+    if tile_q is None:
+        tile_q = route_tile(g, nbp, nq)
+    n_qtiles = -(-nq // tile_q)
+    total = n_qtiles * b * hkv
+    n_prog = min(total, persistent_programs(q.device))
+    dev = q.device
+    words = torch.empty(b, hkv, nq, nwords, dtype=torch.int32, device=dev)
+    active = torch.empty(b, hkv, nq, dtype=torch.int32, device=dev)
+    attended = torch.empty(b, hkv, nq, dtype=torch.int32, device=dev)
+    scratch = torch.empty(n_prog, tile_q, nkp, dtype=torch.float32, device=dev)
+    m_rows = gp * tile_q
+    if num_warps is None:
+        num_warps = 8 if max(m_rows * kc_chunk, tile_q * nbp) >= 8192 else 4
+    _topk_route_kernel[(n_prog,)](
+        q, khi, klo if klo is not None else khi, weights, words, active, attended, scratch,
+        nq, nk - nq, n_kernels, nwords, nblocks, n_qtiles, total, b * hkv,
+        softmax_scale * 1.4426950408889634, kernel_size, kernel_stride, ratio, lead, init_blocks, local_blocks,
+        topk, window,
+        q.stride(0), q.stride(1), q.stride(2), hkv,
+        G=g, GP=gp, TQ=tile_q, D=d, DP=next_pow2(max(d, 16)), C=block_size, NBP=nbp, NKP=nkp, KC=kc_chunk,
+        W=weights.numel(), POOL=pool, SPLIT=klo is not None, DOT_MODE=dot_mode(q.dtype),
+        num_warps=num_warps, num_stages=1,
+    )
+    return TopkRoute(words, active, attended)
