@@ -502,6 +502,8 @@ def _check_task_data(
                 )
         elif tokenizer is not None:
             for j, length in enumerate(t.lengths):
+                if context is not None and length > context:
+                    continue  # reported already
                 try:
                     generate_samples(
                         t.task, length=length, n=1, seed=t.seed, tokenizer=tokenizer, haystack=t.haystack, **t.options
