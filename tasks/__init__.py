@@ -9,7 +9,9 @@ and lm-eval task configs.
 
 from pathlib import Path
 
-from dash_eval.tasks import niah as _niah  # noqa: F401  (registers the tasks)
+from dash_eval.tasks import aggregation as _aggregation  # noqa: F401  (registers the tasks)
+from dash_eval.tasks import niah as _niah  # noqa: F401
+from dash_eval.tasks import vt as _vt  # noqa: F401
 from dash_eval.tasks.base import (
     TASKS,
     Task,

@@ -71,6 +71,14 @@ class Task(ABC):
     def draw(self, rng: random.Random, depth: float) -> Any:
         """Everything random about one sample; ``depth`` in [0, 1] is where its first needle goes."""
 
+    def min_units(self) -> int:
+        """The fewest units a sample needs (aggregation tasks need enough data for a clear answer)."""
+        return 0
+
+    def max_units(self, state: Any) -> int | None:
+        """The most haystack units this sample can take (``None``: no limit)."""
+        return None
+
     @abstractmethod
     def render(self, state: Any, units: int) -> Draft:
         """The sample with ``units`` haystack units (a deterministic function of ``state`` and ``units``)."""
@@ -135,18 +143,24 @@ def render_prompt(text: str, answer_prefix: str, tokenizer: Any = None, chat_tem
     return opened + answer_prefix
 
 
-def largest_fitting(cost: Callable[[int], int], budget: int, guess: int) -> tuple[int, int]:
+def largest_fitting(
+    cost: Callable[[int], int], budget: int, guess: int, limit: int | None = None, start: int = 0
+) -> tuple[int, int]:
     """The largest unit count ``u`` with ``cost(u) <= budget`` and that cost.
 
     ``cost`` is close to linear in ``u`` (each unit costs at least one token), so interpolation between the
     best fitting and the smallest overflowing count lands within a unit or two in a few tokenizations.
-    Requires ``cost(0) <= budget``.
+    Requires ``cost(start) <= budget``. ``limit`` caps the count (a task that runs out of material).
     """
-    c0 = cost(0)
-    lo, c_lo = 0, c0
+    c0 = cost(start)
+    lo, c_lo = start, c0
     hi: int | None = None
     c_hi = 0
-    u = max(1, guess)
+    if limit is not None:
+        if limit <= start:
+            return lo, c_lo
+        hi, c_hi = limit + 1, budget + 1  # an overflow by assumption, refined once ``limit`` is measured
+    u = max(start + 1, guess) if limit is None else min(max(start + 1, guess), limit)
     for _ in range(200):
         c = cost(u)
         if c <= budget:
@@ -162,7 +176,7 @@ def largest_fitting(cost: Callable[[int], int], budget: int, guess: int) -> tupl
                     f"{lo} haystack units cost only {c_lo} tokens (budget {budget}): the tokenizer under-reports "
                     "lengths"
                 )
-            slope = max((c_lo - c0) / lo, 1e-3) if lo else 1.0
+            slope = max((c_lo - c0) / (lo - start), 1e-3) if lo > start else 1.0
             u = lo + 1 + min(int((budget - c_lo) / slope), budget + 1)
         else:
             slope = (c_hi - c_lo) / (hi - lo)
@@ -245,13 +259,20 @@ def generate_samples(
             text = render_prompt(draft.input, draft.answer_prefix, tok, chat_template)
             return count_tokens(tok, text, add_special_tokens=not chat_template)
 
-        c0 = cost(0)
+        start = runner.min_units()
+        c0 = cost(start)
         if c0 > budget:
             raise ValueError(
                 f"length {length} is too short for task {task!r}: its template and needles alone take {c0} "
                 f"tokens, plus max_new_tokens={opts.max_new_tokens} for the answer"
             )
-        units, tokens = largest_fitting(cost, budget, guess)
+        limit = runner.max_units(state)
+        units, tokens = largest_fitting(cost, budget, guess, limit, start)
+        if units == limit and tokens < budget * 0.95:
+            raise ValueError(
+                f"task {task!r} cannot fill length {length}: it runs out of material at {limit} units "
+                f"({tokens} tokens) with options {dataclasses.asdict(opts)}"
+            )
         guess = units
         draft = runner.render(state, units)
         metadata = {

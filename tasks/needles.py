@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import random
+import re
 import uuid
+from functools import cache
 
 # Short, common, unambiguous words; an adjective-noun pair ("quiet-harbor") is one word needle.
 ADJECTIVES = (
@@ -68,3 +70,12 @@ def distinct_needles(
     if len(chosen) < count:
         raise ValueError(f"could not draw {count} distinct {kind} needles")
     return chosen
+
+
+@cache
+def english_words() -> tuple[str, ...]:
+    """Lowercase words of 4 to 12 letters from the shipped prose and the needle word lists, sorted."""
+    from dash_eval.tasks.haystacks import prose_sentences
+
+    words = set(re.findall(r"\b[a-z]{4,12}\b", " ".join(prose_sentences())))
+    return tuple(sorted(words | set(ADJECTIVES) | set(NOUNS)))

@@ -58,7 +58,7 @@ def test_niah_single_hits_length(length, which, embedded_tokenizer, word_tokeniz
 
 
 @pytest.mark.parametrize("task", ALL_TASKS)
-@pytest.mark.parametrize("haystack", ["noise", "needle"])
+@pytest.mark.parametrize("haystack", ["noise", "essay", "needle"])
 def test_niah_variants_fit_and_contain_answers(task, haystack, embedded_tokenizer):
     samples = generate_samples(task, length=2048, n=4, seed=3, tokenizer=embedded_tokenizer, haystack=haystack)
     for s in samples:
@@ -139,7 +139,7 @@ def test_largest_fitting_is_exact():
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"task": "niah_nope"}, "unknown task 'niah_nope'; known: niah_multikey"),
+        ({"task": "niah_nope"}, "unknown task 'niah_nope'; known: cwe, fwe, niah_multikey"),
         ({"haystack": "ocean"}, "unknown haystack 'ocean'; known: essay, needle, noise"),
         ({"length": 100}, "length 100 leaves no room"),
         ({"length": 150}, "length 150 is too short for task 'niah_single'"),
