@@ -160,7 +160,7 @@ def _dense_times(q, k, v, decode: bool, log) -> dict[str, float]:
 def _flex_time(q, k, v, words, block_size: int, log) -> float:
     """FlexAttention with the sparse kernel's own selection: per-128-query tiles list the union of their
     queries' blocks, and a mask_mod applies each query's bits and causality inside them."""
-    from dash_eval.kernels._triton.selection import tile_union, unpack_selection
+    from dash_eval.kernels._triton.selection import FULL_MASK, tile_union, unpack_selection
     from torch.nn.attention.flex_attention import BlockMask, flex_attention
 
     b, hq, n, _ = q.shape
@@ -169,6 +169,8 @@ def _flex_time(q, k, v, words, block_size: int, log) -> float:
     nblocks = -(-n // block_size)
     tq = 128
     tlist, tcount = tile_union(words, n, block_size=block_size, tile_q=tq)
+    in_list = torch.arange(tlist.shape[-1], device=tlist.device) < tcount[..., None]
+    tlist = torch.where(in_list, tlist & FULL_MASK.value, 0)  # plain block indices, zero past the count
     sel = unpack_selection(words, nblocks)  # [B, Hkv, N, nblocks] bool
 
     def mask_mod(bi, h, qi, kv):
