@@ -286,7 +286,7 @@ def _visited(run: SparseRun) -> float:
     window = getattr(run.params, "window", 0)
     _, tcount = tile_union(words, nk, block_size=run.params.block_size, tile_q=tq, window=window)
     causal = (nk - nq + 1 + nk) * nq // 2 * k.shape[1]
-    return min(1.0, float(tcount.sum()) * tq * run.params.block_size / causal)
+    return min(1.0, float(tcount.sum()) * min(tq, nq) * run.params.block_size / causal)
 
 
 def _words(run: SparseRun) -> torch.Tensor:
