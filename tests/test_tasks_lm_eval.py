@@ -57,7 +57,7 @@ def _evaluate(tasks: list[str], metadata: dict, limit: int | None = None) -> tup
     from lm_eval.tasks import TaskManager
 
     model = NeedleReader()
-    manager = TaskManager(include_path=str(lm_eval_task_dir()), metadata=metadata)
+    manager = TaskManager(include_path=str(lm_eval_task_dir()), include_defaults=False, metadata=metadata)
     out = simple_evaluate(model=model, tasks=tasks, task_manager=manager, limit=limit, log_samples=True)
     return out, model
 
