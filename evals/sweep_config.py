@@ -70,6 +70,8 @@ class TaskSpec:
     jsonl: str | None = None
     haystack: str | None = None
     options: dict[str, Any] = field(default_factory=dict)  # the task's own options (e.g. value_type)
+    lm_eval_task: str = ""  # the lm-eval task that runs it (dash_niah_single, ..., dash_jsonl)
+    metric: str | None = None  # JSONL only: string_match_all or string_match_part
 
 
 @dataclass(frozen=True)
@@ -181,7 +183,7 @@ class _Checker:
 
 MODEL_KEYS = {f.name for f in dataclasses.fields(ModelSpec)}
 GEN_TASK_KEYS = {"task", "name", "lengths", "samples", "seed", "haystack", "options"}
-JSONL_TASK_KEYS = {"jsonl", "name", "samples"}
+JSONL_TASK_KEYS = {"jsonl", "name", "samples", "metric"}
 CALIBRATION_KEYS = {f.name for f in dataclasses.fields(CalibrationSpec)}
 METHOD_RESERVED = {"method", "grid", "target_sparsity", "calibrate", "calibrate_range"}
 TOP_KEYS = {"name", "model", "tasks", "methods", "output", "calibration"}
@@ -245,17 +247,30 @@ def _parse_task(c: _Checker, raw: Any, path: str, task_names: tuple[str, ...]) -
             pattern=NAME_PATTERN,
             accepted="letters, digits, '.', '_', '-'",
         )
-        if file is None or label is None:
+        metric = t.get("metric")
+        if metric is not None:
+            from dash_eval.tasks import metric_names
+
+            metric = c.string(metric, f"{path}.metric")
+            if metric is not None and metric not in metric_names():
+                c.error(f"{path}.metric", f"bad value {metric!r}; accepted: {', '.join(metric_names())}")
+                metric = None
+        if file is None or label is None or ("metric" in t and metric is None):
             return None
         if not os.path.isfile(file):
             c.error(f"{path}.jsonl", f"file {file!r} does not exist (relative paths start at {os.getcwd()})")
             return None
-        return TaskSpec(label=label, lengths=(None,), samples=samples, seed=0, jsonl=os.path.abspath(file))
+        return TaskSpec(
+            label=label,
+            lengths=(None,),
+            samples=samples,
+            seed=0,
+            jsonl=os.path.abspath(file),
+            lm_eval_task="dash_jsonl",
+            metric=metric,
+        )
     c.unknown_keys(t, GEN_TASK_KEYS, path)
     name = c.string(t["task"], f"{path}.task")
-    if name is not None and name not in task_names:
-        c.error(f"{path}.task", f"unknown task {name!r}; accepted: {', '.join(task_names)}")
-        name = None
     lengths: list[int] = []
     if "lengths" not in t:
         c.error(f"{path}.lengths", "missing; give a list of prompt lengths in tokens, e.g. [2048, 4096]")
@@ -273,21 +288,37 @@ def _parse_task(c: _Checker, raw: Any, path: str, task_names: tuple[str, ...]) -
     if haystack is not None:
         haystack = c.string(haystack, f"{path}.haystack")
     options = c.mapping(t.get("options", {}), f"{path}.options")
+    variant = None
+    if name is not None and options is not None and (haystack is not None or "haystack" not in t):
+        from dash_eval.evals.sweep_tasks import lm_eval_variants, resolve_variant
+
+        try:
+            variant = resolve_variant(name, haystack, dict(options))
+        except ValueError as exc:
+            known = any(v.generator == name or v.lm_eval_task == name for v in lm_eval_variants())
+            if known and haystack is not None and not options:
+                where = "haystack"
+            elif known and options and haystack is None:
+                where = "options"
+            else:
+                where = "task"
+            c.error(f"{path}.{where}", str(exc))
     label = None
     if "name" in t:
         label = c.string(t["name"], f"{path}.name", pattern=NAME_PATTERN, accepted="letters, digits, '.', '_', '-'")
-    elif name is not None:
-        label = name if haystack is None else f"{name}.{haystack}"
-    if name is None or label is None or not lengths or samples is None or seed is None or options is None:
+    elif variant is not None:
+        label = variant.lm_eval_task.removeprefix("dash_")
+    if variant is None or label is None or not lengths or samples is None or seed is None:
         return None
     return TaskSpec(
         label=label,
         lengths=tuple(lengths),
         samples=samples,
         seed=seed,
-        task=name,
-        haystack=haystack,
-        options=dict(options),
+        task=variant.generator,
+        haystack=variant.haystack,
+        options=dict(variant.options),
+        lm_eval_task=variant.lm_eval_task,
     )
 
 

@@ -25,18 +25,18 @@ PHASE_FIGURES = ("sparsity", "active_blocks_mean", "active_blocks_p10", "active_
 NOT_ACCURACY = ("alias", "samples", "sample_len", "sample_count")
 
 
-def lm_eval_task(cell: Cell) -> tuple[str, dict[str, Any]]:
-    """The lm-eval task name and the task ``metadata`` of a cell (lengths, sample count, seed, ...)."""
+def lm_eval_task(cell: Cell, config: SweepConfig) -> tuple[str, dict[str, Any], int | None]:
+    """The lm-eval task of a cell, its task ``metadata`` (lengths, sample count, seed) and ``limit``."""
     spec = cell.task_spec
     if spec.jsonl is not None:
-        meta: dict[str, Any] = {"path": spec.jsonl}
-        if cell.samples is not None:
-            meta["num_samples"] = cell.samples
-        return "dash_jsonl", meta
+        meta: dict[str, Any] = {"jsonl": spec.jsonl}
+        if spec.metric is not None:
+            meta["metric"] = spec.metric
+        return spec.lm_eval_task, meta, cell.samples
     meta = {"max_seq_lengths": [cell.length], "num_samples": cell.samples, "seed": cell.seed}
-    if spec.haystack is not None:
-        meta["haystack"] = spec.haystack
-    return f"dash_{spec.task}", meta
+    if config.model.apply_chat_template:
+        meta["chat_template"] = True  # prompts sized as they will look inside the chat template
+    return spec.lm_eval_task, meta, None
 
 
 def _arg_text(v: Any) -> str:
@@ -56,7 +56,7 @@ def lm_eval_model_args(config: SweepConfig, method: str, params: dict[str, Any])
 
 
 def lm_eval_command(config: SweepConfig, cell: Cell, params: dict[str, Any]) -> str:
-    task, meta = lm_eval_task(cell)
+    task, meta, limit = lm_eval_task(cell, config)
     model_args = ",".join(f"{k}={_arg_text(v)}" for k, v in lm_eval_model_args(config, cell.method, params).items())
     parts = [
         "lm_eval",
@@ -76,6 +76,8 @@ def lm_eval_command(config: SweepConfig, cell: Cell, params: dict[str, Any]) -> 
         "--output_path",
         "lm_eval_out",
     ]
+    if limit is not None:
+        parts += ["--limit", str(limit)]
     if config.model.apply_chat_template:
         parts.append("--apply_chat_template")
     return " ".join(shlex.quote(p) for p in parts)
@@ -86,6 +88,8 @@ def accuracy_metric(task_results: dict[str, Any], length: int | None) -> str:
     (as RULER does), else the one metric that is neither a stderr nor a sparsity figure."""
     if length is not None and f"{length},none" in task_results:
         return f"{length},none"
+    if "score,none" in task_results:
+        return "score,none"
     candidates = [
         k
         for k, v in task_results.items()
@@ -140,18 +144,14 @@ class LmEvalRunner:
             seed=cal.seed,
             tokenizer=self.tokenizer,
             haystack=spec.haystack if spec.task else None,
+            chat_template=self.config.model.apply_chat_template,
             **(spec.options if spec.task else {}),
         )
+        from dash_eval.tasks import render_prompt
+
         prompts = []
         for s in samples:
-            text = s.prompt()
-            if self.config.model.apply_chat_template:
-                text = (
-                    self.tokenizer.apply_chat_template(
-                        [{"role": "user", "content": s.input}], tokenize=False, add_generation_prompt=True
-                    )
-                    + s.answer_prefix
-                )
+            text = render_prompt(s.input, s.answer_prefix, self.tokenizer, self.config.model.apply_chat_template)
             prompts.append(self.tokenizer(text, return_tensors="pt").input_ids)
         return prompts
 
@@ -239,7 +239,7 @@ class LmEvalRunner:
         self.lm.set_attention(
             cell.method, router=self.config.model.router, attn_backend=self.config.model.attn_backend, **params
         )
-        task, task_meta = lm_eval_task(cell)
+        task, task_meta, limit = lm_eval_task(cell, self.config)
         # lm_eval's CLI hands model_args to the tasks as metadata too (the tokenizer comes from 'pretrained')
         metadata = {**lm_eval_model_args(self.config, cell.method, params), **task_meta}
         progress = _SampleProgress(self.lm, on_samples)
@@ -253,6 +253,7 @@ class LmEvalRunner:
                 apply_chat_template=self.config.model.apply_chat_template,
                 task_manager=self._task_manager(metadata),
                 metadata=metadata,
+                limit=limit,
             )
         wall = time.perf_counter() - t0
         if results is None:

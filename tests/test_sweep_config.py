@@ -228,22 +228,47 @@ def test_task_data_is_checked_before_any_cell(tmp_path):
         ),
         check_model=True,
     )
-    assert errors[0].startswith("tasks[0].lengths[0]: length 64") and "max_new_tokens" in errors[0]
-    assert errors[1].startswith("tasks[1].haystack: unknown haystack 'nope'")
-    assert errors[2].startswith("tasks[2].jsonl:") and "line 2" in errors[2] and "outputs" in errors[2]
-    assert errors[3] == f"tasks[3].samples: 5 asked for but {short} holds 1 samples; accepted: at most 1"
-    assert len(errors) == 4
+    by_field = {e.split(": ")[0]: e for e in errors}
+    assert set(by_field) == {"tasks[0].lengths[0]", "tasks[1].haystack", "tasks[2].jsonl", "tasks[3].samples"}
+    assert "length 64" in by_field["tasks[0].lengths[0]"] and "max_new_tokens" in by_field["tasks[0].lengths[0]"]
+    assert (
+        "haystack 'nope'" in by_field["tasks[1].haystack"]
+        and "dash_niah_multikey_needle" in by_field["tasks[1].haystack"]
+    )
+    assert "line 2" in by_field["tasks[2].jsonl"] and "outputs" in by_field["tasks[2].jsonl"]
+    assert (
+        by_field["tasks[3].samples"]
+        == f"tasks[3].samples: 5 asked for but {short} holds 1 samples; accepted: at most 1"
+    )
 
 
-def test_task_options_and_labels():
+def test_task_variants_options_and_labels():
     raw = _with(
         tasks=[
-            {"task": "niah_single", "lengths": [1024], "haystack": "noise"},
-            {"task": "niah_single", "name": "niah_single_3", "lengths": [1024], "options": {"value_type": "uuids"}},
+            {"task": "niah_single", "lengths": [1024]},
+            {"task": "niah_single", "name": "single_3", "lengths": [1024], "options": {"value_type": "uuids"}},
+            {"task": "dash_niah_multikey_needle", "lengths": [1024]},
+            {"task": "niah_single", "haystack": "essay", "lengths": [1024]},
+            {"task": "vt", "lengths": [1024]},
         ]
     )
     config = parse_config(raw, check_model=True)
-    assert [t.label for t in config.tasks] == ["niah_single.noise", "niah_single_3"]
+    assert [t.label for t in config.tasks] == [
+        "niah_single",
+        "single_3",
+        "niah_multikey_needle",
+        "niah_single_essay",
+        "vt",
+    ]
+    assert [t.lm_eval_task for t in config.tasks] == [
+        "dash_niah_single",
+        "dash_niah_single_uuid",
+        "dash_niah_multikey_needle",
+        "dash_niah_single_essay",
+        "dash_vt",
+    ]
+    # the variant's haystack and options are what the sweep's own checks and calibration use
+    assert (config.tasks[0].haystack, config.tasks[1].haystack) == ("noise", "essay")
     assert config.tasks[1].options == {"value_type": "uuids"}
     errors = _errors(
         _with(
@@ -251,12 +276,34 @@ def test_task_options_and_labels():
                 {"task": "niah_single", "lengths": [1024], "options": {"value_typ": "uuids"}},
                 {"task": "niah_single", "name": "b", "lengths": [1024], "options": {"value_type": "emoji"}},
                 {"task": "niah_multikey", "lengths": [1024], "options": ["value_type"]},
+                {"task": "dash_niah_single", "lengths": [1024], "haystack": "essay"},
+                {"task": "niah_singel", "lengths": [1024]},
             ]
         ),
         check_model=True,
     )
     by_field = {e.split(": ")[0]: e for e in errors}
-    assert set(by_field) == {"tasks[0].options", "tasks[1].options", "tasks[2].options"}
-    assert "value_typ" in by_field["tasks[0].options"] and "value_type" in by_field["tasks[0].options"]
+    assert set(by_field) == {
+        "tasks[0].options",
+        "tasks[1].options",
+        "tasks[2].options",
+        "tasks[3].haystack",
+        "tasks[4].task",
+    }
+    assert "value_typ" in by_field["tasks[0].options"] and "value_type=uuids" in by_field["tasks[0].options"]
     assert "emoji" in by_field["tasks[1].options"]
     assert "expected a mapping" in by_field["tasks[2].options"]
+    assert "fixes its haystack" in by_field["tasks[3].haystack"]
+    assert (
+        "unknown task 'niah_singel'" in by_field["tasks[4].task"]
+        and "dash_niah_single_uuid" in by_field["tasks[4].task"]
+    )
+
+
+def test_jsonl_entry_metric(tmp_path):
+    data = tmp_path / "set.jsonl"
+    data.write_text('{"input": "x", "outputs": ["y"], "length": 100}\n')
+    config = parse_config(_with(tasks=[{"jsonl": str(data), "metric": "string_match_part"}]), check_model=True)
+    assert config.tasks[0].metric == "string_match_part" and config.tasks[0].lm_eval_task == "dash_jsonl"
+    errors = _errors(_with(tasks=[{"jsonl": str(data), "metric": "exact"}]))
+    assert errors[0].startswith("tasks[0].metric: bad value 'exact'; accepted: string_match_all")
