@@ -295,7 +295,7 @@ def _parse_task(c: _Checker, raw: Any, path: str, task_names: tuple[str, ...]) -
         try:
             variant = resolve_variant(name, haystack, dict(options))
         except ValueError as exc:
-            known = any(v.generator == name or v.lm_eval_task == name for v in lm_eval_variants())
+            known = any(v.generator == name or v.lm_eval_task in (name, f"dash_{name}") for v in lm_eval_variants())
             if known and haystack is not None and not options:
                 where = "haystack"
             elif known and options and haystack is None:

@@ -4,8 +4,9 @@ A generated task runs as one of the ``dash_*`` lm-eval tasks of ``dash_eval.task
 each of those fixes its generator, haystack and options in its YAML (``dataset_kwargs``), while lengths,
 sample count and seed come through lm-eval's metadata. A config entry names either the generator
 (``task: niah_single``, optionally with ``haystack``/``options`` to pick a variant) or the lm-eval task
-itself (``task: dash_niah_single_uuid``); either way the sweep learns the variant's haystack and options,
-so that its own checks and calibration draw samples exactly like the lm-eval task does.
+itself (``task: dash_niah_single_uuid``, or without its ``dash_`` prefix); either way the sweep learns the
+variant's haystack and options, so that its own checks and calibration draw samples exactly like the lm-eval
+task does.
 """
 
 from __future__ import annotations
@@ -70,6 +71,9 @@ def resolve_variant(task: str, haystack: str | None, options: dict[str, Any]) ->
     """The lm-eval task for a config entry; ``ValueError`` naming what is available when none fits."""
     variants = lm_eval_variants()
     by_name = {v.lm_eval_task: v for v in variants}
+    generators = {v.generator for v in variants}
+    if task not in generators and f"dash_{task}" in by_name:
+        task = f"dash_{task}"  # the leaderboard label of a variant names it too
     if task in by_name:
         v = by_name[task]
         if (haystack is not None and haystack != v.haystack) or (options and options != v.options):
@@ -80,9 +84,8 @@ def resolve_variant(task: str, haystack: str | None, options: dict[str, Any]) ->
         return v
     same = [v for v in variants if v.generator == task]
     if not same:
-        generators = ", ".join(sorted({v.generator for v in variants}))
         raise ValueError(
-            f"unknown task {task!r}; accepted: a generator ({generators}) or an lm-eval task "
+            f"unknown task {task!r}; accepted: a generator ({', '.join(sorted(generators))}) or an lm-eval task "
             f"({', '.join(sorted(by_name))})"
         )
     if haystack is None and not options and f"dash_{task}" in by_name:

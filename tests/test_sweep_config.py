@@ -250,6 +250,7 @@ def test_task_variants_options_and_labels():
             {"task": "dash_niah_multikey_needle", "lengths": [1024]},
             {"task": "niah_single", "haystack": "essay", "lengths": [1024]},
             {"task": "vt", "lengths": [1024]},
+            {"task": "niah_multikey_uuid", "lengths": [1024]},
         ]
     )
     config = parse_config(raw, check_model=True)
@@ -259,6 +260,7 @@ def test_task_variants_options_and_labels():
         "niah_multikey_needle",
         "niah_single_essay",
         "vt",
+        "niah_multikey_uuid",
     ]
     assert [t.lm_eval_task for t in config.tasks] == [
         "dash_niah_single",
@@ -266,6 +268,7 @@ def test_task_variants_options_and_labels():
         "dash_niah_multikey_needle",
         "dash_niah_single_essay",
         "dash_vt",
+        "dash_niah_multikey_uuid",
     ]
     # the variant's haystack and options are what the sweep's own checks and calibration use
     assert (config.tasks[0].haystack, config.tasks[1].haystack) == ("noise", "essay")
