@@ -30,6 +30,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--quiet", action="store_true", help="do not print the Markdown report at the end")
+    parser.add_argument("--verbose", action="store_true", help="keep lm-eval's own log messages and progress bars")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -52,13 +53,17 @@ def run(args: argparse.Namespace) -> int:
             name = cell.name(config)
             state = "complete" if store.is_complete(name, cell.hash(config)) else "to run"
             print(f"{cell.index:4d}  {state:8s}  {name}")
+        sys.stdout.flush()
         print(f"{len(cells)} cells -> {config.output}", file=sys.stderr)
         return 0
 
     from dash_eval.evals.sweep import run_sweep
     from dash_eval.evals.sweep_lm_eval import LmEvalRunner
 
-    summary = run_sweep(config, runner_factory=LmEvalRunner, shard=shard, progress=not args.no_progress)
+    def runner_factory(cfg, store):
+        return LmEvalRunner(cfg, store, verbose=args.verbose)
+
+    summary = run_sweep(config, runner_factory=runner_factory, shard=shard, progress=not args.no_progress)
     if not args.quiet:
         print((ResultsStore(config.output).root / "report.md").read_text())
     print(summary.text(), file=sys.stderr)

@@ -114,12 +114,16 @@ def _device_name(device: torch.device) -> str:
 class LmEvalRunner:
     """Loads the sweep's model once and runs cells through lm-eval, switching the method per cell."""
 
-    def __init__(self, config: SweepConfig, store: ResultsStore):
+    def __init__(self, config: SweepConfig, store: ResultsStore, *, verbose: bool = False):
         from dash_eval.dash_models import load_model
         from dash_eval.evals.lm_model import DashLM
 
         self.config = config
         self.store = store
+        # lm-eval's warnings repeat for every cell (custom datasets, per-length metrics without an
+        # aggregation) and its bars interleave with the sweep's; they stay off unless asked for
+        self.verbose = verbose
+        self.lm_eval_verbosity = "INFO" if verbose else "ERROR"
         m = config.model
         self.model, self.tokenizer = load_model(
             m.pretrained, method="full", dtype=m.dtype, device=m.device, router=m.router, backend=m.attn_backend
@@ -242,7 +246,7 @@ class LmEvalRunner:
         task, task_meta, limit = lm_eval_task(cell, self.config)
         # lm_eval's CLI hands model_args to the tasks as metadata too (the tokenizer comes from 'pretrained')
         metadata = {**lm_eval_model_args(self.config, cell.method, params), **task_meta}
-        progress = _SampleProgress(self.lm, on_samples)
+        progress = _SampleProgress(self.lm, on_samples, quiet=not self.verbose)
         t0 = time.perf_counter()
         with progress:
             results = simple_evaluate(
@@ -254,6 +258,7 @@ class LmEvalRunner:
                 task_manager=self._task_manager(metadata),
                 metadata=metadata,
                 limit=limit,
+                verbosity=self.lm_eval_verbosity,
             )
         wall = time.perf_counter() - t0
         if results is None:
@@ -334,23 +339,30 @@ class LmEvalRunner:
 
 class _SampleProgress:
     """Reports finished samples to the sweep's progress bar: HFLM generates batch by batch through
-    ``_model_generate``, so the instance's method is wrapped for the cell's duration (nothing global)."""
+    ``_model_generate``, so the instance's method is wrapped for the cell's duration (nothing global).
+    lm-eval's own per-request bar is turned off meanwhile, so that one bar covers the sweep."""
 
-    def __init__(self, lm: Any, on_samples: Callable[[int], None]):
+    def __init__(self, lm: Any, on_samples: Callable[[int], None], quiet: bool = True):
         self.lm = lm
         self.on_samples = on_samples
+        self.quiet = quiet
 
     def __enter__(self):
-        inner = self.lm._model_generate
+        generate, until = self.lm._model_generate, self.lm.generate_until
 
         def counted(context, *args, **kwargs):
-            out = inner(context, *args, **kwargs)
+            out = generate(context, *args, **kwargs)
             self.on_samples(int(context.shape[0]))
             return out
 
+        def generate_until(requests, disable_tqdm: bool = False):
+            return until(requests, disable_tqdm=disable_tqdm or self.quiet)
+
         self.lm._model_generate = counted
+        self.lm.generate_until = generate_until
         return self
 
     def __exit__(self, *exc):
         del self.lm._model_generate
+        del self.lm.generate_until
         return False
