@@ -125,7 +125,16 @@ def test_wheel_carries_the_pth_file(tmp_path):
         ROOT,
         src,
         ignore=shutil.ignore_patterns(
-            ".git", ".venv", ".ci-venv", "results", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache"
+            ".git",
+            ".venv",
+            ".ci-venv",
+            ".whl",
+            "results",
+            "build",
+            "dist",
+            "*.egg-info",
+            "__pycache__",
+            ".pytest_cache",
         ),
     )
     done = subprocess.run(
