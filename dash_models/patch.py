@@ -14,6 +14,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
+from dash_eval.dash_models.decode_cache import clear as clear_decode_cache
+from dash_eval.dash_models.decode_cache import dash_forward_with_cache, triton_dash_available
 from dash_eval.dash_models.tally import SparsityTally
 from dash_eval.kernels import MethodParams, get_method, sparse_attention
 from dash_eval.kernels.api import BACKENDS
@@ -105,6 +107,10 @@ def dash_attention_forward(
 
         stats = full_attention_stats(query.shape[0], key.shape[1], query.shape[2], key.shape[2],
                                      params.block_size, query.device)
+    elif kv_valid is None and triton_dash_available(query, runtime.backend, runtime.method):
+        scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+        out, stats = dash_forward_with_cache(module, query, key, value, params, scale)
+        out = out.transpose(1, 2).contiguous()
     else:
         out, stats = sparse_attention(
             query, key, value, method.name, backend=runtime.backend, return_stats=True,
@@ -169,6 +175,7 @@ def apply_attention(
     runtime = AttentionRuntime(method=method, params=parsed, backend=backend, tally=get_tally(model))
     for module in modules:
         module._dash_runtime = runtime
+        clear_decode_cache(module)
     setattr(model.config, CONFIG_KEY, {"method": method, "params": parsed.to_dict()})
     _set_implementation(model, ATTN_IMPLEMENTATION)
     return parsed
