@@ -158,3 +158,19 @@ def test_bad_input(kwargs, message, word_tokenizer):
     with pytest.raises((ValueError, UnknownNameError)) as err:
         generate_samples(task, **args)
     assert message in str(err.value)
+
+
+def test_registry_rejects_duplicates_and_lists_names():
+    from dash_eval.tasks.registry import Registry
+
+    reg: Registry[type] = Registry("widget")
+
+    @reg.register("a")
+    class A:
+        pass
+
+    with pytest.raises(ValueError, match="widget 'a' is already registered"):
+        reg.register("a")(type("B", (), {}))
+    with pytest.raises(UnknownNameError, match="unknown widget 'b'; known: a"):
+        reg.get("b")
+    assert reg.get("a") is A and A.name == "a" and reg.names() == ["a"]
