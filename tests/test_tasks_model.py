@@ -3,33 +3,40 @@
 from __future__ import annotations
 
 import copy
+import inspect
 
 import pytest
 import torch
 from dash_eval.tasks import generate_samples, render_prompt, score
 
 
+def _forward(model, input_ids: list[int], cache):
+    """One forward step that fills ``cache`` in place (transformers renamed ``past_key_values`` to ``cache``)."""
+    name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    kwargs = {name: cache, "use_cache": True, "logits_to_keep": 1}
+    return model(input_ids=torch.tensor([input_ids]), **kwargs).logits[0, -1]
+
+
 @torch.no_grad()
 def _greedy_continue(model, ids: list[int], cache, stop: str, tokenizer, max_new: int) -> str:
     """Greedy decoding of ``ids`` whose first ``cache.get_seq_length()`` tokens are already in ``cache``."""
-    start = cache.get_seq_length() if cache is not None else 0
-    out = model(input_ids=torch.tensor([ids[start:]]), past_key_values=cache, use_cache=True)
-    cache, generated = out.past_key_values, []
+    logits = _forward(model, ids[cache.get_seq_length() :], cache)
+    generated: list[int] = []
     for _ in range(max_new):
-        token = int(out.logits[0, -1].argmax())
+        token = int(logits.argmax())
         if token == tokenizer.eos_token_id:
             break
         generated.append(token)
         if any(ch in tokenizer.decode(generated) for ch in stop):
             break
-        out = model(input_ids=torch.tensor([[token]]), past_key_values=cache, use_cache=True)
+        logits = _forward(model, [token], cache)
     return tokenizer.decode(generated, skip_special_tokens=True)
 
 
 @pytest.mark.slow
 def test_embedded_model_full_attention_niah_single_2048():
     from dash_eval.dash_models import embedded_model_path
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
 
     path = embedded_model_path()
     tokenizer = AutoTokenizer.from_pretrained(path)
@@ -54,8 +61,9 @@ def test_embedded_model_full_attention_niah_single_2048():
     # Every prompt shares the haystack before its needle with the deepest-needle prompt: prefill that one
     # once and reuse its cache up to the common prefix (exactly what a full prefill would compute).
     ref = max(range(len(samples)), key=lambda i: samples[i].metadata["depth"])
+    ref_cache = DynamicCache()
     with torch.no_grad():
-        ref_cache = model(input_ids=torch.tensor([ids[ref][:-1]]), use_cache=True).past_key_values
+        _forward(model, ids[ref][:-1], ref_cache)
     scores = []
     for s, x in zip(samples, ids):
         common = 0
