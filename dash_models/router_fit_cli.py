@@ -1,0 +1,114 @@
+"""``dash-eval fit-router``: fit DashAttention routers (``indexer_q``) on a frozen dense model.
+
+Writes ``router.safetensors`` (per layer ``model.layers.<i>.self_attn.indexer_q``, ``[Hkv * D]``),
+``router.json`` (settings, calibration text, per-layer loss and recall before and after, loss curve) and
+``loss_curve.png`` into ``--output``; ``router=DIR`` then loads them in ``load_model``, ``model_args`` and
+sweep configs. Exit status 2 when the arguments are rejected (before any weight loads).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from dash_eval.dash_models.router_fit import CALIBRATION_SOURCES, ROUTER_JSON, FitSettings, check_output
+
+_DEFAULTS = FitSettings()
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    d = _DEFAULTS
+    parser.add_argument("--model", required=True, help="'default' (the embedded SmolLM2-135M-Instruct), a model "
+                        "directory or a hub id in the local cache")
+    parser.add_argument("--output", required=True, help="router directory to write")
+    parser.add_argument("--tokens", type=int, default=d.tokens, help=f"tokens per calibration sequence ({d.tokens})")
+    parser.add_argument("--sequences", type=int, default=d.sequences,
+                        help=f"calibration sequences, disjoint windows of the text ({d.sequences})")
+    parser.add_argument("--steps", type=int, default=d.steps, help=f"Adam steps ({d.steps})")
+    parser.add_argument("--lr", type=float, default=d.lr, help=f"Adam learning rate ({d.lr})")
+    parser.add_argument("--queries", type=int, default=d.queries,
+                        help=f"fitted query positions per sequence ({d.queries})")
+    parser.add_argument("--holdout-queries", type=int, default=d.holdout_queries,
+                        help=f"held-out query positions per sequence, for the reported figures ({d.holdout_queries})")
+    parser.add_argument("--batch", type=int, default=d.batch, help=f"query positions per Adam step ({d.batch})")
+    parser.add_argument("--block-size", type=int, default=d.block_size, help=f"block size C ({d.block_size})")
+    parser.add_argument("--alpha", type=float, default=d.alpha, help=f"entmax alpha in (1, 2] ({d.alpha})")
+    parser.add_argument("--scale", type=float, default=d.scale, help=f"routing scale s of the fit ({d.scale})")
+    parser.add_argument("--init-blocks", type=int, default=d.init_blocks,
+                        help=f"forced first blocks, left out of the target ({d.init_blocks})")
+    parser.add_argument("--local-blocks", type=int, default=d.local_blocks,
+                        help=f"forced local blocks counting the current one, left out of the target ({d.local_blocks})")
+    parser.add_argument("--budget", type=float, default=d.budget,
+                        help=f"routed fraction at which recall is also reported ({d.budget})")
+    parser.add_argument("--fit-scale", action=argparse.BooleanOptionalAction, default=d.fit_scale,
+                        help="also fit a per-head routing scale (recorded in router.json; the dash method uses "
+                        f"only its global scale) ({'on' if d.fit_scale else 'off'})")
+    parser.add_argument("--seed", type=int, default=d.seed,
+                        help=f"calibration windows, query sample, batches ({d.seed})")
+    parser.add_argument("--text", default=d.source, metavar="SOURCE",
+                        help=f"calibration text: {', '.join(CALIBRATION_SOURCES)} or a UTF-8 file ({d.source}); "
+                        "keep it apart from evaluation data")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N (cpu)")
+    parser.add_argument("--dtype", default="float32", help="model dtype: float32, bfloat16, float16 (float32)")
+    parser.add_argument("--overwrite", action="store_true", help="replace a router already in --output")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def settings_from_args(args: argparse.Namespace) -> FitSettings:
+    return FitSettings(
+        tokens=args.tokens, sequences=args.sequences, queries=args.queries, holdout_queries=args.holdout_queries,
+        steps=args.steps, batch=args.batch, lr=args.lr, block_size=args.block_size, alpha=args.alpha,
+        scale=args.scale, init_blocks=args.init_blocks, local_blocks=args.local_blocks, fit_scale=args.fit_scale,
+        budget=args.budget, seed=args.seed, source=args.text,
+    )
+
+
+def _check_args(args: argparse.Namespace) -> FitSettings:
+    from dash_eval.dash_models.loading import parse_dtype
+    from dash_eval.dash_models.router import ROUTER_FILENAME
+
+    settings = settings_from_args(args)
+    parse_dtype(args.dtype)
+    check_output(args.output)
+    out = Path(args.output)
+    if not args.overwrite and ((out / ROUTER_FILENAME).exists() or (out / ROUTER_JSON).exists()):
+        raise ValueError(f"--output {args.output!r} already holds a router; accepted: another directory or --overwrite")
+    if args.device != "cpu" and not args.device.startswith(("cuda", "mps")):
+        raise ValueError(f"--device {args.device!r}; accepted: cpu, cuda, cuda:N, mps")
+    return settings
+
+
+def run(args: argparse.Namespace) -> int:
+    import time
+
+    try:
+        settings = _check_args(args)
+    except ValueError as exc:
+        print(f"dash-eval fit-router: {exc}", file=sys.stderr)
+        return 2
+
+    from dash_eval.dash_models.loading import load_model
+    from dash_eval.dash_models.router_fit import LOSS_PNG, fit_router, summary_table
+
+    t0 = time.perf_counter()
+    try:
+        model, tokenizer = load_model(args.model, method="full", dtype=args.dtype, device=args.device)
+    except (ValueError, OSError) as exc:
+        print(f"dash-eval fit-router: --model {args.model!r}: {exc}", file=sys.stderr)
+        return 2
+    load_s = time.perf_counter() - t0
+    try:
+        result = fit_router(model, tokenizer, settings, args.output, progress=not args.no_progress,
+                            model_name=args.model)
+    except ValueError as exc:
+        print(f"dash-eval fit-router: {exc}", file=sys.stderr)
+        return 2
+    print(summary_table(result.layers))
+    t = result.timing
+    print(f"model load {load_s:.1f} s, calibration text {t['tokenize_s']:.1f} s, full-attention pass "
+          f"{t['capture_s']:.1f} s, fit {t['fit_s']:.1f} s (total {t['total_s'] + load_s:.1f} s)")
+    out = Path(args.output)
+    print(f"wrote {out / 'router.safetensors'}, {out / ROUTER_JSON}, {out / LOSS_PNG}")
+    print(f"use it with: load_model({args.model!r}, method='dash', router={str(out)!r}) or model_args router={out}")
+    return 0
