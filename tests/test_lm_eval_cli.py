@@ -44,7 +44,6 @@ def _results(output: Path) -> tuple[dict, dict[str, list[dict]]]:
 
 
 def _niah_single_1(tmp_path: Path, model_args: str, *extra: str) -> tuple[dict, dict]:
-    pytest.importorskip("wonderwords", reason="lm-eval's RULER tasks need lm-eval[ruler] (wonderwords)")
     metadata = json.dumps({"tokenizer": _embedded_model_dir(), "max_seq_lengths": [1024]})
     done = _lm_eval(
         "--model", "dash", "--model_args", model_args, "--tasks", "niah_single_1", "--metadata", metadata,
