@@ -4,8 +4,11 @@ kernels onto the selection blocks they overlap."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
-from dash_eval.kernels.common import num_blocks
+from dash_eval.kernels.common import chunked_sparse_attention, num_blocks
+from dash_eval.kernels.stats import AttentionStats
 
 
 def kernel_keys(x: torch.Tensor, kernel_size: int, kernel_stride: int) -> torch.Tensor:
@@ -66,3 +69,40 @@ def gather_block_kernels(
     gathered = scores[..., index.reshape(-1)].view(*scores.shape[:-1], *index.shape)
     vis = visible[:, index.reshape(-1)].view(visible.shape[0], *index.shape) & in_range
     return gathered, vis, overlap
+
+
+def kernel_topk_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    select: Callable[..., torch.Tensor],
+    *,
+    block_size: int,
+    kernel_size: int,
+    kernel_stride: int,
+    init_blocks: int,
+    local_blocks: int,
+    topk: int,
+    window: int = 0,
+    softmax_scale: float | None = None,
+    return_stats: bool = False,
+) -> tuple[torch.Tensor, AttentionStats | None]:
+    """The driver of ``nsa`` and ``infllmv2``: kernel keys once, then per query chunk
+    ``select(qg, kc, positions, nk, **selection_params)`` and the fine stage."""
+    softmax_scale = q.shape[-1] ** -0.5 if softmax_scale is None else softmax_scale
+    nk = k.shape[2]
+    kc = kernel_keys(k.float(), kernel_size, kernel_stride)
+    ends = torch.arange(kc.shape[2], device=q.device) * kernel_stride + kernel_size - 1
+    scores_per_query = q.shape[1] * q.shape[0]
+
+    def select_chunk(qg_chunk: torch.Tensor, pos: torch.Tensor):
+        selected = select(
+            qg_chunk, kc, pos, nk, block_size=block_size, kernel_size=kernel_size, kernel_stride=kernel_stride,
+            init_blocks=init_blocks, local_blocks=local_blocks, topk=topk, softmax_scale=softmax_scale,
+        )
+        return selected, None, int((ends[None, :] <= pos[:, None]).sum()) * scores_per_query
+
+    return chunked_sparse_attention(
+        q, k, v, select_chunk, block_size=block_size, softmax_scale=softmax_scale, window=window,
+        return_stats=return_stats,
+    )

@@ -4,8 +4,8 @@ softmax, max-pooled onto blocks, forced + top-k block selection, then plain spar
 from __future__ import annotations
 
 import torch
-from dash_eval.kernels.common import chunked_sparse_attention, forced_blocks, num_blocks, topk_recent
-from dash_eval.kernels.compression import gather_block_kernels, kernel_keys, kernel_probs
+from dash_eval.kernels.common import forced_blocks, num_blocks, topk_recent
+from dash_eval.kernels.compression import gather_block_kernels, kernel_probs, kernel_topk_attention
 from dash_eval.kernels.stats import AttentionStats
 
 
@@ -50,20 +50,8 @@ def infllmv2_attention_naive(
     softmax_scale: float | None = None,
     return_stats: bool = False,
 ) -> tuple[torch.Tensor, AttentionStats | None]:
-    softmax_scale = q.shape[-1] ** -0.5 if softmax_scale is None else softmax_scale
-    nk = k.shape[2]
-    kc = kernel_keys(k.float(), kernel_size, kernel_stride)
-    hq = q.shape[1]
-
-    def select(qg_chunk: torch.Tensor, pos: torch.Tensor):
-        selected = infllmv2_select(
-            qg_chunk, kc, pos, nk, block_size=block_size, kernel_size=kernel_size, kernel_stride=kernel_stride,
-            init_blocks=init_blocks, local_blocks=local_blocks, topk=topk, softmax_scale=softmax_scale,
-        )
-        ends = torch.arange(kc.shape[2], device=q.device) * kernel_stride + kernel_size - 1
-        routing_scores = int((ends[None, :] <= pos[:, None]).sum()) * hq * q.shape[0]
-        return selected, None, routing_scores
-
-    return chunked_sparse_attention(
-        q, k, v, select, block_size=block_size, softmax_scale=softmax_scale, return_stats=return_stats
+    return kernel_topk_attention(
+        q, k, v, infllmv2_select, block_size=block_size, kernel_size=kernel_size, kernel_stride=kernel_stride,
+        init_blocks=init_blocks, local_blocks=local_blocks, topk=topk, softmax_scale=softmax_scale,
+        return_stats=return_stats,
     )
