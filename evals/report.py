@@ -38,14 +38,16 @@ def pareto_frontier(points: Sequence[tuple[float, float]]) -> list[tuple[float, 
 def interpolate_frontier(
     frontier: Sequence[tuple[float, float]], sparsity: float, tolerance: float = ISO_TOLERANCE
 ) -> float | None:
-    """Accuracy along a frontier (from ``pareto_frontier``) at ``sparsity``; ``None`` outside the measured
-    range (beyond ``tolerance`` of its ends), where nothing supports a number."""
+    """Accuracy along a frontier (from ``pareto_frontier``) at ``sparsity``: linear between its points, flat
+    below its least sparse point (which reaches that accuracy at a higher sparsity already, so it covers
+    every lower target), and ``None`` beyond its sparsest point (plus
+    ``tolerance``), which the method never reached."""
     if not frontier:
         return None
     lo_s, lo_a = frontier[0]
     hi_s, hi_a = frontier[-1]
     if sparsity < lo_s:
-        return lo_a if lo_s - sparsity <= tolerance else None
+        return lo_a
     if sparsity > hi_s:
         return hi_a if sparsity - hi_s <= tolerance else None
     for (s0, a0), (s1, a1) in zip(frontier, frontier[1:]):
@@ -179,7 +181,8 @@ def markdown_report(
         lines += [
             "## Iso-sparsity accuracy",
             "",
-            "Each method's accuracy interpolated along its Pareto frontier; '-' where the frontier does "
+            "Each method's accuracy interpolated along its Pareto frontier (flat below its least sparse point); "
+            "'-' where the frontier does "
             f"not reach that sparsity (within {ISO_TOLERANCE:g}).",
             "",
             f"| task | length | method | {head} |",

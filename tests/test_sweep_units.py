@@ -118,7 +118,8 @@ def test_interpolate_frontier():
     assert interpolate_frontier(front, 0.625) == pytest.approx(0.75)
     assert interpolate_frontier(front, 0.875) == pytest.approx(0.25)
     assert interpolate_frontier(front, 0.9) == pytest.approx(0.2)
-    assert interpolate_frontier(front, 0.4) is None  # below the measured range
+    assert interpolate_frontier(front, 0.4) == 1.0  # below: the least sparse point covers it
+    assert interpolate_frontier([(0.72, 0.8)], 0.5) == 0.8
     assert interpolate_frontier(front, 0.95) is None  # beyond it
     assert interpolate_frontier(front, 0.905) == pytest.approx(0.2)  # within the end tolerance
     assert interpolate_frontier([(0.75, 0.6)], 0.75) == 0.6
