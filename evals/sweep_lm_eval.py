@@ -46,7 +46,8 @@ def _arg_text(v: Any) -> str:
 def lm_eval_model_args(config: SweepConfig, method: str, params: dict[str, Any]) -> dict[str, Any]:
     """``--model_args`` of the equivalent ``lm_eval --model dash`` command."""
     m = config.model
-    args: dict[str, Any] = {"pretrained": m.pretrained, "dtype": m.dtype, "device": m.device, "method": method}
+    # The device goes on lm_eval's own --device flag: given in both places, lm-eval passes it twice.
+    args: dict[str, Any] = {"pretrained": m.pretrained, "dtype": m.dtype, "method": method}
     if m.router is not None:
         args["router"] = m.router
     if m.attn_backend != "auto":
