@@ -49,7 +49,7 @@ ROUTER_KEY = "model.layers.{layer}.self_attn.indexer_q"
 class FitSettings:
     """Everything that determines a fit. ``tokens`` is the length of each calibration sequence."""
 
-    tokens: int = 2048
+    tokens: int = 4096
     sequences: int = 2
     queries: int = 768  # fitted query positions per sequence (the same in every layer)
     holdout_queries: int = 256  # other positions, for the reported loss and recall
