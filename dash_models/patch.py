@@ -151,9 +151,11 @@ def apply_attention(
     """Switch ``model``'s attention to ``method`` with ``params`` (validated before anything changes).
 
     ``router``: a directory or safetensors file of per-layer ``indexer_q`` vectors (see
-    ``dash_eval.dash_models.router``), or a ``{layer: tensor}`` mapping; only ``dash`` uses it.
+    ``dash_eval.dash_models.router``), or a ``{layer: tensor}`` mapping; only ``dash`` uses it. ``None``
+    keeps the routers the model has (a checkpoint's, or attached earlier); ``"none"`` drops them, so that
+    ``dash`` pools block keys by their mean.
     """
-    from dash_eval.dash_models.router import attach_routers, load_router_file
+    from dash_eval.dash_models.router import NO_ROUTER, attach_routers, detach_routers, load_router_file
 
     check_supported(model.config)
     spec = get_method(method)
@@ -164,12 +166,15 @@ def apply_attention(
     if not modules:
         raise ValueError(f"{type(model).__name__} has no attention modules with layer_idx and k_proj")
     routers = None
-    if router is not None:
+    drop_routers = isinstance(router, str) and router == NO_ROUTER
+    if router is not None and not drop_routers:
         routers = load_router_file(router) if isinstance(router, (str, bytes)) or hasattr(router, "__fspath__") \
             else router
         if isinstance(routers, torch.Tensor):
             raise ValueError("router must be a path or a {layer_index: tensor} mapping, not a single tensor")
     _register_with_transformers()
+    if drop_routers:
+        detach_routers(model)
     if routers is not None:
         attach_routers(model, routers)
     runtime = AttentionRuntime(method=method, params=parsed, backend=backend, tally=get_tally(model))

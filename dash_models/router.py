@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 ROUTER_FILENAME = "router.safetensors"
+NO_ROUTER = "none"  # router="none": drop any attached routers, so dash pools block keys by their mean
 _KEY = re.compile(r"(?:^|\.)layers\.(\d+)\.(?:self_attn\.)?indexer_q$")
 
 
@@ -85,6 +86,26 @@ def attach_routers(model: torch.nn.Module, routers: dict[int, torch.Tensor]) -> 
         module = modules[layer]
         weight = next(module.parameters())
         module.register_buffer(ROUTER_BUFFER, tensor.detach().reshape(hkv * d).to(weight.device, torch.float32))
+
+
+def detach_routers(model: torch.nn.Module) -> None:
+    """Remove every attention layer's ``indexer_q`` buffer (``dash`` then pools block keys by their mean)."""
+    from dash_eval.dash_models.patch import ROUTER_BUFFER, attention_modules
+
+    for module in attention_modules(model):
+        if ROUTER_BUFFER in module._buffers:
+            del module._buffers[ROUTER_BUFFER]
+
+
+def set_routers(model: torch.nn.Module, routers: dict[int, torch.Tensor]) -> None:
+    """Make ``routers`` exactly the model's routers: layers not in it lose theirs."""
+    from dash_eval.dash_models.patch import ROUTER_BUFFER, attention_modules
+
+    if routers:
+        attach_routers(model, routers)  # checks every shape before changing anything
+    for module in attention_modules(model):
+        if module.layer_idx not in routers and ROUTER_BUFFER in module._buffers:
+            del module._buffers[ROUTER_BUFFER]
 
 
 def model_routers(model: torch.nn.Module) -> dict[int, torch.Tensor]:

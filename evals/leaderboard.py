@@ -1,6 +1,7 @@
 """The leaderboard: one CSV row per complete cell, columns in a fixed order.
 
-Columns: ``model, method``, then every parameter of every method in the sweep (blank where a method has
+Columns: ``model, method, label`` (the series a report draws the row in: the method entry's ``label``,
+default the method's name), then every parameter of every method in the sweep (blank where a method has
 no such parameter), ``target_sparsity``, then the fixed columns below. Parameters are those of the
 methods' parameter dataclasses with defaults filled in; a calibrated parameter holds its calibrated value.
 """
@@ -15,7 +16,7 @@ from collections.abc import Iterable
 
 from dash_eval.evals.sweep_store import atomic_write_text
 
-LEAD_COLUMNS = ("model", "method")
+LEAD_COLUMNS = ("model", "method", "label")
 RESULT_COLUMNS = (
     "target_sparsity",
     "task",

@@ -76,19 +76,25 @@ def group_rows(rows: list[dict]) -> dict[tuple[str, object], list[dict]]:
     return groups
 
 
+def series(row: dict) -> str:
+    """The series a row belongs to: its method entry's label (e.g. ``dash-fitted``), else its method."""
+    return row.get("label") or row["method"]
+
+
 def _methods(rows: list[dict]) -> list[str]:
     seen: list[str] = []
     for r in rows:
-        if r["method"] not in seen:
-            seen.append(r["method"])
+        if series(r) not in seen:
+            seen.append(series(r))
     return seen
 
 
 def frontiers(rows: list[dict]) -> dict[str, list[tuple[float, float]]]:
-    """Per method, the Pareto frontier of its rows (rows without both figures are left out)."""
+    """Per series (method or label), the Pareto frontier of its rows (rows without both figures are left
+    out)."""
     out = {}
     for method in _methods(rows):
-        pts = [(_num(r["sparsity"]), _num(r["accuracy"])) for r in rows if r["method"] == method]
+        pts = [(_num(r["sparsity"]), _num(r["accuracy"])) for r in rows if series(r) == method]
         out[method] = pareto_frontier([p for p in pts if None not in p])
     return out
 
@@ -158,10 +164,10 @@ def markdown_report(
             "| decode sparsity | tokens/s | |",
             "|---|---|---:|---:|---|---:|---:|---|",
         ]
-        ordered = sorted(group, key=lambda r: (_methods(group).index(r["method"]), _num(r["sparsity"]) or 0.0))
+        ordered = sorted(group, key=lambda r: (_methods(group).index(series(r)), _num(r["sparsity"]) or 0.0))
         for r in ordered:
             point = (_num(r["sparsity"]), _num(r["accuracy"]))
-            star = "*" if point in front.get(r["method"], set()) else ""
+            star = "*" if point in front.get(series(r), set()) else ""
             acc = _fmt(r["accuracy"])
             if _num(r.get("accuracy_stderr")) is not None:
                 acc += f" ± {_fmt(r['accuracy_stderr'])}"
@@ -170,7 +176,7 @@ def markdown_report(
                 f"{_fmt(r.get('active_blocks_p50'), 0)}/{_fmt(r.get('active_blocks_p90'), 0)})"
             )
             lines.append(
-                f"| {r['method']} | {setting_text(r)} | {_fmt(r['sparsity'], pct=True)} | {acc} | "
+                f"| {series(r)} | {setting_text(r)} | {_fmt(r['sparsity'], pct=True)} | {acc} | "
                 f"{blocks} | {_fmt(r.get('decode_sparsity'), pct=True)} | "
                 f"{_fmt(r.get('tokens_per_s'), 0)} | {star} |"
             )
@@ -235,7 +241,7 @@ def plot_png(rows: list[dict]) -> bytes:
     for k, ((task, length), group) in enumerate(groups):
         ax = fig.add_subplot(nrows, ncols, k + 1)
         for i, method in enumerate(methods):
-            pts = [(_num(r["sparsity"]), _num(r["accuracy"])) for r in group if r["method"] == method]
+            pts = [(_num(r["sparsity"]), _num(r["accuracy"])) for r in group if series(r) == method]
             pts = [p for p in pts if None not in p]
             if not pts:
                 continue

@@ -95,8 +95,9 @@ def metrics_row(cell: Cell, config: SweepConfig, cell_name: str, result: CellRes
     """The leaderboard row of a finished cell (stored as its ``metrics.json``)."""
     row: dict[str, Any] = {
         "model": config.model.pretrained,
-        "router": config.model.router,
+        "router": cell.effective_router(config),
         "method": cell.method,
+        "label": cell.series,
         "params": result.params,
         "explicit": list(cell.explicit),
         "target_sparsity": cell.target_sparsity,
@@ -180,7 +181,7 @@ def run_sweep(
     try:
         for k, cell in enumerate(pending, 1):
             name = names[cell.index]
-            bar.start_cell(k, f"{cell.method} {cell.task}@{cell.length}")
+            bar.start_cell(k, f"{cell.series} {cell.task}@{cell.length}")
             record = cell_record(cell, config, name)
             reported = 0
 

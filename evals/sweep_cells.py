@@ -32,6 +32,18 @@ class Cell:
     target_sparsity: float | None = None
     calibrate: str | None = None
     calibrate_range: tuple[float, float] | None = None
+    label: str = ""  # the series in reports (the method entry's label, default its method)
+    router: str | None = None  # the method entry's own router; None: the model's
+    entry: int = 0  # index of the method entry in the config
+
+    @property
+    def series(self) -> str:
+        return self.label or self.method
+
+    def effective_router(self, config: SweepConfig) -> str | None:
+        """The router this cell runs with: its entry's, else the model's (``None``: the checkpoint's own,
+        or mean pooling)."""
+        return self.router if self.router is not None else config.model.router
 
     def spec(self, config: SweepConfig) -> dict[str, Any]:
         """Everything that determines this cell's result, as plain JSON values."""
@@ -50,6 +62,8 @@ class Cell:
             "method": self.method,
             "params": dict(sorted(self.params.items())),
         }
+        if self.router is not None:  # only when the entry sets one, so that other cells keep their identity
+            spec["router"] = self.router
         # batch size changes nothing in the answers (issue 5 guarantees it), so it stays out of the identity
         spec["model"].pop("batch_size", None)
         if self.target_sparsity is not None:
@@ -66,7 +80,7 @@ class Cell:
         """Directory name: ``<task>-L<length>-n<samples>-s<seed>--<method>--<param>=<value>,...--<hash8>``."""
         length = "Lfile" if self.length is None else f"L{self.length}"
         samples = "nall" if self.samples is None else f"n{self.samples}"
-        parts = [f"{self.task}-{length}-{samples}-s{self.seed}", self.method]
+        parts = [f"{self.task}-{length}-{samples}-s{self.seed}", self.series]
         # unset optional parameters (None, e.g. no router) are left out of the name; the hash still has them
         params = [f"{k}={_value_text(v)}" for k, v in sorted(self.params.items()) if v is not None]
         if self.target_sparsity is not None:
@@ -105,7 +119,7 @@ def expand_cells(config: SweepConfig) -> list[Cell]:
     """Every cell of the sweep in a fixed order: methods (config order), grid points, target sparsities,
     then tasks and lengths. The order is what ``--shard`` splits, so it depends only on the config."""
     cells: list[Cell] = []
-    for entry in config.methods:
+    for entry_index, entry in enumerate(config.methods):
         defaults = method_defaults(entry.method)
         targets: tuple[float | None, ...] = entry.target_sparsity or (None,)
         for point in grid_points(entry):
@@ -131,6 +145,9 @@ def expand_cells(config: SweepConfig) -> list[Cell]:
                                 target_sparsity=target,
                                 calibrate=entry.calibrate if target is not None else None,
                                 calibrate_range=entry.calibrate_range if target is not None else None,
+                                label=entry.series,
+                                router=entry.router,
+                                entry=entry_index,
                             )
                         )
     return cells

@@ -84,6 +84,12 @@ class MethodEntry:
     target_sparsity: tuple[float, ...] = ()
     calibrate: str | None = None  # the parameter that target_sparsity calibrates
     calibrate_range: tuple[float, float] | None = None
+    label: str = ""  # the series name in reports (default: the method's name)
+    router: str | None = None  # this entry's router ("none": mean pooling); None: the model's router
+
+    @property
+    def series(self) -> str:
+        return self.label or self.method
 
 
 @dataclass(frozen=True)
@@ -185,8 +191,24 @@ MODEL_KEYS = {f.name for f in dataclasses.fields(ModelSpec)}
 GEN_TASK_KEYS = {"task", "name", "lengths", "samples", "seed", "haystack", "options"}
 JSONL_TASK_KEYS = {"jsonl", "name", "samples", "metric"}
 CALIBRATION_KEYS = {f.name for f in dataclasses.fields(CalibrationSpec)}
-METHOD_RESERVED = {"method", "grid", "target_sparsity", "calibrate", "calibrate_range"}
+METHOD_RESERVED = {"method", "grid", "target_sparsity", "calibrate", "calibrate_range", "label", "router"}
 TOP_KEYS = {"name", "model", "tasks", "methods", "output", "calibration"}
+
+
+def _parse_router(c: _Checker, raw: Any, path: str) -> str | None:
+    from dash_eval.dash_models.router import NO_ROUTER
+
+    if raw is None:
+        return None
+    router = c.string(raw, path)
+    if router is not None and router != NO_ROUTER and not os.path.exists(router):
+        c.error(
+            path,
+            f"{router!r} does not exist; accepted: a router directory or .safetensors file (dash-eval "
+            f"fit-router writes one), or {NO_ROUTER!r} for mean-pooled block summaries",
+        )
+        return None
+    return router
 
 
 def _parse_model(c: _Checker, raw: Any) -> ModelSpec | None:
@@ -210,11 +232,7 @@ def _parse_model(c: _Checker, raw: Any) -> ModelSpec | None:
         elif ":" in device and int(device.split(":")[1]) >= torch.cuda.device_count():
             c.error("model.device", f"{device!r}: only {torch.cuda.device_count()} CUDA device(s) visible")
     batch_size = c.integer(m.get("batch_size", 1), "model.batch_size", minimum=1)
-    router = m.get("router")
-    if router is not None:
-        router = c.string(router, "model.router")
-        if router is not None and not os.path.exists(router):
-            c.error("model.router", f"{router!r} does not exist; accepted: a router directory or .safetensors file")
+    router = _parse_router(c, m.get("router"), "model.router")
     chat = c.boolean(m.get("apply_chat_template", False), "model.apply_chat_template")
     from dash_eval.kernels import BACKENDS
 
@@ -436,6 +454,18 @@ def _parse_method(c: _Checker, raw: Any, path: str) -> MethodEntry | None:
     elif "calibrate" in m or "calibrate_range" in m:
         key = "calibrate" if "calibrate" in m else "calibrate_range"
         c.error(f"{path}.{key}", "only meaningful with target_sparsity")
+    label = ""
+    if "label" in m:
+        label = c.string(m["label"], f"{path}.label", pattern=NAME_PATTERN,
+                         accepted="letters, digits, '.', '_', '-'") or ""
+    router = None
+    if "router" in m:
+        takes_router = any(f.name == "router" for f in dataclasses.fields(params_cls))
+        if not takes_router:
+            routed = [n for n in names if any(f.name == "router" for f in dataclasses.fields(get_method(n).params_cls))]
+            c.error(f"{path}.router", f"method {name} has no router; accepted only for: {', '.join(routed)}")
+        else:
+            router = _parse_router(c, m["router"], f"{path}.router")
 
     if len(c.errors) > n_errors:
         return None
@@ -450,7 +480,7 @@ def _parse_method(c: _Checker, raw: Any, path: str) -> MethodEntry | None:
                 c.error(f"{path}.grid.{key}[{j}]", msg)
                 bad = True
     if not bad:
-        entry = MethodEntry(name, fixed, grid, targets, knob, knob_range)
+        entry = MethodEntry(name, fixed, grid, targets, knob, knob_range, label, router)
         for point in grid_points(entry):
             if (msg := _validate_params(params_cls, point)) is not None:
                 c.error(f"{path}.grid", f"the combination {point} is invalid: {msg}")
@@ -594,6 +624,10 @@ def parse_config(raw: Any, *, source: str = "sweep config", check_model: bool = 
         for i, m in enumerate(c.list_of(top["methods"], "methods") or []):
             entry = _parse_method(c, m, f"methods[{i}]")
             if entry is not None:
+                other = next((e for e in methods if e.series == entry.series and e.method != entry.method), None)
+                if other is not None:
+                    c.error(f"methods[{i}].label", f"label {entry.series!r} is already the series of method "
+                            f"{other.method}; accepted: a label no other method uses")
                 methods.append(entry)
     calibration = CalibrationSpec()
     if "calibration" in top:
@@ -626,7 +660,30 @@ def parse_config(raw: Any, *, source: str = "sweep config", check_model: bool = 
     _check_task_data(c, list(zip(task_paths, tasks)), model if check_model else None, context)
     if c.errors:
         raise ConfigError(c.errors, source)
-    return SweepConfig(name, model, tuple(tasks), tuple(methods), output, calibration, raw=top)
+    config = SweepConfig(name, model, tuple(tasks), tuple(methods), output, calibration, raw=top)
+    _check_duplicate_cells(c, config)
+    if c.errors:
+        raise ConfigError(c.errors, source)
+    return config
+
+
+def _check_duplicate_cells(c: _Checker, config: SweepConfig) -> None:
+    """Two method entries that expand to the same cell would share one result directory."""
+    from dash_eval.evals.sweep_cells import expand_cells
+
+    entry_of: dict[str, int] = {}
+    for cell in expand_cells(config):
+        owner = cell.entry
+        key = cell.hash(config)
+        if key in entry_of and entry_of[key] != owner:
+            c.error(
+                f"methods[{owner}]",
+                f"repeats a cell of methods[{entry_of[key]}] ({cell.method} {cell.params} on {cell.task}"
+                f"{'' if cell.length is None else f' at {cell.length}'}); accepted: entries that differ in a "
+                "parameter, target sparsity or router",
+            )
+            return
+        entry_of.setdefault(key, owner)
 
 
 def load_config(path: str | os.PathLike, *, check_model: bool = True) -> SweepConfig:

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+from dash_eval.dash_models.router import model_routers, set_routers
 from dash_eval.evals.sweep import CellResult
 from dash_eval.evals.sweep_calibrate import DEFAULT_REAL_RANGE, bisect_sparsity
 from dash_eval.evals.sweep_cells import Cell
@@ -43,13 +44,14 @@ def _arg_text(v: Any) -> str:
     return repr(v) if isinstance(v, float) else str(v)
 
 
-def lm_eval_model_args(config: SweepConfig, method: str, params: dict[str, Any]) -> dict[str, Any]:
+def lm_eval_model_args(config: SweepConfig, cell: Cell, params: dict[str, Any]) -> dict[str, Any]:
     """``--model_args`` of the equivalent ``lm_eval --model dash`` command."""
     m = config.model
     # The device goes on lm_eval's own --device flag: given in both places, lm-eval passes it twice.
-    args: dict[str, Any] = {"pretrained": m.pretrained, "dtype": m.dtype, "method": method}
-    if m.router is not None:
-        args["router"] = m.router
+    args: dict[str, Any] = {"pretrained": m.pretrained, "dtype": m.dtype, "method": cell.method}
+    router = cell.effective_router(config)
+    if router is not None:
+        args["router"] = router
     if m.attn_backend != "auto":
         args["attn_backend"] = m.attn_backend
     args.update({k: v for k, v in params.items() if v is not None})
@@ -58,7 +60,7 @@ def lm_eval_model_args(config: SweepConfig, method: str, params: dict[str, Any])
 
 def lm_eval_command(config: SweepConfig, cell: Cell, params: dict[str, Any]) -> str:
     task, meta, limit = lm_eval_task(cell, config)
-    model_args = ",".join(f"{k}={_arg_text(v)}" for k, v in lm_eval_model_args(config, cell.method, params).items())
+    model_args = ",".join(f"{k}={_arg_text(v)}" for k, v in lm_eval_model_args(config, cell, params).items())
     parts = [
         "lm_eval",
         "--model",
@@ -130,6 +132,8 @@ class LmEvalRunner:
             m.pretrained, method="full", dtype=m.dtype, device=m.device, router=m.router, backend=m.attn_backend
         )
         self.lm = DashLM(pretrained=self.model, tokenizer=self.tokenizer, batch_size=m.batch_size)
+        # the routers as loaded (a checkpoint's own, or model.router): each cell starts from them
+        self._base_routers = {k: v.clone() for k, v in model_routers(self.model).items()}
         self.device_name = _device_name(self.lm.device)
         self._task_managers: dict[str, Any] = {}
 
@@ -166,13 +170,16 @@ class LmEvalRunner:
         lengths = [len(self.tokenizer(s.prompt()).input_ids) for s in read_jsonl(path)]
         return int(statistics.median(lengths))
 
-    def measure_sparsity(self, method: str, params: dict[str, Any], prompts: list[torch.Tensor]) -> float:
-        """Prefill sparsity of ``prompts`` under ``method`` with ``params`` (forward passes only)."""
+    def _set_attention(self, cell: Cell, params: dict[str, Any]) -> None:
+        """Switch the loaded model to ``cell``'s method with ``params`` and the cell's router."""
+        set_routers(self.model, self._base_routers)
+        self.lm.set_attention(cell.method, router=cell.router, attn_backend=self.config.model.attn_backend, **params)
+
+    def measure_sparsity(self, cell: Cell, params: dict[str, Any], prompts: list[torch.Tensor]) -> float:
+        """Prefill sparsity of ``prompts`` under ``cell``'s method with ``params`` (forward passes only)."""
         from dash_eval.dash_models import get_tally
 
-        self.lm.set_attention(
-            method, router=self.config.model.router, attn_backend=self.config.model.attn_backend, **params
-        )
+        self._set_attention(cell, params)
         tally = get_tally(self.model)
         tally.reset()
         with torch.no_grad():
@@ -205,7 +212,7 @@ class LmEvalRunner:
         prompts = self._calibration_prompts(cell)
         cal = self.config.calibration
         result = bisect_sparsity(
-            lambda v: self.measure_sparsity(cell.method, {**cell.params, cell.calibrate: v}, prompts),
+            lambda v: self.measure_sparsity(cell, {**cell.params, cell.calibrate: v}, prompts),
             cell.target_sparsity,
             parameter=cell.calibrate,
             low=low,
@@ -241,12 +248,10 @@ class LmEvalRunner:
         if cell.target_sparsity is not None:
             calibration = self.calibrate(cell)
             params[cell.calibrate] = calibration["value"]
-        self.lm.set_attention(
-            cell.method, router=self.config.model.router, attn_backend=self.config.model.attn_backend, **params
-        )
+        self._set_attention(cell, params)
         task, task_meta, limit = lm_eval_task(cell, self.config)
         # lm_eval's CLI hands model_args to the tasks as metadata too (the tokenizer comes from 'pretrained')
-        metadata = {**lm_eval_model_args(self.config, cell.method, params), **task_meta}
+        metadata = {**lm_eval_model_args(self.config, cell, params), **task_meta}
         progress = _SampleProgress(self.lm, on_samples, quiet=not self.verbose)
         t0 = time.perf_counter()
         with progress:

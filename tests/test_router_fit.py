@@ -264,3 +264,28 @@ def test_cli_writes_a_router_and_rejects_bad_arguments(tmp_path, capsys):
     assert main([*args[:5], "--tokens", "10", "--block-size", "8"]) == 2
     assert "tokens=10" in capsys.readouterr().err
     assert main(["fit-router", "--model", str(tmp_path / "missing"), "--output", str(tmp_path / "o2")]) == 2
+
+
+def test_router_none_drops_routers_and_set_routers_restores_them():
+    from dash_eval.dash_models.router import model_routers, set_routers
+
+    model = _tiny(seed=2)
+    ids = torch.randint(3, 97, (1, 70), generator=torch.Generator().manual_seed(6))
+    params = dict(block_size=BLOCK, scale=2.0, init_blocks=1, local_blocks=2)
+    d = model.config.head_dim
+    routers = {0: torch.randn(2 * d), 1: torch.randn(2 * d)}
+
+    def logits(**kw):
+        apply_attention(model, "dash", **kw, **params)
+        with torch.no_grad():
+            return model(ids).logits
+
+    mean_pooled = logits()
+    fitted = logits(router=routers)
+    assert not torch.equal(fitted, mean_pooled)
+    assert torch.equal(logits(), fitted)  # router=None keeps what the model has
+    assert torch.equal(logits(router="none"), mean_pooled) and model_routers(model) == {}
+    set_routers(model, {1: routers[1]})
+    assert set(model_routers(model)) == {1}
+    set_routers(model, routers)
+    assert torch.equal(logits(), fitted)

@@ -310,3 +310,49 @@ def test_jsonl_entry_metric(tmp_path):
     assert config.tasks[0].metric == "string_match_part" and config.tasks[0].lm_eval_task == "dash_jsonl"
     errors = _errors(_with(tasks=[{"jsonl": str(data), "metric": "exact"}]))
     assert errors[0].startswith("tasks[0].metric: bad value 'exact'; accepted: string_match_all")
+
+
+def test_method_label_and_router(tmp_path, monkeypatch):
+    from dash_eval.evals.sweep_cells import expand_cells
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "fitted").mkdir()
+    raw = _with(methods=[
+        {"method": "dash", "scale": 2.0, "router": "none"},
+        {"method": "dash", "label": "dash-fitted", "scale": 2.0, "router": "fitted"},
+        {"method": "nsa", "topk": 2},
+    ])
+    config = parse_config(raw, check_model=False)
+    assert [(m.series, m.router) for m in config.methods] == [("dash", "none"), ("dash-fitted", "fitted"), ("nsa", None)]
+    cells = expand_cells(config)
+    assert [c.series for c in cells] == ["dash"] * 2 + ["dash-fitted"] * 2 + ["nsa"] * 2
+    assert cells[2].effective_router(config) == "fitted" and cells[4].effective_router(config) is None
+    assert cells[0].hash(config) != cells[2].hash(config)  # same parameters, another router: another cell
+    assert "dash-fitted" in cells[2].name(config)
+    # an entry without a router keeps the identity it had before routers could be set per entry
+    assert "router" not in cells[4].spec(config)
+
+
+def test_method_label_and_router_errors(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    errors = _errors(_with(methods=[
+        {"method": "nsa", "router": "none"},
+        {"method": "dash", "router": "missing-dir"},
+        {"method": "dash", "label": "bad label"},
+        {"method": "nsa"},
+        {"method": "infllmv2", "label": "nsa"},
+    ]))
+    assert any(e.startswith("methods[0].router:") and "no router" in e and "dash" in e for e in errors), errors
+    assert any(e.startswith("methods[1].router:") and "'missing-dir' does not exist" in e and "'none'" in e
+               for e in errors), errors
+    assert any(e.startswith("methods[2].label:") for e in errors), errors
+    assert any(e.startswith("methods[4].label:") and "already the series of method nsa" in e
+               for e in errors), errors
+
+
+def test_entries_that_repeat_a_cell_are_rejected():
+    errors = _errors(_with(methods=[
+        {"method": "dash", "grid": {"scale": [1.0, 2.0]}},
+        {"method": "dash", "label": "again", "scale": 2.0},
+    ]))
+    assert len(errors) == 1 and errors[0].startswith("methods[1]:") and "repeats a cell of methods[0]" in errors[0]

@@ -133,7 +133,7 @@ def test_sweep_writes_cells_leaderboard_and_reports(tmp_path):
         "topk",
         "window",
     ]
-    assert header == ["model", "method", *params, *RESULT_COLUMNS]
+    assert header == ["model", "method", "label", *params, *RESULT_COLUMNS]
     rows = _rows(root / "leaderboard.csv")
     assert [r["method"] for r in rows[:2]] == ["full", "full"]
     assert rows[0]["sparsity"] == "0.0" and rows[0]["scale"] == "" and rows[0]["block_size"] == "64"
