@@ -139,8 +139,14 @@ class _Progress:
         self.counts = {"done": 0, "failed": 0}
 
     def start_cell(self, k: int, label: str) -> None:
+        self.label = label
         self.bar.set_description(f"cell {k}/{self.total_cells}")
-        self.bar.set_postfix_str(f"{label} | done {self.counts['done']} failed {self.counts['failed']}")
+        self.status("")
+
+    def status(self, text: str) -> None:
+        """What the cell is doing before its samples run (calibrating a target sparsity, say)."""
+        extra = f" | {text}" if text else ""
+        self.bar.set_postfix_str(f"{self.label}{extra} | done {self.counts['done']} failed {self.counts['failed']}")
 
     def samples(self, n: int) -> None:
         self.bar.update(n)
@@ -193,6 +199,8 @@ def run_sweep(
             try:
                 if runner is None:
                     runner = runner_factory(config, store)
+                if hasattr(runner, "on_status"):
+                    runner.on_status = bar.status
                 result = runner.run_cell(cell, on_samples)
                 record["lm_eval_command"] = result.command
                 if result.calibration is not None:

@@ -134,6 +134,7 @@ class LmEvalRunner:
         self.lm = DashLM(pretrained=self.model, tokenizer=self.tokenizer, batch_size=m.batch_size)
         # the routers as loaded (a checkpoint's own, or model.router): each cell starts from them
         self._base_routers = {k: v.clone() for k, v in model_routers(self.model).items()}
+        self.on_status: Callable[[str], None] = lambda text: None  # the sweep's progress bar sets this
         self.device_name = _device_name(self.lm.device)
         self._task_managers: dict[str, Any] = {}
 
@@ -211,8 +212,17 @@ class LmEvalRunner:
             low, high = DEFAULT_REAL_RANGE
         prompts = self._calibration_prompts(cell)
         cal = self.config.calibration
+        steps = 0
+
+        def measure(v):
+            nonlocal steps
+            steps += 1
+            self.on_status(f"calibrating {cell.calibrate} for sparsity {cell.target_sparsity:g}: step {steps}, "
+                           f"{cell.calibrate}={v:.4g}")
+            return self.measure_sparsity(cell, {**cell.params, cell.calibrate: v}, prompts)
+
         result = bisect_sparsity(
-            lambda v: self.measure_sparsity(cell, {**cell.params, cell.calibrate: v}, prompts),
+            measure,
             cell.target_sparsity,
             parameter=cell.calibrate,
             low=low,
@@ -229,6 +239,7 @@ class LmEvalRunner:
             "range": [low, high],
         }
         self.store.write_calibration(key, record)
+        self.on_status(f"calibrated {cell.calibrate}={record['value']:.4g} (sparsity {record['sparsity']:.3f})")
         return record
 
     # --- one cell ----------------------------------------------------------------------------------------
