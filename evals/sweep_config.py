@@ -536,11 +536,15 @@ def _check_task_data(
     from dash_eval.tasks import generate_samples, read_jsonl
 
     tokenizer = None
-    if model is not None and any(t.task for _, t in tasks):
+    model_unreadable = any(e.startswith("model.pretrained:") for e in c.errors)
+    if model is not None and not model_unreadable and any(t.task for _, t in tasks):
         from dash_eval.dash_models import resolve_model_path
         from transformers import AutoTokenizer
 
-        tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(model.pretrained))
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(model.pretrained))
+        except Exception as exc:  # noqa: BLE001 - any failure to read the tokenizer is a config error here
+            c.error("model.pretrained", f"cannot load the tokenizer of {model.pretrained!r}: {exc}")
     for path, t in tasks:
         if t.jsonl is not None:
             try:

@@ -90,10 +90,25 @@ def resolve_variant(task: str, haystack: str | None, options: dict[str, Any]) ->
         )
     if haystack is None and not options and f"dash_{task}" in by_name:
         return by_name[f"dash_{task}"]
+    wanted = _with_defaults(task, options)
     for v in same:
-        if (haystack is None or haystack == v.haystack) and options == v.options:
+        if (haystack is None or haystack == v.haystack) and wanted == _with_defaults(task, v.options):
             return v
     raise ValueError(
         f"no lm-eval task generates {task!r} with haystack {haystack!r} and options {options or {}}; "
         f"accepted: {'; '.join(v.describe() for v in same)}"
     )
+
+
+def _with_defaults(generator: str, options: dict[str, Any]) -> dict[str, Any]:
+    """``options`` with the generator's defaults filled in, so that spelling out a default value
+    (``value_type: numbers``) picks the same variant as leaving it out. Options the generator rejects stay
+    as given (they then match no variant, and the error lists the variants)."""
+    import dataclasses
+
+    from dash_eval.tasks.base import TASKS
+
+    try:
+        return dataclasses.asdict(TASKS.get(generator).Options(**options))
+    except (TypeError, ValueError, KeyError):
+        return dict(options)

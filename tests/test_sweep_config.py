@@ -356,3 +356,23 @@ def test_entries_that_repeat_a_cell_are_rejected():
         {"method": "dash", "label": "again", "scale": 2.0},
     ]))
     assert len(errors) == 1 and errors[0].startswith("methods[1]:") and "repeats a cell of methods[0]" in errors[0]
+
+
+@pytest.mark.parametrize("name", ["demo", "paper_ruler16k", "router_niah"])
+def test_shipped_configs_are_valid(name, monkeypatch):
+    """Every config in configs/ parses (the GPU ones with their model swapped for one that exists here),
+    and spelling out a generator's default option picks the same lm-eval task as leaving it out."""
+    from pathlib import Path
+
+    from dash_eval.evals.sweep_cells import expand_cells
+
+    root = Path(__file__).resolve().parents[1]
+    monkeypatch.chdir(root)
+    raw = yaml.safe_load((root / "configs" / f"{name}.yaml").read_text())
+    raw["model"] = {**raw["model"], "pretrained": "default", "device": "cpu"}
+    raw["model"].pop("router", None)
+    config = parse_config(raw, check_model=False)
+    assert expand_cells(config)
+    if name == "paper_ruler16k":
+        tasks = {t.label: t.lm_eval_task for t in config.tasks}
+        assert tasks["niah_single_1"] == "dash_niah_single" and tasks["niah_multikey_1"] == "dash_niah_multikey"
