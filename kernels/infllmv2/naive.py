@@ -21,19 +21,29 @@ def topk_block_select(
     return forced | topk_recent(block_scores, eligible, topk)
 
 
-def infllmv2_select(
-    qg: torch.Tensor, kc: torch.Tensor, positions: torch.Tensor, nk: int, *, block_size: int, kernel_size: int,
+def pooled_topk_select(
+    qg: torch.Tensor, kc: torch.Tensor, positions: torch.Tensor, nk: int, pool, *, block_size: int, kernel_size: int,
     kernel_stride: int, init_blocks: int, local_blocks: int, topk: int, softmax_scale: float,
 ) -> torch.Tensor:
+    """The selection shared by InfLLM-V2 and NSA: kernel probabilities summed over the group's query heads,
+    pooled onto blocks by ``pool(per_block, visible, overlap) -> [B, Hkv, L, nblocks]``, then forced blocks
+    plus the top-k others."""
     probs, visible = kernel_probs(qg, kc, positions, kernel_size, kernel_stride, softmax_scale)
     scores = probs.sum(2)  # summed over the group's query heads: [B, Hkv, L, M]
-    per_block, vis, _ = gather_block_kernels(scores, visible, nk, block_size, kernel_size, kernel_stride)
-    neg = torch.full((), float("-inf"), device=qg.device)
-    block_scores = torch.where(vis, per_block, neg).amax(-1)  # max-pool; -inf where no kernel is visible
+    per_block, vis, overlap = gather_block_kernels(scores, visible, nk, block_size, kernel_size, kernel_stride)
     return topk_block_select(
-        block_scores, positions, num_blocks(nk, block_size), block_size=block_size, init_blocks=init_blocks,
-        local_blocks=local_blocks, topk=topk,
+        pool(per_block, vis, overlap), positions, num_blocks(nk, block_size), block_size=block_size,
+        init_blocks=init_blocks, local_blocks=local_blocks, topk=topk,
     )
+
+
+def _max_pool(per_block: torch.Tensor, vis: torch.Tensor, overlap: torch.Tensor) -> torch.Tensor:
+    neg = torch.full((), float("-inf"), device=per_block.device)
+    return torch.where(vis, per_block, neg).amax(-1)  # max-pool; -inf where no kernel is visible
+
+
+def infllmv2_select(qg: torch.Tensor, kc: torch.Tensor, positions: torch.Tensor, nk: int, **kw) -> torch.Tensor:
+    return pooled_topk_select(qg, kc, positions, nk, _max_pool, **kw)
 
 
 def infllmv2_attention_naive(

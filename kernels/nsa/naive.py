@@ -5,24 +5,17 @@ blocks merged with the sliding window (``g_cmp = 0``)."""
 from __future__ import annotations
 
 import torch
-from dash_eval.kernels.common import num_blocks
-from dash_eval.kernels.compression import gather_block_kernels, kernel_probs, kernel_topk_attention
-from dash_eval.kernels.infllmv2.naive import topk_block_select
+from dash_eval.kernels.compression import kernel_topk_attention
+from dash_eval.kernels.infllmv2.naive import pooled_topk_select
 from dash_eval.kernels.stats import AttentionStats
 
 
-def nsa_select(
-    qg: torch.Tensor, kc: torch.Tensor, positions: torch.Tensor, nk: int, *, block_size: int, kernel_size: int,
-    kernel_stride: int, init_blocks: int, local_blocks: int, topk: int, softmax_scale: float,
-) -> torch.Tensor:
-    probs, visible = kernel_probs(qg, kc, positions, kernel_size, kernel_stride, softmax_scale)
-    scores = probs.sum(2)
-    per_block, vis, overlap = gather_block_kernels(scores, visible, nk, block_size, kernel_size, kernel_stride)
-    block_scores = (per_block * vis * overlap.to(per_block.dtype)).sum(-1)  # invisible kernels add 0
-    return topk_block_select(
-        block_scores, positions, num_blocks(nk, block_size), block_size=block_size, init_blocks=init_blocks,
-        local_blocks=local_blocks, topk=topk,
-    )
+def _overlap_pool(per_block: torch.Tensor, vis: torch.Tensor, overlap: torch.Tensor) -> torch.Tensor:
+    return (per_block * vis * overlap.to(per_block.dtype)).sum(-1)  # invisible kernels add 0
+
+
+def nsa_select(qg: torch.Tensor, kc: torch.Tensor, positions: torch.Tensor, nk: int, **kw) -> torch.Tensor:
+    return pooled_topk_select(qg, kc, positions, nk, _overlap_pool, **kw)
 
 
 def nsa_attention_naive(
