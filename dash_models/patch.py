@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 from dash_eval.dash_models.decode_cache import clear as clear_decode_cache
-from dash_eval.dash_models.decode_cache import dash_forward_with_cache, triton_dash_available
+from dash_eval.dash_models.decode_cache import forward_with_cache, triton_cache_available
 from dash_eval.dash_models.tally import SparsityTally
 from dash_eval.kernels import MethodParams, get_method, sparse_attention
 from dash_eval.kernels.api import BACKENDS
@@ -107,9 +107,9 @@ def dash_attention_forward(
 
         stats = full_attention_stats(query.shape[0], key.shape[1], query.shape[2], key.shape[2],
                                      params.block_size, query.device)
-    elif kv_valid is None and triton_dash_available(query, runtime.backend, runtime.method):
+    elif kv_valid is None and triton_cache_available(query, runtime.backend, runtime.method, params):
         scale = scaling if scaling is not None else query.shape[-1] ** -0.5
-        out, stats = dash_forward_with_cache(module, query, key, value, params, scale)
+        out, stats = forward_with_cache(module, runtime.method, query, key, value, params, scale)
         out = out.transpose(1, 2).contiguous()
     else:
         out, stats = sparse_attention(

@@ -266,7 +266,7 @@ def sparse_attention_from_words(
     out = torch.empty_like(q)
     dp = next_pow2(max(d, 16))
     f32 = torch.float32
-    dummy = torch.zeros(1, dtype=f32, device=q.device)
+    dummy = torch.empty(1, dtype=f32, device=q.device)  # never read by the kernels' unused branches
     bias_mode, ent_exp, route_scale, inv_sigma, init_b, local_b, nc = 0, 2.0, 0.0, 0.0, 0, 1, 0
     kbar = tau = mean_log = max_beta = dummy
     bias_eps = 0.0

@@ -5,28 +5,55 @@ from __future__ import annotations
 import torch
 from dash_eval.kernels._triton.accounting import stats_from_counts
 from dash_eval.kernels._triton.block_sparse import sparse_attention_from_words
+from dash_eval.kernels._triton.kernel_keys import KernelKeys, complete_kernels, kernel_keys_triton
 from dash_eval.kernels._triton.launch import kernel_supports
 from dash_eval.kernels._triton.topk_routing import topk_route
-from dash_eval.kernels.compression import kernel_keys
 from dash_eval.kernels.registry import get_method
 from dash_eval.kernels.stats import AttentionStats
 
 
+def topk_unsupported(q: torch.Tensor, params) -> str | None:
+    """Why the Triton kernels cannot run this top-k method on these inputs (None when they can)."""
+    reason = kernel_supports(q, params.block_size)
+    if reason is None and params.block_size % params.kernel_stride:
+        reason = f"block_size={params.block_size} is not a multiple of kernel_stride={params.kernel_stride}"
+    return reason
+
+
+def check_kernel_keys(method: str, keys: KernelKeys, k: torch.Tensor, params) -> None:
+    """A decode cache's kernel keys must be those of ``k`` under ``params``."""
+    b, hkv, nk, d = k.shape
+    want = complete_kernels(nk, params.kernel_size, params.kernel_stride)
+    if (keys.kernel_size, keys.kernel_stride) != (params.kernel_size, params.kernel_stride):
+        raise ValueError(
+            f"{method}: kernel_keys were built with kernel_size={keys.kernel_size}, kernel_stride="
+            f"{keys.kernel_stride}; the parameters say {params.kernel_size}, {params.kernel_stride}"
+        )
+    if keys.count != want or tuple(keys.hi.shape[:2]) != (b, hkv) or keys.hi.shape[3] != d or keys.hi.dtype != k.dtype:
+        raise ValueError(
+            f"{method}: kernel_keys hold {keys.count} kernels of shape {tuple(keys.hi.shape)} ({keys.hi.dtype}); "
+            f"keys {tuple(k.shape)} ({k.dtype}) need {want} kernels of [{b}, {hkv}, capacity, {d}]"
+        )
+
+
 def topk_attention_triton(
     method: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, params, *, pool: int, window: int,
-    softmax_scale: float, return_stats: bool, tile_q: int | None = None, splits: int | None = None,
+    softmax_scale: float, return_stats: bool, kernel_keys: KernelKeys | None = None, tile_q: int | None = None,
+    splits: int | None = None,
 ) -> tuple[torch.Tensor, AttentionStats | None]:
-    if kernel_supports(q, params.block_size) is not None or params.block_size % params.kernel_stride:
+    if topk_unsupported(q, params) is not None:
         return get_method(method).reference(q, k, v, params, softmax_scale=softmax_scale, return_stats=return_stats)
     from dash_eval.kernels.dash.triton_attention import decode_splits
 
     b, hq, nq, _ = q.shape
     nk, c = k.shape[2], params.block_size
-    kc = kernel_keys(k.float(), params.kernel_size, params.kernel_stride)
+    if kernel_keys is None:
+        kernel_keys = kernel_keys_triton(k, params.kernel_size, params.kernel_stride)
+    else:
+        check_kernel_keys(method, kernel_keys, k, params)
     route = topk_route(
-        q, kc, nk, pool=pool, block_size=c, kernel_size=params.kernel_size, kernel_stride=params.kernel_stride,
-        init_blocks=params.init_blocks, local_blocks=params.local_blocks, topk=params.topk,
-        softmax_scale=softmax_scale, window=window,
+        q, kernel_keys, nk, pool=pool, block_size=c, init_blocks=params.init_blocks,
+        local_blocks=params.local_blocks, topk=params.topk, softmax_scale=softmax_scale, window=window,
     )
     if splits is None:
         splits = decode_splits(q, k, c)
@@ -36,7 +63,7 @@ def topk_attention_triton(
     stats = None
     if return_stats:
         first = nk - nq
-        ends = torch.arange(kc.shape[2]) * params.kernel_stride + params.kernel_size - 1
-        visible = int((ends[None, :] <= torch.arange(first, nk)[:, None]).sum()) if kc.shape[2] else 0
+        ends = torch.arange(kernel_keys.count) * params.kernel_stride + params.kernel_size - 1
+        visible = int((ends[None, :] <= torch.arange(first, nk)[:, None]).sum()) if kernel_keys.count else 0
         stats = stats_from_counts(route.active, route.attended, nk, c, visible * hq * b)
     return out, stats

@@ -10,6 +10,12 @@ eligible blocks by a radix select on the 64-bit key ``(score, block)``, so ties 
 block exactly as in the reference; (5) the selection is written as bits with the per-query counts.
 Each kernel probability is computed once per query, so blocks sharing a kernel tie exactly as they do
 in the reference. No float per query head, query and block is stored.
+
+Decode (too few query tiles to fill the GPU) splits the work over the cached kernels instead: (a) each
+program scores one chunk of kernels for one tile and writes the scores with the chunk's softmax max and
+normaliser; (b) each program of a chunk of blocks combines the chunks' normalisers, turns its kernels'
+scores into group-summed probabilities and pools them onto its blocks; (c) one program per tile runs
+the same exact top-k and writes the bits and counts.
 """
 
 from __future__ import annotations
@@ -19,11 +25,14 @@ import dataclasses
 import torch
 import triton
 import triton.language as tl
+from dash_eval.kernels._triton.kernel_keys import KernelKeys
 from dash_eval.kernels._triton.launch import dot_mode, last_dim_contiguous, next_pow2, persistent_programs
 from dash_eval.kernels._triton.ops import dim_mask, mma
 
 POOL_MAX = 0
 POOL_WEIGHTED = 1
+DECODE_CHUNK_MIN = 64  # kernels per program of the decode score launch (at least)
+DECODE_BLOCK_CHUNK = 32  # blocks per program of the decode pooling launch (at most)
 
 
 @dataclasses.dataclass
@@ -47,9 +56,55 @@ def _kernel_scores(q, KHI, KLO, kc_base, c, nk, s_m, d, dmask, scale_log2,
 
 
 @triton.jit
+def _overlap(o, lead, kernel_size, kernel_stride, C: tl.constexpr):
+    """Tokens that kernel ``j*r - lead + o`` shares with block ``j``, in strides (NSA's pooling weight)."""
+    start = (o - lead) * kernel_stride
+    return ((tl.minimum(start + kernel_size, C) - tl.maximum(start, 0)) // kernel_stride).to(tl.float32)
+
+
+@triton.jit
+def _select_and_store(score, qpos, q_ok, qabs, cols, bh, Nq, WORDS, ACTIVE, ATTENDED, n_words, nblocks,
+                      init_blocks, local_blocks, topk, window,
+                      TQ: tl.constexpr, C: tl.constexpr, NBP: tl.constexpr):
+    """Forced blocks plus the exact top-k of ``score [TQ, NBP]`` per query; bits and counts written."""
+    cur = qabs // C
+    forced = (cols[None, :] <= cur[:, None]) & (
+        (cols[None, :] < init_blocks) | (cols[None, :] > cur[:, None] - local_blocks)
+    )
+    eligible = (cols[None, :] < cur[:, None]) & (~forced) & q_ok[:, None]
+    bits = score.to(tl.int32, bitcast=True)
+    order = tl.where(bits >= 0, bits, bits ^ 0x7FFFFFFF)  # integer order == float order (-inf lowest)
+    key = ((order.to(tl.int64) + 2147483648) << 16) | cols[None, :].to(tl.int64)
+    key = tl.where(eligible, key, -1)
+    want = tl.minimum(tl.sum(eligible.to(tl.int32), 1), topk)  # [TQ]
+    thr = tl.zeros((TQ,), tl.int64)  # radix select of the want-th largest key, one bit a step
+    for bit in tl.static_range(47, -1, -1):
+        cand = thr | (1 << bit)
+        cnt = tl.sum((key >= cand[:, None]).to(tl.int32), 1)
+        thr = tl.where(cnt >= want, cand, thr)
+    chosen = eligible & (key >= thr[:, None]) & (want > 0)[:, None]
+    sel = (forced | chosen) & q_ok[:, None]
+
+    wbits = tl.reshape(sel.to(tl.int64), (TQ, NBP // 32, 32))
+    words = tl.sum(wbits << tl.arange(0, 32).to(tl.int64)[None, None, :], 2).to(tl.int32)
+    wcol = tl.arange(0, NBP // 32)
+    tl.store(WORDS + (bh * Nq + qpos)[:, None] * n_words + wcol[None, :], words,
+             mask=q_ok[:, None] & (wcol < n_words)[None, :])
+    start = cols[None, :] * C
+    sel_keys = tl.minimum(C, qabs[:, None] - start + 1)
+    win_lo = tl.maximum(qabs[:, None] - window + 1, start)
+    win_hi = tl.minimum(qabs[:, None], start + C - 1)
+    win_keys = tl.where(window > 0, tl.maximum(win_hi - win_lo + 1, 0), 0)
+    keys = tl.where(sel, sel_keys, win_keys)
+    keys = tl.where(cols[None, :] < nblocks, keys, 0)
+    tl.store(ACTIVE + bh * Nq + qpos, tl.sum((keys > 0).to(tl.int32), 1), mask=q_ok)
+    tl.store(ATTENDED + bh * Nq + qpos, tl.sum(keys, 1), mask=q_ok)
+
+
+@triton.jit
 def _topk_route_kernel(
-    Q, KHI, KLO, WEIGHTS, WORDS, ACTIVE, ATTENDED, SCRATCH,
-    Nq, q_off, nk, n_words, nblocks, n_qtiles, total_tiles, n_bh,
+    Q, KHI, KLO, WORDS, ACTIVE, ATTENDED, SCRATCH,
+    Nq, q_off, nk, capacity, n_words, nblocks, n_qtiles, total_tiles, n_bh,
     scale_log2, kernel_size, kernel_stride, ratio, lead, init_blocks, local_blocks, topk, window,
     s_qb, s_qh, s_qn, HKV,
     G: tl.constexpr, GP: tl.constexpr, TQ: tl.constexpr, D: tl.constexpr, DP: tl.constexpr,
@@ -86,7 +141,7 @@ def _topk_route_kernel(
             Q + b * s_qb + (h * G + g)[:, None] * s_qh + pos[:, None] * s_qn + d[None, :],
             mask=row_ok[:, None] & dmask[None, :], other=0.0,
         )
-        kc_base = bh * nk * D
+        kc_base = bh * capacity * D
         m_i = tl.full((M,), float("-inf"), tl.float32)
         l_i = tl.zeros((M,), tl.float32)
         for c in range(0, NKC):
@@ -123,49 +178,137 @@ def _topk_route_kernel(
             if POOL == 0:
                 score = tl.maximum(score, tl.where(ok, ps, float("-inf")))
             else:
-                score += ps * tl.load(WEIGHTS + o)
+                score += ps * _overlap(o, lead, kernel_size, kernel_stride, C)
 
-        cur = qabs // C
-        forced = (cols[None, :] <= cur[:, None]) & (
-            (cols[None, :] < init_blocks) | (cols[None, :] > cur[:, None] - local_blocks)
-        )
-        eligible = (cols[None, :] < cur[:, None]) & (~forced) & q_ok[:, None]
-        bits = score.to(tl.int32, bitcast=True)
-        order = tl.where(bits >= 0, bits, bits ^ 0x7FFFFFFF)  # integer order == float order (-inf lowest)
-        key = ((order.to(tl.int64) + 2147483648) << 16) | cols[None, :].to(tl.int64)
-        key = tl.where(eligible, key, -1)
-        want = tl.minimum(tl.sum(eligible.to(tl.int32), 1), topk)  # [TQ]
-        thr = tl.zeros((TQ,), tl.int64)
-        for bit in tl.static_range(47, -1, -1):
-            cand = thr | (1 << bit)
-            cnt = tl.sum((key >= cand[:, None]).to(tl.int32), 1)
-            thr = tl.where(cnt >= want, cand, thr)
-        chosen = eligible & (key >= thr[:, None]) & (want > 0)[:, None]
-        sel = (forced | chosen) & q_ok[:, None]
-
-        wbits = tl.reshape(sel.to(tl.int64), (TQ, NBP // 32, 32))
-        words = tl.sum(wbits << tl.arange(0, 32).to(tl.int64)[None, None, :], 2).to(tl.int32)
-        wcol = tl.arange(0, NBP // 32)
-        tl.store(WORDS + (bh * Nq + qpos)[:, None] * n_words + wcol[None, :], words,
-                 mask=q_ok[:, None] & (wcol < n_words)[None, :])
-        start = cols[None, :] * C
-        sel_keys = tl.minimum(C, qabs[:, None] - start + 1)
-        win_lo = tl.maximum(qabs[:, None] - window + 1, start)
-        win_hi = tl.minimum(qabs[:, None], start + C - 1)
-        win_keys = tl.where(window > 0, tl.maximum(win_hi - win_lo + 1, 0), 0)
-        keys = tl.where(sel, sel_keys, win_keys)
-        keys = tl.where(cols[None, :] < nblocks, keys, 0)
-        tl.store(ACTIVE + bh * Nq + qpos, tl.sum((keys > 0).to(tl.int32), 1), mask=q_ok)
-        tl.store(ATTENDED + bh * Nq + qpos, tl.sum(keys, 1), mask=q_ok)
+        _select_and_store(score, qpos, q_ok, qabs, cols, bh, Nq, WORDS, ACTIVE, ATTENDED, n_words, nblocks,
+                          init_blocks, local_blocks, topk, window, TQ, C, NBP)
         tile += n_prog
 
 
-def kernel_split(kc: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """float32 kernel keys -> (hi, lo) in the inputs' 16-bit dtype, or (kc, None) for float32 inputs."""
-    if dtype == torch.float32:
-        return kc.contiguous(), None
-    hi = kc.to(dtype)
-    return hi.contiguous(), (kc - hi.float()).to(dtype).contiguous()
+@triton.jit
+def _query_rows(Q, tile, n_qtiles, Nq, q_off, kernel_size, kernel_stride, nk, s_qb, s_qh, s_qn, HKV,
+                G: tl.constexpr, GP: tl.constexpr, TQ: tl.constexpr, D: tl.constexpr, DP: tl.constexpr):
+    """The tile's rows (query heads x queries): loaded queries and the kernels each row sees."""
+    M: tl.constexpr = GP * TQ
+    bh = tile // n_qtiles
+    qt = tile % n_qtiles
+    b = bh // HKV
+    h = bh % HKV
+    r = tl.arange(0, M)
+    tq = r // GP
+    g = r % GP
+    pos = qt * TQ + tq
+    row_ok = (g < G) & (pos < Nq)
+    abs_i = pos + q_off
+    nvis_row = tl.where(row_ok & (abs_i - kernel_size + 1 >= 0),
+                        tl.minimum((abs_i - kernel_size + 1) // kernel_stride + 1, nk), 0)
+    d = tl.arange(0, DP)
+    dmask = dim_mask(d, D, DP)
+    q = tl.load(
+        Q + b * s_qb + (h * G + g)[:, None] * s_qh + pos[:, None] * s_qn + d[None, :],
+        mask=row_ok[:, None] & dmask[None, :], other=0.0,
+    )
+    return q, nvis_row, bh, qt, d, dmask
+
+
+@triton.jit
+def _decode_scores_kernel(
+    Q, KHI, KLO, XS, PM, PL,
+    Nq, q_off, nk, capacity, n_chunks, n_qtiles, row_len, scale_log2, kernel_size, kernel_stride,
+    s_qb, s_qh, s_qn, HKV,
+    G: tl.constexpr, GP: tl.constexpr, TQ: tl.constexpr, D: tl.constexpr, DP: tl.constexpr,
+    KC: tl.constexpr, SPLIT: tl.constexpr, DOT_MODE: tl.constexpr,
+):
+    """Stage (a): scores of one chunk of kernels for one tile, with the chunk's max and normaliser."""
+    M: tl.constexpr = GP * TQ
+    c = tl.program_id(0)
+    tile = tl.program_id(1)
+    q, nvis_row, bh, qt, d, dmask = _query_rows(Q, tile, n_qtiles, Nq, q_off, kernel_size, kernel_stride, nk,
+                                                s_qb, s_qh, s_qn, HKV, G, GP, TQ, D, DP)
+    r = tl.arange(0, M)
+    part = (tile * n_chunks + c) * M + r
+    if c * KC < tl.max(nvis_row, 0):
+        x, m = _kernel_scores(q, KHI, KLO, bh * capacity * D, c, nk, D, d, dmask, scale_log2, KC, SPLIT, DOT_MODE)
+        x = tl.where(m[None, :] < nvis_row[:, None], x, float("-inf"))
+        tl.store(XS + (tile * M + r)[:, None] * row_len + m[None, :], x)
+        m_c = tl.max(x, 1)
+        m_use = tl.where(m_c == float("-inf"), 0.0, m_c)
+        tl.store(PM + part, m_c)
+        tl.store(PL + part, tl.sum(tl.exp2(x - m_use[:, None]), 1))
+    else:
+        tl.store(PM + part, tl.full((M,), float("-inf"), tl.float32))
+        tl.store(PL + part, tl.zeros((M,), tl.float32))
+
+
+@triton.jit
+def _decode_pool_kernel(
+    XS, PM, PL, BS,
+    Nq, q_off, nk, n_chunks, n_qtiles, row_len, kernel_size, kernel_stride, ratio, lead,
+    G: tl.constexpr, GP: tl.constexpr, TQ: tl.constexpr, NCP: tl.constexpr, CB: tl.constexpr,
+    NBP: tl.constexpr, C: tl.constexpr, W: tl.constexpr, POOL: tl.constexpr,
+):
+    """Stage (b): the chunks' normalisers combined, group-summed kernel probabilities pooled onto a chunk
+    of blocks."""
+    M: tl.constexpr = GP * TQ
+    cb = tl.program_id(0)
+    tile = tl.program_id(1)
+    qt = tile % n_qtiles
+    r = tl.arange(0, M)
+    g = r % GP
+    pos = qt * TQ + r // GP
+    row_ok = (g < G) & (pos < Nq)
+    abs_i = pos + q_off
+    nvis_row = tl.where(row_ok & (abs_i - kernel_size + 1 >= 0),
+                        tl.minimum((abs_i - kernel_size + 1) // kernel_stride + 1, nk), 0)
+    ch = tl.arange(0, NCP)
+    part = (tile * n_chunks + ch)[:, None] * M + r[None, :]
+    pm = tl.load(PM + part, mask=(ch < n_chunks)[:, None], other=float("-inf"))
+    pl = tl.load(PL + part, mask=(ch < n_chunks)[:, None], other=0.0)
+    m_i = tl.max(pm, 0)
+    m_i = tl.where(m_i == float("-inf"), 0.0, m_i)
+    l_i = tl.sum(pl * tl.exp2(pm - m_i[None, :]), 0)
+    inv_l = tl.where(l_i > 0, 1.0 / tl.where(l_i > 0, l_i, 1.0), 0.0)
+
+    lane = tl.arange(0, TQ)
+    qabs = qt * TQ + lane + q_off
+    nvis_q = tl.where(qabs - kernel_size + 1 >= 0, tl.minimum((qabs - kernel_size + 1) // kernel_stride + 1, nk), 0)
+    cols = cb * CB + tl.arange(0, CB)
+    xs_row = XS + (tile * M + r)[:, None] * row_len
+    if POOL == 0:
+        score = tl.full((TQ, CB), float("-inf"), tl.float32)
+    else:
+        score = tl.zeros((TQ, CB), tl.float32)
+    for o in tl.static_range(W):
+        mk = cols * ratio - lead + o
+        ok_row = (mk >= 0)[None, :] & (mk[None, :] < nvis_row[:, None])
+        x = tl.load(xs_row + mk[None, :], mask=ok_row, other=float("-inf"))
+        p = tl.where(ok_row, tl.exp2(x - m_i[:, None]) * inv_l[:, None], 0.0)
+        ps = tl.sum(tl.reshape(p, (TQ, GP, CB)), 1)  # summed over the group's heads
+        ok = (mk >= 0)[None, :] & (mk[None, :] < nvis_q[:, None])
+        if POOL == 0:
+            score = tl.maximum(score, tl.where(ok, ps, float("-inf")))
+        else:
+            score += ps * _overlap(o, lead, kernel_size, kernel_stride, C)
+    tl.store(BS + (tile * TQ + lane)[:, None] * NBP + cols[None, :], score)
+
+
+@triton.jit
+def _decode_select_kernel(
+    BS, WORDS, ACTIVE, ATTENDED,
+    Nq, q_off, n_words, nblocks, n_qtiles, init_blocks, local_blocks, topk, window,
+    TQ: tl.constexpr, C: tl.constexpr, NBP: tl.constexpr,
+):
+    """Stage (c): the exact top-k of the pooled block scores of one tile."""
+    tile = tl.program_id(0)
+    bh = tile // n_qtiles
+    qt = tile % n_qtiles
+    lane = tl.arange(0, TQ)
+    cols = tl.arange(0, NBP)
+    qpos = qt * TQ + lane
+    q_ok = qpos < Nq
+    score = tl.load(BS + (tile * TQ + lane)[:, None] * NBP + cols[None, :])
+    _select_and_store(score, qpos, q_ok, qpos + q_off, cols, bh, Nq, WORDS, ACTIVE, ATTENDED, n_words, nblocks,
+                      init_blocks, local_blocks, topk, window, TQ, C, NBP)
 
 
 def route_tile(group: int, nblocks_pow2: int, nq: int) -> int:
@@ -175,15 +318,18 @@ def route_tile(group: int, nblocks_pow2: int, nq: int) -> int:
     return max(tq, -(-16 // gp))
 
 
+def kernel_parallel_pays(device: torch.device, tiles: int, kernels_pow2: int) -> bool:
+    """Decode: too few query tiles to fill the GPU, enough kernels to split."""
+    return device.type == "cuda" and tiles < persistent_programs(device, per_sm=1) and kernels_pow2 >= 512
+
+
 def topk_route(
     q: torch.Tensor,
-    kc: torch.Tensor,
+    keys: KernelKeys,
     nk: int,
     *,
     pool: int,
     block_size: int,
-    kernel_size: int,
-    kernel_stride: int,
     init_blocks: int,
     local_blocks: int,
     topk: int,
@@ -192,53 +338,85 @@ def topk_route(
     tile_q: int | None = None,
     chunk_kernels: int = 128,
     num_warps: int | None = None,
+    kernel_parallel: bool | None = None,
 ) -> TopkRoute:
     """Forced blocks plus the ``topk`` best other past blocks per query (METHODS.md infllmv2 / nsa).
 
-    ``kc: [B, Hkv, M, D]`` float32 kernel keys (``compression.kernel_keys``); ``pool``: ``POOL_MAX``
-    (InfLLM-V2) or ``POOL_WEIGHTED`` (NSA's overlap weights).
+    ``keys``: the kernel keys of the first ``nk`` keys (``kernel_keys.kernel_keys_triton``, or a decode
+    cache's); ``pool``: ``POOL_MAX`` (InfLLM-V2) or ``POOL_WEIGHTED`` (NSA's overlap weights).
+    ``kernel_parallel``: split the kernels over programs (decode); ``None`` decides by the GPU's fill.
     """
-    from dash_eval.kernels.compression import block_kernel_index
-
+    kernel_size, kernel_stride = keys.kernel_size, keys.kernel_stride
     b, hq, nq, d = q.shape
-    hkv, n_kernels = kc.shape[1], kc.shape[2]
+    hkv = keys.hi.shape[1]
+    n_kernels = keys.count
     g = hq // hkv
     gp = next_pow2(g)
     nblocks = -(-nk // block_size)
     nbp = max(32, next_pow2(nblocks))
+    if nbp > 1 << 16:  # the select's key holds the block index in 16 bits
+        raise ValueError(f"topk routing: {nblocks} blocks of block_size={block_size}; at most {1 << 16}")
     nwords = -(-nblocks // 32)
     nkp = max(16, next_pow2(max(n_kernels, 1)))
     kc_chunk = min(nkp, chunk_kernels)
     q = last_dim_contiguous(q)
-    khi, klo = kernel_split(kc, q.dtype)
-    if n_kernels == 0:  # shorter than one kernel: placeholders the kernel never reads
-        khi = torch.zeros(b, hkv, 1, d, dtype=khi.dtype, device=q.device)
-        klo = None if klo is None else torch.zeros_like(khi)
+    khi, klo = keys.hi, keys.lo
     ratio = block_size // kernel_stride
     lead = kernel_size // kernel_stride - 1
-    _, _, overlap = block_kernel_index(1, 1, block_size, kernel_size, kernel_stride, q.device)
-    weights = overlap.to(torch.float32).contiguous()
+    width = lead + ratio  # kernels overlapping one block (compression.block_kernel_index)
     if tile_q is None:
         tile_q = route_tile(g, nbp, nq)
     n_qtiles = -(-nq // tile_q)
     total = n_qtiles * b * hkv
-    n_prog = min(total, persistent_programs(q.device))
     dev = q.device
     words = torch.empty(b, hkv, nq, nwords, dtype=torch.int32, device=dev)
     active = torch.empty(b, hkv, nq, dtype=torch.int32, device=dev)
     attended = torch.empty(b, hkv, nq, dtype=torch.int32, device=dev)
-    scratch = torch.empty(n_prog, tile_q, nkp, dtype=torch.float32, device=dev)
     m_rows = gp * tile_q
+    dp = next_pow2(max(d, 16))
+    scale_log2 = softmax_scale * 1.4426950408889634
+    if kernel_parallel is None:
+        kernel_parallel = kernel_parallel_pays(dev, total, nkp)
+    if kernel_parallel:
+        kc_dec = max(DECODE_CHUNK_MIN, next_pow2(nkp // 256))
+        n_chunks = max(1, -(-n_kernels // kc_dec))
+        row_len = n_chunks * kc_dec
+        cb = min(nbp, DECODE_BLOCK_CHUNK)
+        xs = torch.empty(total, m_rows, row_len, dtype=torch.float32, device=dev)
+        pm = torch.empty(total, n_chunks, m_rows, dtype=torch.float32, device=dev)
+        pl = torch.empty_like(pm)
+        bs = torch.empty(total, tile_q, nbp, dtype=torch.float32, device=dev)
+        _decode_scores_kernel[(n_chunks, total)](
+            q, khi, klo if klo is not None else khi, xs, pm, pl,
+            nq, nk - nq, n_kernels, keys.capacity, n_chunks, n_qtiles, row_len, scale_log2, kernel_size,
+            kernel_stride, q.stride(0), q.stride(1), q.stride(2), hkv,
+            G=g, GP=gp, TQ=tile_q, D=d, DP=dp, KC=kc_dec, SPLIT=klo is not None, DOT_MODE=dot_mode(q.dtype),
+            num_warps=4,
+        )
+        _decode_pool_kernel[(nbp // cb, total)](
+            xs, pm, pl, bs,
+            nq, nk - nq, n_kernels, n_chunks, n_qtiles, row_len, kernel_size, kernel_stride, ratio, lead,
+            G=g, GP=gp, TQ=tile_q, NCP=next_pow2(n_chunks), CB=cb, NBP=nbp, C=block_size, W=width, POOL=pool,
+            num_warps=4,
+        )
+        _decode_select_kernel[(total,)](
+            bs, words, active, attended,
+            nq, nk - nq, nwords, nblocks, n_qtiles, init_blocks, local_blocks, topk, window,
+            TQ=tile_q, C=block_size, NBP=nbp, num_warps=4 if tile_q * nbp <= 4096 else 8,
+        )
+        return TopkRoute(words, active, attended)
+    n_prog = min(total, persistent_programs(dev))
+    scratch = torch.empty(n_prog, tile_q, nkp, dtype=torch.float32, device=dev)
     if num_warps is None:
         num_warps = 8 if max(m_rows * kc_chunk, tile_q * nbp) >= 8192 else 4
     _topk_route_kernel[(n_prog,)](
-        q, khi, klo if klo is not None else khi, weights, words, active, attended, scratch,
-        nq, nk - nq, n_kernels, nwords, nblocks, n_qtiles, total, b * hkv,
-        softmax_scale * 1.4426950408889634, kernel_size, kernel_stride, ratio, lead, init_blocks, local_blocks,
+        q, khi, klo if klo is not None else khi, words, active, attended, scratch,
+        nq, nk - nq, n_kernels, keys.capacity, nwords, nblocks, n_qtiles, total, b * hkv,
+        scale_log2, kernel_size, kernel_stride, ratio, lead, init_blocks, local_blocks,
         topk, window,
         q.stride(0), q.stride(1), q.stride(2), hkv,
-        G=g, GP=gp, TQ=tile_q, D=d, DP=next_pow2(max(d, 16)), C=block_size, NBP=nbp, NKP=nkp, KC=kc_chunk,
-        W=weights.numel(), POOL=pool, SPLIT=klo is not None, DOT_MODE=dot_mode(q.dtype),
+        G=g, GP=gp, TQ=tile_q, D=d, DP=dp, C=block_size, NBP=nbp, NKP=nkp, KC=kc_chunk,
+        W=width, POOL=pool, SPLIT=klo is not None, DOT_MODE=dot_mode(q.dtype),
         num_warps=num_warps, num_stages=1,
     )
     return TopkRoute(words, active, attended)
