@@ -59,6 +59,8 @@ SHAPE_SETS: dict[str, list[Case]] = {
         Case("smoke-nsa", "nsa", 16384, kv_heads=2),
         Case("smoke-infllmv2", "infllmv2", 16384, kv_heads=2),
         _dash("smoke-dash-decode", 8192, 2, 0.75, queries=1),
+        Case("smoke-nsa-decode", "nsa", 16384, kv_heads=2, queries=1),
+        Case("smoke-infllmv2-decode", "infllmv2", 16384, kv_heads=2, queries=1),
     ],
     # The targets of issue 3 / PERF.md.
     "targets": [
@@ -78,6 +80,17 @@ SHAPE_SETS: dict[str, list[Case]] = {
         Case("infllmv2-decode-128k-kv2", "infllmv2", 131072, kv_heads=2, queries=1),
         _dash("dash-128k-kv2-75", 131072, 2, 0.75),
         _dash("dash-decode-128k-kv2-75", 131072, 2, 0.75, queries=1),
+        _dash("dash-decode-128k-kv8-75", 131072, 8, 0.75, queries=1),
+        Case("nsa-decode-128k-kv8", "nsa", 131072, kv_heads=8, queries=1),
+        Case("infllmv2-decode-128k-kv8", "infllmv2", 131072, kv_heads=8, queries=1),
+    ],
+    # Decode at 131,072 cached tokens only: the three sparse methods, 2 and 8 KV heads.
+    "decode": [
+        Case("nsa-decode-128k-kv2", "nsa", 131072, kv_heads=2, queries=1),
+        Case("infllmv2-decode-128k-kv2", "infllmv2", 131072, kv_heads=2, queries=1),
+        _dash("dash-decode-128k-kv2-75", 131072, 2, 0.75, queries=1),
+        Case("nsa-decode-128k-kv8", "nsa", 131072, kv_heads=8, queries=1),
+        Case("infllmv2-decode-128k-kv8", "infllmv2", 131072, kv_heads=8, queries=1),
         _dash("dash-decode-128k-kv8-75", 131072, 8, 0.75, queries=1),
     ],
     # PERF.md's table of the authors' kernel: same shapes, our kernel at their densities (1 - sparsity).
@@ -207,8 +220,13 @@ class SparseRun:
         self.params = self.spec.make_params(**case.params)
         self.decode = case.nq < case.tokens
         self.summaries = None
+        self.kernel_keys = None
         if self.decode and case.method == "dash":
             self._cache_summaries()
+        if self.decode and case.method in ("nsa", "infllmv2"):
+            from dash_eval.kernels._triton.kernel_keys import kernel_keys_triton
+
+            self.kernel_keys = kernel_keys_triton(k, self.params.kernel_size, self.params.kernel_stride)
 
     def _cache_summaries(self) -> None:
         """Decode keeps the block summaries of the cache (``update_summaries`` appends each new block), so a
@@ -249,6 +267,15 @@ class SparseRun:
             return dash_attention_triton(self.q, self.k, self.v, self.params, softmax_scale=self.scale,
                                          return_stats=return_stats, summaries=self.summaries)
         fn = get_backend(self.case.method, "triton")
+        if self.kernel_keys is not None:
+            from dash_eval.kernels._triton.kernel_keys import update_kernel_keys
+
+            # A decode step as a model takes it: the cache's newest kernel key is rewritten (one step in
+            # kernel_stride completes a kernel; here every step does), then routing and the fine stage.
+            self.kernel_keys.count -= 1
+            update_kernel_keys(self.kernel_keys, self.k)
+            return fn(self.q, self.k, self.v, self.params, softmax_scale=self.scale, return_stats=return_stats,
+                      kernel_keys=self.kernel_keys)
         return fn(self.q, self.k, self.v, self.params, softmax_scale=self.scale, return_stats=return_stats)
 
     def check(self, out: torch.Tensor, log) -> str:
@@ -289,18 +316,23 @@ def _visited(run: SparseRun) -> float:
     return min(1.0, float(tcount.sum()) * min(tq, nq) * run.params.block_size / causal)
 
 
-def _words(run: SparseRun) -> torch.Tensor:
+def _topk_route(run: SparseRun, keys):
     from dash_eval.kernels._triton.topk_routing import POOL_MAX, POOL_WEIGHTED, topk_route
-    from dash_eval.kernels.compression import kernel_keys
+
+    p = run.params
+    pool = POOL_WEIGHTED if run.case.method == "nsa" else POOL_MAX
+    return topk_route(run.q, keys, run.k.shape[2], pool=pool, block_size=p.block_size, init_blocks=p.init_blocks,
+                      local_blocks=p.local_blocks, topk=p.topk, softmax_scale=run.scale,
+                      window=getattr(p, "window", 0))
+
+
+def _words(run: SparseRun) -> torch.Tensor:
+    from dash_eval.kernels._triton.kernel_keys import kernel_keys_triton
 
     p = run.params
     if run.case.method == "dash":
         return _words_for_flex(run)
-    kc = kernel_keys(run.k.float(), p.kernel_size, p.kernel_stride)
-    pool = POOL_WEIGHTED if run.case.method == "nsa" else POOL_MAX
-    return topk_route(run.q, kc, run.k.shape[2], pool=pool, block_size=p.block_size, kernel_size=p.kernel_size,
-                      kernel_stride=p.kernel_stride, init_blocks=p.init_blocks, local_blocks=p.local_blocks,
-                      topk=p.topk, softmax_scale=run.scale, window=getattr(p, "window", 0)).words
+    return _topk_route(run, kernel_keys_triton(run.k, p.kernel_size, p.kernel_stride)).words
 
 
 def _words_for_flex(run: SparseRun) -> torch.Tensor | None:
@@ -316,23 +348,15 @@ def _words_for_flex(run: SparseRun) -> torch.Tensor | None:
 
 
 def _route_time(run: SparseRun) -> float:
-    from dash_eval.kernels._triton.topk_routing import POOL_MAX, POOL_WEIGHTED, topk_route
-    from dash_eval.kernels.compression import kernel_keys
+    from dash_eval.kernels._triton.kernel_keys import kernel_keys_triton
     from dash_eval.kernels.dash.triton_attention import _router
     from dash_eval.kernels.dash.triton_routing import block_summaries, dash_route
 
     p = run.params
+    if run.kernel_keys is not None:  # decode: routing against the cached kernel keys, as the step uses them
+        return _median_ms(lambda: _topk_route(run, run.kernel_keys), graph=True)
     if run.case.method in ("nsa", "infllmv2"):
-        pool = POOL_WEIGHTED if run.case.method == "nsa" else POOL_MAX
-        window = getattr(p, "window", 0)
-
-        def route_topk():
-            kc = kernel_keys(run.k.float(), p.kernel_size, p.kernel_stride)
-            return topk_route(run.q, kc, run.k.shape[2], pool=pool, block_size=p.block_size,
-                              kernel_size=p.kernel_size, kernel_stride=p.kernel_stride, init_blocks=p.init_blocks,
-                              local_blocks=p.local_blocks, topk=p.topk, softmax_scale=run.scale, window=window)
-
-        return _median_ms(route_topk)
+        return _median_ms(lambda: _topk_route(run, kernel_keys_triton(run.k, p.kernel_size, p.kernel_stride)))
     if run.case.method != "dash":
         return float("nan")
     if run.summaries is not None:  # decode: the cached summaries, as the timed call uses

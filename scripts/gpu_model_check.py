@@ -6,6 +6,9 @@ DashAttention summaries) against recomputation, and a left-padded batch against 
     python scripts/gpu_model_check.py            # installed package
     python scripts/gpu_model_check.py --inplace  # from a checkout without installing (GPU machine)
     python scripts/gpu_model_check.py --fp32     # float32: no near-tie flips of top-k selections
+    python scripts/gpu_model_check.py --steps 70 # generate 70 tokens after a 2,000-token prefix: crosses
+                                                 # the block boundary at 2,048 and four kernel completions
+    python scripts/gpu_model_check.py --methods nsa,infllmv2   # only these methods
 """
 
 from __future__ import annotations
@@ -44,15 +47,21 @@ def main() -> int:
     cfg = LlamaConfig(hidden_size=1024, intermediate_size=2048, num_hidden_layers=4, num_attention_heads=16,
                       num_key_value_heads=4, head_dim=64, vocab_size=1000, max_position_embeddings=8192)
     dtype = torch.float32 if "--fp32" in sys.argv else torch.bfloat16
+    steps = int(sys.argv[sys.argv.index("--steps") + 1]) if "--steps" in sys.argv else 12
+    methods = sys.argv[sys.argv.index("--methods") + 1].split(",") if "--methods" in sys.argv else list(SETTINGS)
+    unknown = sorted(set(methods) - set(SETTINGS))
+    if unknown:
+        raise SystemExit(f"--methods: unknown {unknown}; known: {', '.join(SETTINGS)}")
     tol = 1e-3 if dtype == torch.float32 else 2e-2
     model = LlamaForCausalLM(cfg).to("cuda", dtype).eval()
     ids = torch.randint(1, 1000, (1, 3000), device="cuda")  # 0 is the pad token
     failures = 0
-    print(f"# {torch.cuda.get_device_name()}, torch {torch.__version__}, {dtype}")
+    print(f"# {torch.cuda.get_device_name()}, torch {torch.__version__}, {dtype}, {steps} decode steps")
     print("| method | prefill rel err triton vs reference | sparsity | decode max rel err vs recompute "
           "| padded-row rel err | prefill ms (triton) |")
     print("|---|---|---|---|---|---|")
-    for method, params in SETTINGS.items():
+    for method in methods:
+        params = SETTINGS[method]
         apply_attention(model, method, backend="reference", **params)
         ref = model(ids).logits
         apply_attention(model, method, backend="auto", **params)
@@ -66,8 +75,8 @@ def main() -> int:
         torch.cuda.synchronize()
         ms = (time.perf_counter() - t0) / 3 * 1000
         prefix = ids[:, :2000]
-        gen = model.generate(prefix, max_new_tokens=12, do_sample=False, output_logits=True,
-                             return_dict_in_generate=True, pad_token_id=0)
+        gen = model.generate(prefix, max_new_tokens=steps, min_new_tokens=steps, do_sample=False,
+                             output_logits=True, return_dict_in_generate=True, pad_token_id=0)
         dec_err = 0.0
         for step, logits in enumerate(gen.logits):
             recomputed = model(gen.sequences[:, : prefix.shape[1] + step]).logits[:, -1]
