@@ -38,7 +38,9 @@ from dash_eval.kernels.entmax import entmax
 ROUTER_JSON = "router.json"
 LOSS_PNG = "loss_curve.png"
 CAPTURE_IMPLEMENTATION = "dash_eval_router_capture"
-CALIBRATION_SOURCES = ("python-docs",)
+CALIBRATION_SOURCES = ("python-docs", "python-docs-recall")
+RECALL_SPAN = (16, 48)  # token lengths of the passages that python-docs-recall repeats
+RECALL_COVER = 0.25  # the share of each sequence's second half that repeats earlier passages
 ROUTER_KEY = "model.layers.{layer}.self_attn.indexer_q"
 
 
@@ -119,7 +121,7 @@ def calibration_text(source: str) -> tuple[str, dict[str, Any]]:
     topics in sorted order. No task of this project draws on it: the needle tasks' haystacks are noise
     sentences, the project's essays and generated needles, so calibration never sees evaluation text.
     """
-    if source == "python-docs":
+    if source in ("python-docs", "python-docs-recall"):
         import pydoc_data.topics
 
         topics = pydoc_data.topics.topics
@@ -153,7 +155,15 @@ def calibration_ids(tokenizer: Any, settings: FitSettings) -> tuple[torch.Tensor
         )
     rng = random.Random(settings.seed)
     starts = [s * slice_len + rng.randrange(slice_len - body + 1) for s in range(settings.sequences)]
-    ids = torch.tensor([prefix + stream[a : a + body] for a in starts], dtype=torch.long)
+    rows = [stream[a : a + body] for a in starts]
+    if settings.source == "python-docs-recall":
+        rows = [repeat_passages(r, rng) for r in rows]
+        desc["recall"] = (
+            f"in each sequence's second half, passages of {RECALL_SPAN[0]}-{RECALL_SPAN[1]} tokens copied "
+            f"from its first half overwrite about {RECALL_COVER:.0%} of the tokens (long-range retrieval for "
+            f"the deep layers to attend to)"
+        )
+    ids = torch.tensor([prefix + r for r in rows], dtype=torch.long)
     desc.update(
         seed=settings.seed,
         starts=starts,
@@ -163,6 +173,29 @@ def calibration_ids(tokenizer: Any, settings: FitSettings) -> tuple[torch.Tensor
         ids_sha256=hashlib.sha256(ids.numpy().tobytes()).hexdigest(),
     )
     return ids, desc
+
+
+def repeat_passages(row: list[int], rng: random.Random) -> list[int]:
+    """``row`` with passages of its first half copied over parts of its second half: queries in a copy
+    attend far back to the original, as a retrieval question attends to its needle."""
+    out = list(row)
+    n = len(out)
+    half = n // 2
+    lo, hi = RECALL_SPAN
+    if half < 2 * hi:
+        return out
+    budget = int(RECALL_COVER * (n - half))
+    pos = half
+    while budget > 0:
+        length = rng.randint(lo, hi)
+        gap = rng.randint(0, 2 * hi)
+        if pos + gap + length > n:
+            break
+        src = rng.randrange(0, half - length)
+        out[pos + gap : pos + gap + length] = row[src : src + length]
+        pos += gap + length
+        budget -= length
+    return out
 
 
 # --- capture ------------------------------------------------------------------------------------------------

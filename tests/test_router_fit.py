@@ -289,3 +289,23 @@ def test_router_none_drops_routers_and_set_routers_restores_them():
     assert set(model_routers(model)) == {1}
     set_routers(model, routers)
     assert torch.equal(logits(), fitted)
+
+
+def test_recall_calibration_repeats_first_half_passages_in_the_second_half():
+    plain = rf.FitSettings(**{**SETTINGS, "tokens": 1024, "source": "python-docs"})
+    recall = rf.FitSettings(**{**SETTINGS, "tokens": 1024, "source": "python-docs-recall"})
+    ids_plain, _ = rf.calibration_ids(ByteTokenizer(), plain)
+    ids_recall, desc = rf.calibration_ids(ByteTokenizer(), recall)
+    assert "recall" in desc and desc["text_sha256"]
+    half = 512
+    assert torch.equal(ids_plain[:, :half], ids_recall[:, :half])  # the first half is the text as it is
+    for row, orig in zip(ids_recall.tolist(), ids_plain.tolist()):
+        changed = [i for i in range(half, 1024) if row[i] != orig[i]]
+        assert 0.1 * half <= len(changed) <= 0.4 * half, len(changed)
+        # every overwritten run of the second half is a passage of the first half
+        start = changed[0]
+        end = start
+        while end + 1 < 1024 and row[end + 1] != orig[end + 1]:
+            end += 1
+        run = row[start : end + 1]
+        assert any(row[s : s + len(run)] == run for s in range(0, half - len(run) + 1))
