@@ -65,8 +65,8 @@ class _DashState:
 class _KernelKeyState:
     """Kernel keys (``kernels._triton.kernel_keys``) of ``nsa`` / ``infllmv2``."""
 
-    def __init__(self, attention_fn_path: str) -> None:
-        self._fn_path = attention_fn_path
+    def __init__(self, method: str) -> None:
+        self.method = method
 
     @staticmethod
     def unsupported(query, params) -> str | None:
@@ -95,17 +95,16 @@ class _KernelKeyState:
         update_kernel_keys(state, key)
 
     def forward(self, query, key, value, params, softmax_scale: float, state):
-        import importlib
+        from dash_eval.kernels import get_backend
 
-        module, name = self._fn_path.rsplit(".", 1)
-        fn = getattr(importlib.import_module(module), name)
+        fn = get_backend(self.method, "triton")  # nsa_attention_triton / infllmv2_attention_triton
         return fn(query, key, value, params, softmax_scale=softmax_scale, return_stats=True, kernel_keys=state)
 
 
 _STATES = {
     "dash": _DashState(),
-    "nsa": _KernelKeyState("dash_eval.kernels.nsa.triton_attention.nsa_attention_triton"),
-    "infllmv2": _KernelKeyState("dash_eval.kernels.infllmv2.triton_attention.infllmv2_attention_triton"),
+    "nsa": _KernelKeyState("nsa"),
+    "infllmv2": _KernelKeyState("infllmv2"),
 }
 
 
