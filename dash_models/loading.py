@@ -6,6 +6,7 @@ from typing import Any
 
 import torch
 from dash_eval.dash_models.embedded import resolve_model_path
+from dash_eval.dash_models.layer_scales import resolve_layer_scales
 from dash_eval.dash_models.patch import CONFIG_KEY, apply_attention, check_supported
 from dash_eval.dash_models.router import attach_routers, checkpoint_routers
 from dash_eval.kernels import get_method
@@ -28,6 +29,7 @@ def load_model(
     dtype: str | torch.dtype = "float32",
     device: str = "cpu",
     router: str | None = None,
+    layer_scales: str | dict[int, float] | None = None,
     backend: str = "auto",
     **params: Any,
 ):
@@ -49,6 +51,7 @@ def load_model(
         if saved and not params:
             params = dict(saved.get("params", {}))
     get_method(method).make_params(**params)  # fail on bad parameters before loading any weight
+    scales = resolve_layer_scales(layer_scales)  # and on an unreadable layer_scales file
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, attn_implementation="sdpa")
     model.to(device).eval()
     tokenizer = AutoTokenizer.from_pretrained(path)
@@ -57,5 +60,5 @@ def load_model(
     carried = checkpoint_routers(path)
     if carried:
         attach_routers(model, carried)
-    apply_attention(model, method, router=router, backend=backend, **params)
+    apply_attention(model, method, router=router, layer_scales=scales, backend=backend, **params)
     return model, tokenizer

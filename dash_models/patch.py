@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from dash_eval.dash_models.decode_cache import clear as clear_decode_cache
 from dash_eval.dash_models.decode_cache import forward_with_cache, triton_cache_available
+from dash_eval.dash_models.layer_scales import LAYER_SCALE_ATTR, model_layer_scales, set_layer_scales
 from dash_eval.dash_models.tally import SparsityTally
 from dash_eval.kernels import MethodParams, get_method, sparse_attention
 from dash_eval.kernels.api import BACKENDS
@@ -95,6 +96,9 @@ def dash_attention_forward(
     router = getattr(module, ROUTER_BUFFER, None)
     if router is not None and "router" in params.field_names() and params.router is None:
         params = dataclasses.replace(params, router=router)
+    multiplier = getattr(module, LAYER_SCALE_ATTR, None)
+    if multiplier is not None and "scale" in params.field_names():
+        params = dataclasses.replace(params, scale=params.scale * multiplier)
     kv_valid = _kv_valid(attention_mask, query.shape[0], key.shape[2])
     method = get_method(runtime.method)
     if runtime.method == "full" and kv_valid is None and query.shape[2] == key.shape[2]:
@@ -118,7 +122,7 @@ def dash_attention_forward(
         )
         out = out.transpose(1, 2).contiguous()
     phase = "decode" if query.shape[2] == 1 and key.shape[2] > 1 else "prefill"
-    runtime.tally.add(phase, stats)
+    runtime.tally.add(phase, stats, layer=module.layer_idx)
     return out, None
 
 
@@ -145,6 +149,7 @@ def apply_attention(
     method: str = "full",
     *,
     router: str | torch.Tensor | dict[int, torch.Tensor] | None = None,
+    layer_scales: str | dict[int, float] | None = None,
     backend: str = "auto",
     **params: Any,
 ) -> MethodParams:
@@ -154,7 +159,11 @@ def apply_attention(
     ``dash_eval.dash_models.router``), or a ``{layer: tensor}`` mapping; only ``dash`` uses it. ``None``
     keeps the routers the model has (a checkpoint's, or attached earlier); ``"none"`` drops them, so that
     ``dash`` pools block keys by their mean.
+
+    ``layer_scales``: per-layer multipliers of ``dash``'s routing ``scale`` (``dash_models.layer_scales``),
+    a JSON file or a ``{layer: multiplier}`` mapping; ``None`` keeps those set, ``"none"`` clears them.
     """
+    from dash_eval.dash_models.layer_scales import resolve_layer_scales
     from dash_eval.dash_models.router import NO_ROUTER, attach_routers, detach_routers, load_router_file
 
     check_supported(model.config)
@@ -172,7 +181,10 @@ def apply_attention(
             else router
         if isinstance(routers, torch.Tensor):
             raise ValueError("router must be a path or a {layer_index: tensor} mapping, not a single tensor")
+    scales = resolve_layer_scales(layer_scales)
     _register_with_transformers()
+    if scales is not None:
+        set_layer_scales(model, scales)  # checks every layer index before changing anything
     if drop_routers:
         detach_routers(model)
     if routers is not None:
@@ -212,10 +224,12 @@ def patch_attention(model: torch.nn.Module, method: str = "full", **kwargs: Any)
     previous_cfg = current_attention(model)
     modules = attention_modules(model)
     previous_runtime = [m.__dict__.get("_dash_runtime") for m in modules]
+    previous_scales = model_layer_scales(model)
     apply_attention(model, method, **kwargs)
     try:
         yield model
     finally:
+        set_layer_scales(model, previous_scales)
         for module, runtime in zip(modules, previous_runtime):
             if runtime is None:
                 module.__dict__.pop("_dash_runtime", None)

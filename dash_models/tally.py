@@ -58,14 +58,20 @@ class SparsityTally:
 
     def reset(self) -> None:
         self.totals = {phase: PhaseTally() for phase in PHASES}
+        # per layer: [attended pairs, causal pairs] (what per-layer sparsity calibration reads)
+        self.layers: dict[str, dict[int, list[int]]] = {phase: {} for phase in PHASES}
         self.begin_batch()
 
     def begin_batch(self) -> None:
         self.rows: dict[str, list[PhaseTally]] = {phase: [] for phase in PHASES}
 
-    def add(self, phase: str, stats: AttentionStats) -> None:
+    def add(self, phase: str, stats: AttentionStats, layer: int | None = None) -> None:
         if phase not in PHASES:
             raise ValueError(f"phase={phase!r}; accepted: {', '.join(PHASES)}")
+        if layer is not None:
+            pairs = self.layers[phase].setdefault(layer, [0, 0])
+            pairs[0] += stats.attended_pairs
+            pairs[1] += stats.causal_pairs
         valid = stats.valid_queries[:, None, :].expand_as(stats.active_blocks)
         total = self.totals[phase]
         total.attended_pairs += stats.attended_pairs
@@ -82,6 +88,10 @@ class SparsityTally:
 
     def summary(self, phase: str = "prefill") -> dict[str, float | int]:
         return self.totals[phase].summary()
+
+    def layer_sparsity(self, phase: str = "prefill") -> dict[int, float]:
+        """Sparsity of each layer (METHODS.md's definition restricted to that layer), by layer index."""
+        return {layer: 1.0 - a / c if c else 0.0 for layer, (a, c) in sorted(self.layers[phase].items())}
 
     def row_summaries(self, phase: str = "prefill") -> list[dict[str, float | int]]:
         return [row.summary() for row in self.rows[phase]]

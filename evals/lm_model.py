@@ -9,7 +9,8 @@ cache) with the attention method and its parameters from ``model_args``; and eve
 measured sparsity is attributed to the requests it served, so that lm-eval's results carry the sparsity
 of each task and each logged sample (see ``_lm_eval_sparsity``). Everything else is ``HFLM``.
 
-``model_args`` keys: ``pretrained``, ``method``, ``router``, ``dtype``, ``device``, ``attn_backend``, the
+``model_args`` keys: ``pretrained``, ``method``, ``router``, ``layer_scales`` (a JSON file of per-layer
+multipliers of dash's ``scale``, ``dash_models.layer_scales``), ``dtype``, ``device``, ``attn_backend``, the
 method's parameters (METHODS.md; e.g. ``alpha``, ``block_size``, ``scale`` for ``dash``), and the ``HFLM``
 options that apply to an already-loaded model (``batch_size``, ``max_length``, ``tokenizer``, ...). Any
 other key is an error that names it and lists the accepted ones.
@@ -72,7 +73,7 @@ HFLM_LOADING_KEYS = (
     "gptqmodel",
     "gguf_file",
 )
-OWN_KEYS = ("pretrained", "method", "router", "dtype", "device", "attn_backend")
+OWN_KEYS = ("pretrained", "method", "router", "layer_scales", "dtype", "device", "attn_backend")
 
 
 def method_param_names(method: str) -> list[str]:
@@ -185,6 +186,7 @@ class DashLM(HFLM):
         pretrained: Any = DEFAULT_MODEL_NAME,
         method: str | None = None,
         router: str | None = None,
+        layer_scales: str | None = None,
         dtype: str = "auto",
         device: str | None = None,
         attn_backend: str = "auto",
@@ -208,7 +210,7 @@ class DashLM(HFLM):
             if hflm_kwargs.get("tokenizer") is None:
                 raise ValueError("model_args tokenizer: required when pretrained is a loaded model")
             model = pretrained
-            apply_attention(model, method, router=router, backend=attn_backend, **params)
+            apply_attention(model, method, router=router, layer_scales=layer_scales, backend=attn_backend, **params)
             self.model_name_or_path = getattr(model, "name_or_path", "")
         else:
             model, tokenizer = load_model(
@@ -217,6 +219,7 @@ class DashLM(HFLM):
                 dtype=dtype,
                 device=resolve_device(device),
                 router=router,
+                layer_scales=layer_scales,
                 backend=attn_backend,
                 **params,
             )
@@ -228,10 +231,12 @@ class DashLM(HFLM):
 
     # --- switching the method (a sweep loads once and switches per cell) -------------------------------
 
-    def set_attention(self, method: str, router: str | None = None, attn_backend: str = "auto", **params: Any):
+    def set_attention(self, method: str, router: str | None = None, attn_backend: str = "auto",
+                      layer_scales: str | dict[int, float] | None = None, **params: Any):
         """Switch the attention method in place and forget the sparsity recorded so far."""
         _, params = split_model_args(method, params)
-        parsed = apply_attention(self.model, method, router=router, backend=attn_backend, **params)
+        parsed = apply_attention(self.model, method, router=router, layer_scales=layer_scales,
+                                 backend=attn_backend, **params)
         self.reset_sparsity()
         return parsed
 

@@ -97,3 +97,84 @@ def bisect_sparsity(
         # the closest integer is as good as the parameter allows
         result.reached = abs(hi - lo) <= 1 and result.value in (lo, hi)
     return result
+
+
+@dataclass
+class LayerCalibration:
+    """Per-layer calibration of a real parameter: ``value`` is the geometric mean of the layers' values and
+    ``layer_scales`` each layer's multiplier of it (so that ``value * layer_scales[l]`` is layer ``l``'s)."""
+
+    parameter: str
+    target: float
+    value: float
+    layer_scales: dict[int, float]
+    sparsity: float  # the whole model's, at the returned values
+    layer_sparsity: dict[int, float]
+    reached: bool  # every layer within tolerance of the target
+    steps: list[tuple[float, float]] = field(default_factory=list)  # (overall sparsity, worst layer's miss)
+
+    def to_json(self) -> dict:
+        return {
+            "parameter": self.parameter,
+            "target": self.target,
+            "value": self.value,
+            "per_layer": True,
+            "layer_scales": {str(k): v for k, v in sorted(self.layer_scales.items())},
+            "sparsity": self.sparsity,
+            "layer_sparsity": {str(k): v for k, v in sorted(self.layer_sparsity.items())},
+            "reached": self.reached,
+            "steps": [list(s) for s in self.steps],
+        }
+
+
+def bisect_layer_sparsity(
+    measure: Callable[[dict[int, float]], dict[int, float]],
+    layers: list[int],
+    target: float,
+    *,
+    parameter: str,
+    low: float,
+    high: float,
+    tolerance: float = 0.01,
+    max_steps: int = 14,
+) -> LayerCalibration:
+    """One bisection per layer, all layers at once: ``measure`` takes ``{layer: value}`` and returns each
+    layer's sparsity, which must rise with its value (dash's ``scale``). Every step halves each layer's
+    bracket in log space on the side its own sparsity points to. Layers interact only through the
+    activations they pass on, so the joint search converges as separate ones do; the values measured
+    closest to the target (worst layer first) are returned."""
+    if not 0.0 < target < 1.0:
+        raise ValueError(f"target_sparsity={target!r}: accepted: a number strictly between 0 and 1")
+    if not 0 < low < high:
+        raise ValueError(f"calibrate_range=[{low}, {high}]: accepted: 0 < low < high (real values bisect in log space)")
+    lo = {layer: math.log(low) for layer in layers}
+    hi = {layer: math.log(high) for layer in layers}
+    best: tuple[float, dict[int, float], dict[int, float]] | None = None
+    steps: list[tuple[float, float]] = []
+    for _ in range(max_steps):
+        values = {layer: math.exp((lo[layer] + hi[layer]) / 2) for layer in layers}
+        measured = measure(values)
+        missing = sorted(set(layers) - set(measured))
+        if missing:
+            raise RuntimeError(f"per-layer calibration: no sparsity measured for layers {missing}")
+        worst = max(abs(measured[layer] - target) for layer in layers)
+        overall = sum(measured[layer] for layer in layers) / len(layers)
+        steps.append((overall, worst))
+        if best is None or worst < best[0]:
+            best = (worst, values, measured)
+        if worst <= tolerance:
+            break
+        for layer in layers:
+            mid = (lo[layer] + hi[layer]) / 2
+            if measured[layer] < target:
+                lo[layer] = mid
+            else:
+                hi[layer] = mid
+    assert best is not None
+    worst, values, measured = best
+    mean = math.exp(sum(math.log(v) for v in values.values()) / len(values))
+    return LayerCalibration(
+        parameter, target, mean, {layer: v / mean for layer, v in values.items()},
+        sum(measured[layer] for layer in layers) / len(layers), {layer: measured[layer] for layer in layers},
+        worst <= tolerance, steps,
+    )

@@ -34,6 +34,7 @@ class Cell:
     calibrate_range: tuple[float, float] | None = None
     label: str = ""  # the series in reports (the method entry's label, default its method)
     router: str | None = None  # the method entry's own router; None: the model's
+    per_layer: bool = False  # target_sparsity calibrated per layer (dash's scale times a per-layer multiplier)
     entry: int = 0  # index of the method entry in the config
 
     @property
@@ -71,6 +72,8 @@ class Cell:
             spec["calibrate"] = self.calibrate
             spec["calibrate_range"] = list(self.calibrate_range) if self.calibrate_range else None
             spec["calibration"] = dataclasses.asdict(config.calibration)
+            if self.per_layer:  # only when set, so that other cells keep their identity
+                spec["calibrate_per_layer"] = True
         return spec
 
     def hash(self, config: SweepConfig) -> str:
@@ -85,6 +88,8 @@ class Cell:
         params = [f"{k}={_value_text(v)}" for k, v in sorted(self.params.items()) if v is not None]
         if self.target_sparsity is not None:
             params.append(f"target_sparsity={_value_text(self.target_sparsity)}")
+            if self.per_layer:
+                params.append("per_layer")
         if params:
             parts.append(",".join(params))
         parts.append(self.hash(config)[:8])
@@ -147,6 +152,7 @@ def expand_cells(config: SweepConfig) -> list[Cell]:
                                 calibrate_range=entry.calibrate_range if target is not None else None,
                                 label=entry.series,
                                 router=entry.router,
+                                per_layer=entry.per_layer and target is not None,
                                 entry=entry_index,
                             )
                         )

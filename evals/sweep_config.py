@@ -86,6 +86,7 @@ class MethodEntry:
     calibrate_range: tuple[float, float] | None = None
     label: str = ""  # the series name in reports (default: the method's name)
     router: str | None = None  # this entry's router ("none": mean pooling); None: the model's router
+    per_layer: bool = False  # calibrate dash's scale per layer (dash_models.layer_scales)
 
     @property
     def series(self) -> str:
@@ -191,7 +192,8 @@ MODEL_KEYS = {f.name for f in dataclasses.fields(ModelSpec)}
 GEN_TASK_KEYS = {"task", "name", "lengths", "samples", "seed", "haystack", "options"}
 JSONL_TASK_KEYS = {"jsonl", "name", "samples", "metric"}
 CALIBRATION_KEYS = {f.name for f in dataclasses.fields(CalibrationSpec)}
-METHOD_RESERVED = {"method", "grid", "target_sparsity", "calibrate", "calibrate_range", "label", "router"}
+METHOD_RESERVED = {"method", "grid", "target_sparsity", "calibrate", "calibrate_range", "calibrate_per_layer",
+                   "label", "router"}
 TOP_KEYS = {"name", "model", "tasks", "methods", "output", "calibration"}
 
 
@@ -451,9 +453,20 @@ def _parse_method(c: _Checker, raw: Any, path: str) -> MethodEntry | None:
                 c.error(f"{path}.calibrate_range", f"bad value {r!r}; accepted: [low, high] with {bound}")
             else:
                 knob_range = (r[0], r[1])
-    elif "calibrate" in m or "calibrate_range" in m:
-        key = "calibrate" if "calibrate" in m else "calibrate_range"
+    elif "calibrate" in m or "calibrate_range" in m or "calibrate_per_layer" in m:
+        key = next(k for k in ("calibrate", "calibrate_range", "calibrate_per_layer") if k in m)
         c.error(f"{path}.{key}", "only meaningful with target_sparsity")
+    per_layer = False
+    if "calibrate_per_layer" in m and targets:
+        v = m["calibrate_per_layer"]
+        if not isinstance(v, bool):
+            c.error(f"{path}.calibrate_per_layer", f"bad value {v!r}; accepted: true or false")
+        elif v and knob != "scale":
+            c.error(f"{path}.calibrate_per_layer", f"per-layer calibration multiplies the routing 'scale' per "
+                    f"layer; accepted only where target_sparsity calibrates 'scale' (method {name} calibrates "
+                    f"{knob!r})")
+        else:
+            per_layer = v
     label = ""
     if "label" in m:
         label = c.string(m["label"], f"{path}.label", pattern=NAME_PATTERN,
@@ -480,7 +493,7 @@ def _parse_method(c: _Checker, raw: Any, path: str) -> MethodEntry | None:
                 c.error(f"{path}.grid.{key}[{j}]", msg)
                 bad = True
     if not bad:
-        entry = MethodEntry(name, fixed, grid, targets, knob, knob_range, label, router)
+        entry = MethodEntry(name, fixed, grid, targets, knob, knob_range, label, router, per_layer)
         for point in grid_points(entry):
             if (msg := _validate_params(params_cls, point)) is not None:
                 c.error(f"{path}.grid", f"the combination {point} is invalid: {msg}")

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from dash_eval.dash_models.router import model_routers, set_routers
 from dash_eval.evals.sweep import CellResult
-from dash_eval.evals.sweep_calibrate import DEFAULT_REAL_RANGE, bisect_sparsity
+from dash_eval.evals.sweep_calibrate import DEFAULT_REAL_RANGE, bisect_layer_sparsity, bisect_sparsity
 from dash_eval.evals.sweep_cells import Cell
 from dash_eval.evals.sweep_config import SweepConfig
 from dash_eval.evals.sweep_store import ResultsStore
@@ -52,6 +52,10 @@ def lm_eval_model_args(config: SweepConfig, cell: Cell, params: dict[str, Any]) 
     router = cell.effective_router(config)
     if router is not None:
         args["router"] = router
+    if cell.per_layer:  # the cell's calibration record holds the per-layer multipliers
+        from dash_eval.evals.sweep_store import ResultsStore
+
+        args["layer_scales"] = str(ResultsStore(config.output).calibration_path(cell.hash(config)))
     if m.attn_backend != "auto":
         args["attn_backend"] = m.attn_backend
     args.update({k: v for k, v in params.items() if v is not None})
@@ -171,22 +175,38 @@ class LmEvalRunner:
         lengths = [len(self.tokenizer(s.prompt()).input_ids) for s in read_jsonl(path)]
         return int(statistics.median(lengths))
 
-    def _set_attention(self, cell: Cell, params: dict[str, Any]) -> None:
-        """Switch the loaded model to ``cell``'s method with ``params`` and the cell's router."""
+    def _set_attention(self, cell: Cell, params: dict[str, Any],
+                       layer_scales: dict[int, float] | None = None) -> None:
+        """Switch the loaded model to ``cell``'s method with ``params``, the cell's router and its per-layer
+        scale multipliers (none unless the cell calibrates per layer)."""
         set_routers(self.model, self._base_routers)
-        self.lm.set_attention(cell.method, router=cell.router, attn_backend=self.config.model.attn_backend, **params)
+        self.lm.set_attention(cell.method, router=cell.router, attn_backend=self.config.model.attn_backend,
+                              layer_scales=layer_scales or {}, **params)
 
-    def measure_sparsity(self, cell: Cell, params: dict[str, Any], prompts: list[torch.Tensor]) -> float:
-        """Prefill sparsity of ``prompts`` under ``cell``'s method with ``params`` (forward passes only)."""
+    def _prefill_tally(self, prompts: list[torch.Tensor]):
         from dash_eval.dash_models import get_tally
 
-        self._set_attention(cell, params)
         tally = get_tally(self.model)
         tally.reset()
         with torch.no_grad():
             for ids in prompts:
                 self.model(ids.to(self.lm.device), use_cache=False, logits_to_keep=1)
+        return tally
+
+    def measure_sparsity(self, cell: Cell, params: dict[str, Any], prompts: list[torch.Tensor]) -> float:
+        """Prefill sparsity of ``prompts`` under ``cell``'s method with ``params`` (forward passes only)."""
+        self._set_attention(cell, params)
+        tally = self._prefill_tally(prompts)
         sparsity = float(tally.summary("prefill")["sparsity"])
+        tally.reset()
+        return sparsity
+
+    def measure_layer_sparsity(self, cell: Cell, params: dict[str, Any], layer_scales: dict[int, float],
+                               prompts: list[torch.Tensor]) -> dict[int, float]:
+        """Each layer's prefill sparsity of ``prompts`` with per-layer multipliers of ``params['scale']``."""
+        self._set_attention(cell, params, layer_scales)
+        tally = self._prefill_tally(prompts)
+        sparsity = tally.layer_sparsity("prefill")
         tally.reset()
         return sparsity
 
@@ -221,16 +241,32 @@ class LmEvalRunner:
                            f"{cell.calibrate}={v:.4g}")
             return self.measure_sparsity(cell, {**cell.params, cell.calibrate: v}, prompts)
 
-        result = bisect_sparsity(
-            measure,
-            cell.target_sparsity,
-            parameter=cell.calibrate,
-            low=low,
-            high=high,
-            integer=integer,
-            tolerance=cal.tolerance,
-            max_steps=cal.max_steps,
-        )
+        def measure_layers(values: dict[int, float]) -> dict[int, float]:
+            nonlocal steps
+            steps += 1
+            self.on_status(f"calibrating {cell.calibrate} per layer for sparsity {cell.target_sparsity:g}: "
+                           f"step {steps}")
+            return self.measure_layer_sparsity(cell, {**cell.params, cell.calibrate: 1.0}, values, prompts)
+
+        if cell.per_layer:
+            from dash_eval.dash_models.patch import attention_modules
+
+            layers = [m.layer_idx for m in attention_modules(self.model)]
+            result = bisect_layer_sparsity(
+                measure_layers, layers, cell.target_sparsity, parameter=cell.calibrate, low=low, high=high,
+                tolerance=cal.tolerance, max_steps=cal.max_steps,
+            )
+        else:
+            result = bisect_sparsity(
+                measure,
+                cell.target_sparsity,
+                parameter=cell.calibrate,
+                low=low,
+                high=high,
+                integer=integer,
+                tolerance=cal.tolerance,
+                max_steps=cal.max_steps,
+            )
         record = {
             **result.to_json(),
             "time_s": time.perf_counter() - t0,
@@ -256,10 +292,12 @@ class LmEvalRunner:
 
         params = dict(cell.params)
         calibration = None
+        layer_scales = None
         if cell.target_sparsity is not None:
             calibration = self.calibrate(cell)
             params[cell.calibrate] = calibration["value"]
-        self._set_attention(cell, params)
+            layer_scales = calibration.get("layer_scales")
+        self._set_attention(cell, params, layer_scales)
         task, task_meta, limit = lm_eval_task(cell, self.config)
         # lm_eval's CLI hands model_args to the tasks as metadata too (the tokenizer comes from 'pretrained')
         metadata = {**lm_eval_model_args(self.config, cell, params), **task_meta}

@@ -74,7 +74,7 @@ def main() -> None:
         rf.sample_positions = lambda _s, _n, p=positions: (p, torch.ones(p.numel(), dtype=torch.bool))
         cap = rf.capture(model, ids, settings, progress=False)
         batch = rf.make_batch(cap, torch.arange(n_q), settings)
-        n_layers, hkv, d = cap.keys.shape[1], cap.keys.shape[2], cap.keys.shape[-1]
+        hkv, d = cap.keys.shape[2], cap.keys.shape[-1]
         for r in args.routers:
             u = None
             if r != "mean":

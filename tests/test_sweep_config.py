@@ -323,7 +323,8 @@ def test_method_label_and_router(tmp_path, monkeypatch):
         {"method": "nsa", "topk": 2},
     ])
     config = parse_config(raw, check_model=False)
-    assert [(m.series, m.router) for m in config.methods] == [("dash", "none"), ("dash-fitted", "fitted"), ("nsa", None)]
+    expected = [("dash", "none"), ("dash-fitted", "fitted"), ("nsa", None)]
+    assert [(m.series, m.router) for m in config.methods] == expected
     cells = expand_cells(config)
     assert [c.series for c in cells] == ["dash"] * 2 + ["dash-fitted"] * 2 + ["nsa"] * 2
     assert cells[2].effective_router(config) == "fitted" and cells[4].effective_router(config) is None
