@@ -32,19 +32,16 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from dash_eval.evals.config_check import NAME_PATTERN, Checker, ConfigError, is_number
+from dash_eval.evals.sweep_methods import MethodEntry, grid_points, parse_method, parse_router
 
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+__all__ = [
+    "CalibrationSpec", "ConfigError", "MethodEntry", "ModelSpec", "SweepConfig", "TaskSpec", "config_hash",
+    "grid_points", "load_config", "model_context_length", "parse_config",
+]
+
 DTYPES = ("float32", "bfloat16", "float16", "auto")
 DEVICE_PATTERN = re.compile(r"^(cpu|cuda(:\d+)?|mps)$")
-
-
-class ConfigError(ValueError):
-    """A sweep configuration with one or more problems; ``errors`` lists them, each naming its field."""
-
-    def __init__(self, errors: list[str], source: str = "sweep config"):
-        self.errors = list(errors)
-        lines = "\n".join(f"  - {e}" for e in self.errors)
-        super().__init__(f"{source}: {len(self.errors)} problem(s):\n{lines}")
 
 
 @dataclass(frozen=True)
@@ -72,25 +69,6 @@ class TaskSpec:
     options: dict[str, Any] = field(default_factory=dict)  # the task's own options (e.g. value_type)
     lm_eval_task: str = ""  # the lm-eval task that runs it (dash_niah_single, ..., dash_jsonl)
     metric: str | None = None  # JSONL only: string_match_all or string_match_part
-
-
-@dataclass(frozen=True)
-class MethodEntry:
-    """One entry of ``methods``: fixed parameters, a grid over some of them, optional target sparsities."""
-
-    method: str
-    fixed: dict[str, Any]
-    grid: dict[str, tuple[Any, ...]]
-    target_sparsity: tuple[float, ...] = ()
-    calibrate: str | None = None  # the parameter that target_sparsity calibrates
-    calibrate_range: tuple[float, float] | None = None
-    label: str = ""  # the series name in reports (default: the method's name)
-    router: str | None = None  # this entry's router ("none": mean pooling); None: the model's router
-    per_layer: bool = False  # calibrate dash's scale per layer (dash_models.layer_scales)
-
-    @property
-    def series(self) -> str:
-        return self.label or self.method
 
 
 @dataclass(frozen=True)
@@ -122,98 +100,16 @@ def config_hash(obj: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
-# --- small typed readers that record errors instead of raising -------------------------------------------
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
-def _type_name(v: Any) -> str:
-    return type(v).__name__
-
-
-class _Checker:
-    def __init__(self) -> None:
-        self.errors: list[str] = []
-
-    def error(self, path: str, message: str) -> None:
-        self.errors.append(f"{path}: {message}")
-
-    def mapping(self, value: Any, path: str) -> dict | None:
-        if not isinstance(value, dict):
-            self.error(path, f"expected a mapping, got {_type_name(value)} {value!r}")
-            return None
-        return value
-
-    def unknown_keys(self, value: dict, allowed: set[str] | tuple[str, ...], path: str) -> None:
-        for key in value:
-            if key not in allowed:
-                self.error(f"{path}.{key}", f"unknown key {key!r}; accepted: {', '.join(sorted(allowed))}")
-
-    def string(self, value: Any, path: str, *, pattern: re.Pattern | None = None, accepted: str = "") -> str | None:
-        if not isinstance(value, str) or not value:
-            self.error(path, f"expected a non-empty string, got {_type_name(value)} {value!r}")
-            return None
-        if pattern is not None and not pattern.match(value):
-            self.error(path, f"bad value {value!r}; accepted: {accepted}")
-            return None
-        return value
-
-    def integer(self, value: Any, path: str, *, minimum: int | None = None) -> int | None:
-        if not _is_int(value):
-            self.error(path, f"expected an integer, got {_type_name(value)} {value!r}")
-            return None
-        if minimum is not None and value < minimum:
-            self.error(path, f"bad value {value!r}; accepted: an integer >= {minimum}")
-            return None
-        return value
-
-    def boolean(self, value: Any, path: str) -> bool | None:
-        if not isinstance(value, bool):
-            self.error(path, f"expected true or false, got {_type_name(value)} {value!r}")
-            return None
-        return value
-
-    def list_of(self, value: Any, path: str) -> list | None:
-        if not isinstance(value, list) or not value:
-            self.error(path, f"expected a non-empty list, got {_type_name(value)} {value!r}")
-            return None
-        return value
-
-
 # --- sections ----------------------------------------------------------------------------------------------
 
 MODEL_KEYS = {f.name for f in dataclasses.fields(ModelSpec)}
 GEN_TASK_KEYS = {"task", "name", "lengths", "samples", "seed", "haystack", "options"}
 JSONL_TASK_KEYS = {"jsonl", "name", "samples", "metric"}
 CALIBRATION_KEYS = {f.name for f in dataclasses.fields(CalibrationSpec)}
-METHOD_RESERVED = {"method", "grid", "target_sparsity", "calibrate", "calibrate_range", "calibrate_per_layer",
-                   "label", "router"}
 TOP_KEYS = {"name", "model", "tasks", "methods", "output", "calibration"}
 
 
-def _parse_router(c: _Checker, raw: Any, path: str) -> str | None:
-    from dash_eval.dash_models.router import NO_ROUTER
-
-    if raw is None:
-        return None
-    router = c.string(raw, path)
-    if router is not None and router != NO_ROUTER and not os.path.exists(router):
-        c.error(
-            path,
-            f"{router!r} does not exist; accepted: a router directory or .safetensors file (dash-eval "
-            f"fit-router writes one), or {NO_ROUTER!r} for mean-pooled block summaries",
-        )
-        return None
-    return router
-
-
-def _parse_model(c: _Checker, raw: Any) -> ModelSpec | None:
+def _parse_model(c: Checker, raw: Any) -> ModelSpec | None:
     m = c.mapping(raw, "model")
     if m is None:
         return None
@@ -234,7 +130,7 @@ def _parse_model(c: _Checker, raw: Any) -> ModelSpec | None:
         elif ":" in device and int(device.split(":")[1]) >= torch.cuda.device_count():
             c.error("model.device", f"{device!r}: only {torch.cuda.device_count()} CUDA device(s) visible")
     batch_size = c.integer(m.get("batch_size", 1), "model.batch_size", minimum=1)
-    router = _parse_router(c, m.get("router"), "model.router")
+    router = parse_router(c, m.get("router"), "model.router")
     chat = c.boolean(m.get("apply_chat_template", False), "model.apply_chat_template")
     from dash_eval.kernels import BACKENDS
 
@@ -248,7 +144,7 @@ def _parse_model(c: _Checker, raw: Any) -> ModelSpec | None:
     )
 
 
-def _parse_task(c: _Checker, raw: Any, path: str, task_names: tuple[str, ...]) -> TaskSpec | None:
+def _parse_task(c: Checker, raw: Any, path: str, task_names: tuple[str, ...]) -> TaskSpec | None:
     t = c.mapping(raw, path)
     if t is None:
         return None
@@ -342,184 +238,7 @@ def _parse_task(c: _Checker, raw: Any, path: str, task_names: tuple[str, ...]) -
     )
 
 
-def _param_fields(params_cls: type) -> dict[str, dataclasses.Field]:
-    # tensor-valued fields (a router) are not config values; the model's router comes from model.router
-    return {f.name: f for f in dataclasses.fields(params_cls) if not f.metadata.get("tensor")}
-
-
-def _coerce(f: dataclasses.Field, value: Any) -> Any:
-    # YAML reads ``scale: 1`` as an int; a float parameter keeps one spelling so that the cell name and
-    # hash of ``1`` and ``1.0`` agree.
-    if isinstance(f.default, float) and _is_int(value):
-        return float(value)
-    return value
-
-
-def _validate_params(params_cls: type, values: dict[str, Any]) -> str | None:
-    try:
-        params_cls(**values)
-    except (ValueError, TypeError) as exc:
-        return str(exc)
-    return None
-
-
-def _parse_method(c: _Checker, raw: Any, path: str) -> MethodEntry | None:
-    from dash_eval.kernels import get_method, method_names
-
-    m = c.mapping(raw, path)
-    if m is None:
-        return None
-    names = tuple(method_names())
-    name = c.string(m.get("method"), f"{path}.method")
-    if name is None:
-        return None
-    if name not in names:
-        c.error(f"{path}.method", f"unknown method {name!r}; accepted: {', '.join(names)}")
-        return None
-    params_cls = get_method(name).params_cls
-    fields = _param_fields(params_cls)
-    n_errors = len(c.errors)
-    c.unknown_keys({k: v for k, v in m.items() if k not in fields}, METHOD_RESERVED, path)
-    if len(c.errors) > n_errors:
-        c.errors[n_errors:] = [
-            e + (f"; parameters of {name}: {', '.join(fields) or '(none)'}" if e.startswith(path) else "")
-            for e in c.errors[n_errors:]
-        ]
-    fixed = {k: _coerce(fields[k], v) for k, v in m.items() if k in fields}
-    for key, value in fixed.items():
-        if isinstance(value, (list, dict)):
-            c.error(f"{path}.{key}", f"expected a single value, got {value!r}; put lists under 'grid'")
-    grid: dict[str, tuple] = {}
-    if "grid" in m:
-        g = c.mapping(m["grid"], f"{path}.grid") or {}
-        for key, values in g.items():
-            gpath = f"{path}.grid.{key}"
-            if key not in fields:
-                c.error(gpath, f"unknown parameter {key!r} of {name}; accepted: {', '.join(fields) or '(none)'}")
-                continue
-            if key in fixed:
-                c.error(gpath, f"{key!r} is both fixed ({path}.{key}) and in the grid; give it once")
-                continue
-            values = c.list_of(values, gpath)
-            if values is None:
-                continue
-            seen: list = []
-            for j, v in enumerate(values):
-                if v in seen:
-                    c.error(f"{gpath}[{j}]", f"value {v!r} listed twice")
-                seen.append(v)
-            grid[key] = tuple(_coerce(fields[key], v) for v in values)
-    targets: tuple[float, ...] = ()
-    knob = None
-    knob_range = None
-    if "target_sparsity" in m:
-        tpath = f"{path}.target_sparsity"
-        raw_t = m["target_sparsity"]
-        items = raw_t if isinstance(raw_t, list) else [raw_t]
-        parsed = []
-        for j, v in enumerate(items):
-            p = f"{tpath}[{j}]" if isinstance(raw_t, list) else tpath
-            if not _is_number(v) or not 0.0 < v < 1.0:
-                c.error(p, f"bad value {v!r}; accepted: a number strictly between 0 and 1")
-            else:
-                parsed.append(float(v))
-        targets = tuple(parsed)
-        knob = m.get("calibrate")
-        if knob is None:
-            knob = next((k for k in ("scale", "topk") if k in fields), None)
-            if knob is None:
-                c.error(
-                    tpath,
-                    f"method {name} has no 'scale' or 'topk' parameter to calibrate; name one with "
-                    f"'calibrate' (parameters: {', '.join(fields) or '(none)'})",
-                )
-        elif knob not in fields:
-            c.error(f"{path}.calibrate", f"unknown parameter {knob!r} of {name}; accepted: {', '.join(fields)}")
-            knob = None
-        if knob is not None and (knob in fixed or knob in grid):
-            where = f"{path}.{knob}" if knob in fixed else f"{path}.grid.{knob}"
-            c.error(where, f"{knob!r} is calibrated by target_sparsity; give either {knob} or target_sparsity")
-        if "calibrate_range" in m:
-            r = m["calibrate_range"]
-            integer = knob is not None and _is_int(fields[knob].default)
-            if (
-                not isinstance(r, list)
-                or len(r) != 2
-                or not all(_is_number(x) for x in r)
-                or not (0 <= r[0] if integer else 0 < r[0])
-                or not r[0] < r[1]
-            ):
-                bound = "0 <= low < high" if integer else "0 < low < high"
-                c.error(f"{path}.calibrate_range", f"bad value {r!r}; accepted: [low, high] with {bound}")
-            else:
-                knob_range = (r[0], r[1])
-    elif "calibrate" in m or "calibrate_range" in m or "calibrate_per_layer" in m:
-        key = next(k for k in ("calibrate", "calibrate_range", "calibrate_per_layer") if k in m)
-        c.error(f"{path}.{key}", "only meaningful with target_sparsity")
-    per_layer = False
-    if "calibrate_per_layer" in m and targets:
-        v = m["calibrate_per_layer"]
-        if not isinstance(v, bool):
-            c.error(f"{path}.calibrate_per_layer", f"bad value {v!r}; accepted: true or false")
-        elif v and knob != "scale":
-            c.error(f"{path}.calibrate_per_layer", f"per-layer calibration multiplies the routing 'scale' per "
-                    f"layer; accepted only where target_sparsity calibrates 'scale' (method {name} calibrates "
-                    f"{knob!r})")
-        else:
-            per_layer = v
-    label = ""
-    if "label" in m:
-        label = c.string(m["label"], f"{path}.label", pattern=NAME_PATTERN,
-                         accepted="letters, digits, '.', '_', '-'") or ""
-    router = None
-    if "router" in m:
-        takes_router = any(f.name == "router" for f in dataclasses.fields(params_cls))
-        if not takes_router:
-            routed = [n for n in names if any(f.name == "router" for f in dataclasses.fields(get_method(n).params_cls))]
-            c.error(f"{path}.router", f"method {name} has no router; accepted only for: {', '.join(routed)}")
-        else:
-            router = _parse_router(c, m["router"], f"{path}.router")
-
-    if len(c.errors) > n_errors:
-        return None
-    # Values one at a time first, so that an error points at the grid entry that causes it.
-    bad = False
-    if (msg := _validate_params(params_cls, fixed)) is not None:
-        c.error(path, f"invalid parameters {fixed}: {msg}")
-        bad = True
-    for key, values in grid.items():
-        for j, v in enumerate(values):
-            if (msg := _validate_params(params_cls, {**fixed, key: v})) is not None:
-                c.error(f"{path}.grid.{key}[{j}]", msg)
-                bad = True
-    if not bad:
-        entry = MethodEntry(name, fixed, grid, targets, knob, knob_range, label, router, per_layer)
-        for point in grid_points(entry):
-            if (msg := _validate_params(params_cls, point)) is not None:
-                c.error(f"{path}.grid", f"the combination {point} is invalid: {msg}")
-                bad = True
-                break
-        if knob is not None and knob_range is not None:
-            for end in knob_range:
-                value = int(end) if isinstance(fields[knob].default, int) else float(end)
-                if (msg := _validate_params(params_cls, {**fixed, knob: value})) is not None:
-                    c.error(f"{path}.calibrate_range", f"{knob}={value!r} is invalid: {msg}")
-                    bad = True
-        if not bad:
-            return entry
-    return None
-
-
-def grid_points(entry: MethodEntry) -> list[dict[str, Any]]:
-    """The grid's points in a fixed order (the YAML's key order, last key fastest), each merged with the
-    fixed parameters."""
-    points: list[dict[str, Any]] = [dict(entry.fixed)]
-    for key, values in entry.grid.items():
-        points = [{**p, key: v} for p in points for v in values]
-    return points
-
-
-def _parse_calibration(c: _Checker, raw: Any, task_names: tuple[str, ...]) -> CalibrationSpec | None:
+def _parse_calibration(c: Checker, raw: Any, task_names: tuple[str, ...]) -> CalibrationSpec | None:
     m = c.mapping(raw, "calibration")
     if m is None:
         return None
@@ -528,7 +247,7 @@ def _parse_calibration(c: _Checker, raw: Any, task_names: tuple[str, ...]) -> Ca
     samples = c.integer(m.get("samples", d.samples), "calibration.samples", minimum=1)
     seed = c.integer(m.get("seed", d.seed), "calibration.seed", minimum=0)
     tol = m.get("tolerance", d.tolerance)
-    if not _is_number(tol) or not 0 < tol < 0.5:
+    if not is_number(tol) or not 0 < tol < 0.5:
         c.error("calibration.tolerance", f"bad value {tol!r}; accepted: a number in (0, 0.5)")
         tol = None
     steps = c.integer(m.get("max_steps", d.max_steps), "calibration.max_steps", minimum=2)
@@ -541,7 +260,7 @@ def _parse_calibration(c: _Checker, raw: Any, task_names: tuple[str, ...]) -> Ca
 
 
 def _check_task_data(
-    c: _Checker, tasks: list[tuple[str, TaskSpec]], model: ModelSpec | None, context: int | None
+    c: Checker, tasks: list[tuple[str, TaskSpec]], model: ModelSpec | None, context: int | None
 ) -> None:
     """Read every JSONL file, and (given the model) draw one sample of every generated task and length
     with the model's tokenizer, so that a length too short for a task's template, an unknown haystack or a
@@ -614,7 +333,7 @@ def parse_config(raw: Any, *, source: str = "sweep config", check_model: bool = 
     from dash_eval.tasks import task_names as _task_names
 
     task_names = tuple(_task_names())
-    c = _Checker()
+    c = Checker()
     top = c.mapping(raw, "(top level)")
     if top is None:
         raise ConfigError(c.errors, source)
@@ -639,7 +358,7 @@ def parse_config(raw: Any, *, source: str = "sweep config", check_model: bool = 
     methods: list[MethodEntry] = []
     if "methods" in top:
         for i, m in enumerate(c.list_of(top["methods"], "methods") or []):
-            entry = _parse_method(c, m, f"methods[{i}]")
+            entry = parse_method(c, m, f"methods[{i}]")
             if entry is not None:
                 other = next((e for e in methods if e.series == entry.series and e.method != entry.method), None)
                 if other is not None:
@@ -684,7 +403,7 @@ def parse_config(raw: Any, *, source: str = "sweep config", check_model: bool = 
     return config
 
 
-def _check_duplicate_cells(c: _Checker, config: SweepConfig) -> None:
+def _check_duplicate_cells(c: Checker, config: SweepConfig) -> None:
     """Two method entries that expand to the same cell would share one result directory."""
     from dash_eval.evals.sweep_cells import expand_cells
 
