@@ -110,7 +110,8 @@ class LayerCalibration:
     layer_scales: dict[int, float]
     sparsity: float  # the whole model's, at the returned values
     layer_sparsity: dict[int, float]
-    reached: bool  # every layer within tolerance of the target
+    reached: bool  # the model's sparsity within tolerance of the target
+    layers_reached: bool  # every layer's within tolerance
     steps: list[tuple[float, float]] = field(default_factory=list)  # (overall sparsity, worst layer's miss)
 
     def to_json(self) -> dict:
@@ -123,6 +124,7 @@ class LayerCalibration:
             "sparsity": self.sparsity,
             "layer_sparsity": {str(k): v for k, v in sorted(self.layer_sparsity.items())},
             "reached": self.reached,
+            "layers_reached": self.layers_reached,
             "steps": [list(s) for s in self.steps],
         }
 
@@ -173,8 +175,8 @@ def bisect_layer_sparsity(
     assert best is not None
     worst, values, measured = best
     mean = math.exp(sum(math.log(v) for v in values.values()) / len(values))
+    overall = sum(measured[layer] for layer in layers) / len(layers)
     return LayerCalibration(
-        parameter, target, mean, {layer: v / mean for layer, v in values.items()},
-        sum(measured[layer] for layer in layers) / len(layers), {layer: measured[layer] for layer in layers},
-        worst <= tolerance, steps,
+        parameter, target, mean, {layer: v / mean for layer, v in values.items()}, overall,
+        {layer: measured[layer] for layer in layers}, abs(overall - target) <= tolerance, worst <= tolerance, steps,
     )

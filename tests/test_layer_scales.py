@@ -127,7 +127,7 @@ def test_layer_bisection_reaches_the_target_in_every_layer():
     measure, calls = _curves(slopes)
     cal = bisect_layer_sparsity(measure, [0, 1, 2], 0.75, parameter="scale", low=0.01, high=100.0,
                                 tolerance=0.005, max_steps=30)
-    assert cal.reached and len(calls) == len(cal.steps) <= 30
+    assert cal.reached and cal.layers_reached and len(calls) == len(cal.steps) <= 30
     for layer, a in slopes.items():
         exact = 3.0 / a  # 1 - 1 / (1 + a x) = 0.75
         assert math.isclose(cal.value * cal.layer_scales[layer], exact, rel_tol=0.05)
@@ -139,10 +139,10 @@ def test_layer_bisection_reaches_the_target_in_every_layer():
 def test_layer_bisection_with_coupled_layers_and_an_unreachable_one():
     measure, _ = _curves({0: 1.0, 1: 2.0}, coupling=0.2)
     cal = bisect_layer_sparsity(measure, [0, 1], 0.6, parameter="scale", low=0.01, high=100.0, max_steps=20)
-    assert cal.reached and all(abs(s - 0.6) <= 0.01 for s in cal.layer_sparsity.values())
+    assert cal.layers_reached and all(abs(s - 0.6) <= 0.01 for s in cal.layer_sparsity.values())
     measure, _ = _curves({0: 1.0, 1: 1e-6})  # layer 1 cannot reach 0.6 below 100
     cal = bisect_layer_sparsity(measure, [0, 1], 0.6, parameter="scale", low=0.01, high=100.0, max_steps=12)
-    assert not cal.reached and abs(cal.layer_sparsity[0] - 0.6) < 0.05
+    assert not cal.layers_reached and abs(cal.layer_sparsity[0] - 0.6) < 0.05
     with pytest.raises(ValueError, match="strictly between 0 and 1"):
         bisect_layer_sparsity(measure, [0], 1.5, parameter="scale", low=0.01, high=100.0)
 
