@@ -109,3 +109,83 @@ def test_dash_decode_scores_launch_matches_fused_routing():
     assert torch.equal(fused.words, split.words)
     assert torch.equal(fused.attended, split.attended)
     torch.testing.assert_close(fused.tau, split.tau, rtol=0, atol=1e-5)
+
+
+# Decode forced onto the GPU's path (scores launch, one threshold program per row, then the selection):
+# (B, Hq, Hkv, Nq, Nk, D, block, dtype, params index). GQA 1, 3, 4 (3 and 4 pad their 16-row tiles with
+# query positions past Nq), one to a few queries, one or several score chunks (Nk 1100 / 16 = 69 blocks).
+DECODE_CASES = [
+    (1, 4, 4, 1, 300, 64, 16, torch.float32, 0),
+    (2, 6, 2, 1, 330, 128, 32, torch.float32, 1),
+    (1, 8, 2, 1, 1100, 64, 16, torch.float32, 2),
+    (1, 8, 2, 1, 2100, 64, 16, torch.float32, 1),
+    (2, 8, 2, 1, 250, 128, 16, torch.bfloat16, 0),
+    (1, 3, 1, 1, 520, 64, 32, torch.bfloat16, 0),
+    (1, 16, 1, 5, 400, 64, 16, torch.float32, 0),
+]
+
+
+def _decode_id(case):
+    b, hq, hkv, nq, nk, d, c, dtype, pi = case
+    return f"p{pi}-B{b}-Nq{nq}-Nk{nk}-Hq{hq}-Hkv{hkv}-D{d}-C{c}-{'fp32' if dtype == torch.float32 else 'bf16'}"
+
+
+@pytest.mark.parametrize("mode", ["chunks-32", "one-chunk", "v8"])
+@pytest.mark.parametrize("case", DECODE_CASES, ids=[_decode_id(c) for c in DECODE_CASES])
+def test_dash_decode_path_matches_reference(case, mode, monkeypatch):
+    """The decode path end to end (``precompute=True``, as a CUDA decode step takes it) against the reference:
+    output, routed selection and stats; and every routing output against the fused kernel's. Modes: the
+    thresholds one row per program and the selection split over chunks of 32 blocks (several per row here) or
+    of the default 512 (one); v8: both in the routing kernel, one program per query tile."""
+    import functools
+
+    import dash_eval.kernels.dash.triton_attention as ta
+    import dash_eval.kernels.dash.triton_routing as tr
+
+    monkeypatch.setattr(tr, "_DECODE_TAU_ROWS", mode != "v8")
+    if mode == "chunks-32":
+        monkeypatch.setattr(tr, "_DECODE_SELECT_CHUNK", 32)
+    b, hq, hkv, nq, nk, d, c, dtype, pi = case
+    gen = torch.Generator().manual_seed(nk + 7 * hq + pi)
+    q = torch.randn(b, hq, nq, d, generator=gen).to(dtype)
+    k, v = (torch.randn(b, hkv, nk, d, generator=gen).to(dtype) for _ in range(2))
+    params = dict(PARAMS[pi], block_size=c)
+    if params.pop("router", False):
+        params["router"] = torch.randn(hkv * d, generator=gen)
+    monkeypatch.setattr(ta, "dash_route", functools.partial(dash_route, precompute=True))
+    out, stats = sparse_attention(q, k, v, "dash", backend="triton", return_stats=True, **params)
+    ref, ref_stats = sparse_attention(q, k, v, "dash", backend="reference", return_stats=True, **params)
+    assert out.dtype == dtype and not torch.isnan(out).any()
+    assert rel_err(out, ref) < TOL[dtype]
+    assert stats.attended_pairs == ref_stats.attended_pairs
+    assert torch.equal(stats.active_blocks, ref_stats.active_blocks)
+
+    # The routing outputs themselves, against the reference and against the fused (prefill) kernel.
+    sm = d**-0.5
+    router = params.get("router")
+    kw = dict(alpha=params["alpha"], scale=params["scale"], softmax_scale=sm, init_blocks=params.get("init_blocks", 0),
+              local_blocks=params.get("local_blocks", 1), block_size=c, sigma=params.get("sigma", 1e6))
+    summ = block_summaries(k, router, c, sm)
+    split = dash_route(q, summ, nk, precompute=True, **kw)
+    fused = dash_route(q, summ, nk, precompute=False, **kw)
+    nblocks = num_blocks(nk, c)
+    pos = torch.arange(nk - nq, nk)
+    selected, bias, pbar = reference_route(
+        q.float().view(b, hkv, hq // hkv, nq, d), dash_block_summaries(k, router, c, sm), pos, nblocks,
+        **{key: kw[key] for key in ("alpha", "scale", "sigma", "init_blocks", "local_blocks", "block_size")},
+        softmax_scale=sm,
+    )
+    assert torch.equal(unpack_selection(split.words, nblocks), selected)
+    assert torch.equal(split.words, fused.words)
+    assert torch.equal(split.active, selected.sum(-1).to(torch.int32))
+    assert torch.equal(split.attended, fused.attended)
+    torch.testing.assert_close(split.tau, fused.tau, rtol=1e-5, atol=1e-5)
+    routed = pbar > 0
+    ref_mean_log = torch.where(routed, pbar.clamp(min=1e-38).log(), 0.0).sum(-1) / routed.sum(-1).clamp(min=1)
+    torch.testing.assert_close(split.mean_log, ref_mean_log, rtol=1e-4, atol=1e-4 if dtype == torch.float32 else 2e-2)
+    torch.testing.assert_close(split.mean_log, fused.mean_log, rtol=1e-5, atol=1e-5)
+    # max |log pbar - mean_log| is set by the smallest routed pbar = (x - tau)^e, whose log moves ~e/(x - tau)
+    # times as much as tau: the threshold's last-bit differences show at ~1e-4 here.
+    ref_max_beta = bias[..., : pbar.shape[-1]].abs().amax(-1)
+    torch.testing.assert_close(split.max_beta, ref_max_beta, rtol=1e-3, atol=1e-4 if dtype == torch.float32 else 2e-2)
+    torch.testing.assert_close(split.max_beta, fused.max_beta, rtol=1e-4, atol=1e-5)

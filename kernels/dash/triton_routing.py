@@ -13,6 +13,12 @@ in one step on equal scores, and typically in 3-6 steps on real rows; the loop r
 step is below float resolution (a bound on iterations only guards against a stall). Each iteration is
 one pass over the row held in registers.
 
+Decode (a few queries, too few tiles to fill the GPU): three launches instead of one program per query
+tile: the scores, block-parallel, into a scratch row per (head, query); the threshold, one program per real
+(batch, query head, query) row, so that each row's Newton loop stops with that row and no padding row of a
+GQA tile is iterated; the selection, one program per query tile and chunk of blocks, whose last program to
+arrive (a per-tile counter) combines the chunks' sums into ``mean_log``, ``max_beta`` and the counts.
+
 Precision: with 16-bit inputs the float32 summaries are split into a 16-bit high part and a 16-bit
 residual, and the scores are ``q @ hi + q @ lo`` on tensor cores (about 16 mantissa bits of the
 summary, products exact, float32 accumulation); float32 inputs use exact float32 dots.
@@ -30,6 +36,12 @@ from dash_eval.kernels._triton.ops import dim_mask, mma
 
 _MAX_NEWTON_ITERS = 60
 _ROUTE_TILE_ELEMENTS = 16384  # rows x blocks held in registers per program (64 floats a thread at 8 warps)
+# Decode (scores precomputed): the thresholds in a launch of one program per (batch, query head, query) row
+# (``_DECODE_TAU_WARPS`` warps each), then the selection in a launch of one program per query tile and chunk
+# of ``_DECODE_SELECT_CHUNK`` blocks. False: the routing kernel does both, one program per query tile (v8).
+_DECODE_TAU_ROWS = True
+_DECODE_TAU_WARPS = 8  # H200 sweep, 131k tokens: 1 / 2 / 4 / 8 warps 5.7 / 5.3 / 4.1 / 3.7 us (2 KV heads)
+_DECODE_SELECT_CHUNK = 512  # 128 / 256 / 512 blocks: 3.4 / 3.7 / 3.9 us at 2 KV heads, 6.2 / 5.0 / 3.8 at 8
 
 
 @dataclasses.dataclass
@@ -257,10 +269,10 @@ def _dash_route_kernel(
 
 @triton.jit
 def _dash_scores_kernel(
-    Q, KHI, KLO, SCORES, Nq, q_off, nc, capacity, n_qtiles,
+    Q, KHI, KLO, SCORES, COUNT, Nq, q_off, nc, capacity, n_qtiles,
     s_qb, s_qh, s_qn, HKV,
     G: tl.constexpr, GP: tl.constexpr, TQ: tl.constexpr, D: tl.constexpr, DP: tl.constexpr,
-    NBP: tl.constexpr, CH: tl.constexpr, SPLIT: tl.constexpr, DOT_MODE: tl.constexpr,
+    NBP: tl.constexpr, CH: tl.constexpr, SPLIT: tl.constexpr, DOT_MODE: tl.constexpr, ZERO_COUNT: tl.constexpr,
 ):
     """Routing scores of one chunk of blocks for one query tile: the decode path's first stage, which
     spreads reading the summaries over many programs (one query tile alone cannot fill the GPU)."""
@@ -291,6 +303,115 @@ def _dash_scores_kernel(
         kl = tl.load(KLO + kb_base + jc[:, None] * D + d[None, :], mask=kmask, other=0.0)
         x += mma(q, tl.trans(kl), DOT_MODE)
     tl.store(SCORES + (tile * M + r)[:, None] * NBP + jc[None, :], x)
+    if ZERO_COUNT:  # the selection launch's arrival counter of this tile (that launch runs after this one)
+        if c == 0:
+            tl.store(COUNT + tile, 0)
+
+
+@triton.jit
+def _dash_tau_kernel(
+    SCORES, TAU, Nq, q_off, nc, n_qtiles, zscale, ent_exp, tol, HKV,
+    G: tl.constexpr, GP: tl.constexpr, TQ: tl.constexpr, C: tl.constexpr, NBP: tl.constexpr,
+    ENT_SQUARE: tl.constexpr, MAX_ITERS: tl.constexpr,
+):
+    """The exact threshold of one (batch, query head, query) row from its scores written by
+    ``_dash_scores_kernel``: the decode path's second stage. One program per real row, so the Newton
+    iterations of the rows run side by side on the whole GPU (instead of one program per KV head
+    iterating a ``GP * TQ``-row tile, padding rows included, until its slowest row converges)."""
+    row = tl.program_id(0)  # (b * Hq + head) * Nq + pos: TAU's own layout
+    pos = row % Nq
+    bhead = row // Nq
+    head = bhead % (HKV * G)
+    bh = (bhead // (HKV * G)) * HKV + head // G
+    qt = pos // TQ
+    srow = (bh * n_qtiles + qt) * (GP * TQ) + (pos % TQ) * GP + head % G
+    cols = tl.arange(0, NBP)[None, :]
+    ncand = tl.minimum((pos + q_off) // C, nc)  # candidates: complete blocks j < b(i)
+    x = tl.load(SCORES + srow * NBP + cols, mask=cols < ncand, other=0.0)
+    x = tl.where(cols < ncand, x * zscale, float("-inf"))  # [1, NBP]
+    tau = tl.where(ncand > 0, tl.max(x, 1) - 1.0, 0.0)
+    tau = _entmax_newton(x, tau, ent_exp, tol, ncand > 0, ENT_SQUARE, MAX_ITERS)
+    tl.store(TAU + row + tl.arange(0, 1), tau)
+
+
+@triton.jit
+def _dash_select_kernel(
+    SCORES, TAU, WORDS, MEANLOG, MAXBETA, ACTIVE, ATTENDED, PARTF, PARTI, COUNT,
+    Nq, q_off, nc, n_words, n_qtiles, zscale, ent_exp, init_blocks, local_blocks, inv_sigma, HKV,
+    G: tl.constexpr, GP: tl.constexpr, TQ: tl.constexpr, C: tl.constexpr, NBP: tl.constexpr, CH: tl.constexpr,
+    ENT_SQUARE: tl.constexpr,
+):
+    """Decode's third stage: the selection of one chunk of ``CH`` blocks for one query tile, given the
+    thresholds: ``pbar``, the routed/forced bits (written), and per query the chunk's partial sums (routed
+    blocks, sum of log pbar, max/min log pbar over routed non-forced blocks, selected blocks and keys). The
+    last program of the tile to finish (an arrival counter, zeroed by the scores launch) combines the
+    chunks into ``mean_log``, ``max_beta``, ``active`` and ``attended``."""
+    NCHUNK: tl.constexpr = NBP // CH
+    M: tl.constexpr = GP * TQ
+    c = tl.program_id(0)
+    tile = tl.program_id(1)  # bh * n_qtiles + qt
+    bh = tile // n_qtiles
+    qt = tile % n_qtiles
+    b = bh // HKV
+    h = bh % HKV
+    r = tl.arange(0, M)
+    tq = r // GP
+    g = r % GP
+    pos = qt * TQ + tq
+    row_ok = (g < G) & (pos < Nq)
+    head = h * G + g
+    ncand_row = tl.where(row_ok, tl.minimum((pos + q_off) // C, nc), 0)
+    cols = c * CH + tl.arange(0, CH)
+    cand = cols[None, :] < ncand_row[:, None]
+    x = tl.load(SCORES + (tile * M + r)[:, None] * NBP + cols[None, :], mask=cand, other=0.0)
+    x = tl.where(cand, x * zscale, float("-inf"))
+    tau = tl.load(TAU + (b * HKV * G + head) * Nq + pos, mask=row_ok, other=0.0)
+    tt = tl.maximum(x - tau[:, None], 0.0)
+    if ENT_SQUARE:
+        p = tt * tt
+    else:
+        p = tl.where(tt > 0, tl.exp2(ent_exp * tl.log2(tl.maximum(tt, 1e-30))), 0.0)
+    p = tl.where(row_ok[:, None], p, 0.0)
+    pbar = tl.sum(tl.reshape(p, (TQ, GP, CH)), 1) / G  # [TQ, CH]
+
+    lane = tl.arange(0, TQ)
+    qpos = qt * TQ + lane
+    q_ok = qpos < Nq
+    cur = (qpos + q_off) // C
+    routed = pbar > 0
+    forced = (cols[None, :] <= cur[:, None]) & (
+        (cols[None, :] < init_blocks) | (cols[None, :] > cur[:, None] - local_blocks)
+    )
+    sel = (routed | forced) & q_ok[:, None]
+    log_p = tl.where(routed, tl.log(tl.maximum(pbar, 1.1754943508222875e-38)), 0.0)
+    free = routed & ~forced
+    keys = tl.minimum(C, (qpos + q_off)[:, None] - cols[None, :] * C + 1)
+    bits = tl.reshape(sel.to(tl.int64), (TQ, CH // 32, 32))
+    words = tl.sum(bits << tl.arange(0, 32).to(tl.int64)[None, None, :], 2).to(tl.int32)
+    wcol = c * (CH // 32) + tl.arange(0, CH // 32)
+    tl.store(WORDS + (bh * Nq + qpos)[:, None] * n_words + wcol[None, :], words,
+             mask=q_ok[:, None] & (wcol < n_words)[None, :])
+    part = (tile * NCHUNK + c) * 3 * TQ + lane
+    tl.store(PARTF + part, tl.sum(log_p, 1))
+    tl.store(PARTF + part + TQ, tl.max(tl.where(free, log_p, float("-inf")), 1))
+    tl.store(PARTF + part + 2 * TQ, tl.min(tl.where(free, log_p, float("inf")), 1))
+    tl.store(PARTI + part, tl.sum(routed.to(tl.int32), 1))
+    tl.store(PARTI + part + TQ, tl.sum(sel.to(tl.int32), 1))
+    tl.store(PARTI + part + 2 * TQ, tl.sum(tl.where(sel, keys, 0), 1))
+    tl.debug_barrier()  # every thread's partials are written before the arrival is counted
+    if tl.atomic_add(COUNT + tile, 1, sem="acq_rel") == NCHUNK - 1:  # the tile's last chunk: combine
+        at = (tile * NCHUNK + tl.arange(0, NCHUNK))[:, None] * 3 * TQ + lane[None, :]
+        n_routed = tl.sum(tl.load(PARTI + at, cache_modifier=".cg"), 0)
+        sum_log = tl.sum(tl.load(PARTF + at, cache_modifier=".cg"), 0)
+        hi = tl.max(tl.load(PARTF + at + TQ, cache_modifier=".cg"), 0)
+        lo = tl.min(tl.load(PARTF + at + 2 * TQ, cache_modifier=".cg"), 0)
+        mean_log = sum_log / tl.maximum(n_routed, 1).to(tl.float32)
+        # max |log pbar - mean_log| over routed non-forced blocks is reached at their max or min log pbar
+        dev = tl.where(hi > float("-inf"), tl.maximum(hi - mean_log, mean_log - lo), 0.0)
+        tl.store(MEANLOG + bh * Nq + qpos, mean_log, mask=q_ok)
+        tl.store(MAXBETA + bh * Nq + qpos, dev * inv_sigma, mask=q_ok)
+        tl.store(ACTIVE + bh * Nq + qpos, tl.sum(tl.load(PARTI + at + TQ, cache_modifier=".cg"), 0), mask=q_ok)
+        tl.store(ATTENDED + bh * Nq + qpos, tl.sum(tl.load(PARTI + at + 2 * TQ, cache_modifier=".cg"), 0), mask=q_ok)
 
 
 def route_tile(group: int, nblocks_pow2: int, nq: int) -> int:
@@ -346,14 +467,16 @@ def dash_route(
     if precomputed is None:
         precomputed = dev.type == "cuda" and total < persistent_programs(dev, per_sm=1) and nbp >= 256
     dp = next_pow2(max(d, 16))
+    split_select = precomputed and _DECODE_TAU_ROWS
     if precomputed:
         scratch = torch.empty(total, m_rows, nbp, dtype=torch.float32, device=dev)
-        ch_pre = 64
+        count = torch.empty(total if split_select else 1, dtype=torch.int32, device=dev)
+        ch_pre = min(64, nbp)
         _dash_scores_kernel[(nbp // ch_pre, total)](
-            q, summ.hi, summ.lo if summ.lo is not None else summ.hi, scratch, nq, nk - nq, summ.count,
+            q, summ.hi, summ.lo if summ.lo is not None else summ.hi, scratch, count, nq, nk - nq, summ.count,
             summ.kbar.shape[2], n_qtiles, q.stride(0), q.stride(1), q.stride(2), hkv,
             G=g, GP=gp, TQ=tile_q, D=d, DP=dp, NBP=nbp, CH=ch_pre, SPLIT=summ.lo is not None,
-            DOT_MODE=dot_mode(q.dtype), num_warps=4,
+            DOT_MODE=dot_mode(q.dtype), ZERO_COUNT=split_select, num_warps=4,
         )
         n_prog = total
     elif nbp > ch:
@@ -361,13 +484,32 @@ def dash_route(
     else:
         scratch = torch.empty(1, dtype=torch.float32, device=dev)
     ent_exp = 1.0 / (alpha - 1.0)
+    zscale = (alpha - 1.0) * scale * softmax_scale
+    tol = 2.0**-21
+    if split_select:  # decode: thresholds one row per program, then the selection one block chunk per program
+        _dash_tau_kernel[(b * hq * nq,)](
+            scratch, tau, nq, nk - nq, summ.count, n_qtiles, zscale, ent_exp, tol, hkv,
+            G=g, GP=gp, TQ=tile_q, C=block_size, NBP=nbp, ENT_SQUARE=ent_exp == 2.0, MAX_ITERS=_MAX_NEWTON_ITERS,
+            num_warps=max(1, min(_DECODE_TAU_WARPS, nbp // 128)), num_stages=1,
+        )
+        ch_sel = min(nbp, _DECODE_SELECT_CHUNK)
+        nchunk = nbp // ch_sel
+        partf = torch.empty(total, nchunk, 3, tile_q, dtype=torch.float32, device=dev)
+        parti = torch.empty(total, nchunk, 3, tile_q, dtype=torch.int32, device=dev)
+        _dash_select_kernel[(nchunk, total)](
+            scratch, tau, words, mean_log, max_beta, active, attended, partf, parti, count,
+            nq, nk - nq, summ.count, nwords, n_qtiles, zscale, ent_exp, init_blocks, local_blocks, 1.0 / sigma, hkv,
+            G=g, GP=gp, TQ=tile_q, C=block_size, NBP=nbp, CH=ch_sel, ENT_SQUARE=ent_exp == 2.0,
+            num_warps=4 if m_rows * ch_sel >= 2048 else 2, num_stages=1,
+        )
+        return DashRoute(words, tau, mean_log, max_beta, active, attended)
     if num_warps is None:
         num_warps = 8 if m_rows * nbp > 16384 else 4
     _dash_route_kernel[(n_prog,)](
         q, summ.hi, summ.lo if summ.lo is not None else summ.hi, words, tau, mean_log, max_beta, active, attended,
         scratch,
         nq, nk - nq, summ.count, summ.kbar.shape[2], nwords, n_qtiles, total, b * hkv,
-        (alpha - 1.0) * scale * softmax_scale, ent_exp, 2.0**-21, init_blocks, local_blocks, 1.0 / sigma,
+        zscale, ent_exp, tol, init_blocks, local_blocks, 1.0 / sigma,
         q.stride(0), q.stride(1), q.stride(2), hkv,
         G=g, GP=gp, TQ=tile_q, D=d, DP=dp, C=block_size, NBP=nbp, CH=ch,
         ENT_SQUARE=ent_exp == 2.0, SPLIT=summ.lo is not None, DOT_MODE=dot_mode(q.dtype),
