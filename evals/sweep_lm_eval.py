@@ -53,8 +53,6 @@ def lm_eval_model_args(config: SweepConfig, cell: Cell, params: dict[str, Any]) 
     if router is not None:
         args["router"] = router
     if cell.per_layer:  # the cell's calibration record holds the per-layer multipliers
-        from dash_eval.evals.sweep_store import ResultsStore
-
         args["layer_scales"] = str(ResultsStore(config.output).calibration_path(cell.hash(config)))
     if m.attn_backend != "auto":
         args["attn_backend"] = m.attn_backend

@@ -15,19 +15,8 @@ from dash_eval.dash_models.layer_scales import layer_scales_json, load_layer_sca
 from dash_eval.evals.sweep_calibrate import bisect_layer_sparsity
 from dash_eval.evals.sweep_cells import expand_cells
 from dash_eval.evals.sweep_config import ConfigError, parse_config
-from transformers import LlamaConfig, LlamaForCausalLM
 
 DASH = {"block_size": 4, "init_blocks": 1, "local_blocks": 1}
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    torch.manual_seed(0)
-    cfg = LlamaConfig(
-        hidden_size=96, intermediate_size=128, num_hidden_layers=2, num_attention_heads=6, num_key_value_heads=2,
-        head_dim=16, vocab_size=97, max_position_embeddings=256, pad_token_id=0, bos_token_id=1, eos_token_id=2,
-    )
-    return LlamaForCausalLM(cfg).eval()
 
 
 def _ids(n: int = 60) -> torch.Tensor:

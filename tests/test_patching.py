@@ -13,24 +13,12 @@ from dash_eval.dash_models import (
     model_routers,
     patch_attention,
 )
-from transformers import LlamaConfig, LlamaForCausalLM
 
 SPARSE = {
     "dash": {"block_size": 4, "scale": 400.0},
     "infllmv2": {"block_size": 4, "kernel_size": 4, "kernel_stride": 2, "local_blocks": 1, "topk": 2},
     "nsa": {"block_size": 4, "kernel_size": 4, "kernel_stride": 2, "topk": 1, "window": 3},
 }
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    torch.manual_seed(0)
-    cfg = LlamaConfig(
-        hidden_size=96, intermediate_size=128, num_hidden_layers=2, num_attention_heads=6, num_key_value_heads=2,
-        head_dim=16, vocab_size=97, max_position_embeddings=256, pad_token_id=0, bos_token_id=1, eos_token_id=2,
-    )
-    model = LlamaForCausalLM(cfg).eval()
-    return model
 
 
 def _ids(n: int, seed: int = 0, batch: int = 1) -> torch.Tensor:

@@ -268,6 +268,19 @@ def _dash_route_kernel(
 
 
 @triton.jit
+def _tile_rows(tile, n_qtiles, Nq, HKV, G: tl.constexpr, GP: tl.constexpr, TQ: tl.constexpr):
+    """The rows of query tile ``tile`` (``bh * n_qtiles + qt``): ``GP`` query heads x ``TQ`` queries, row
+    ``r`` being head ``r % GP`` of query ``qt * TQ + r // GP``; ``row_ok`` masks padded heads and queries."""
+    bh = tile // n_qtiles
+    qt = tile % n_qtiles
+    r = tl.arange(0, GP * TQ)
+    g = r % GP
+    pos = qt * TQ + r // GP
+    row_ok = (g < G) & (pos < Nq)
+    return bh, qt, bh // HKV, bh % HKV, r, g, pos, row_ok
+
+
+@triton.jit
 def _dash_scores_kernel(
     Q, KHI, KLO, SCORES, COUNT, Nq, q_off, nc, capacity, n_qtiles,
     s_qb, s_qh, s_qn, HKV,
@@ -279,15 +292,7 @@ def _dash_scores_kernel(
     M: tl.constexpr = GP * TQ
     c = tl.program_id(0)
     tile = tl.program_id(1)  # bh * n_qtiles + qt
-    bh = tile // n_qtiles
-    qt = tile % n_qtiles
-    b = bh // HKV
-    h = bh % HKV
-    r = tl.arange(0, M)
-    tq = r // GP
-    g = r % GP
-    pos = qt * TQ + tq
-    row_ok = (g < G) & (pos < Nq)
+    bh, qt, b, h, r, g, pos, row_ok = _tile_rows(tile, n_qtiles, Nq, HKV, G, GP, TQ)
     d = tl.arange(0, DP)
     dmask = dim_mask(d, D, DP)
     q = tl.load(
@@ -350,15 +355,7 @@ def _dash_select_kernel(
     M: tl.constexpr = GP * TQ
     c = tl.program_id(0)
     tile = tl.program_id(1)  # bh * n_qtiles + qt
-    bh = tile // n_qtiles
-    qt = tile % n_qtiles
-    b = bh // HKV
-    h = bh % HKV
-    r = tl.arange(0, M)
-    tq = r // GP
-    g = r % GP
-    pos = qt * TQ + tq
-    row_ok = (g < G) & (pos < Nq)
+    bh, qt, b, h, r, g, pos, row_ok = _tile_rows(tile, n_qtiles, Nq, HKV, G, GP, TQ)
     head = h * G + g
     ncand_row = tl.where(row_ok, tl.minimum((pos + q_off) // C, nc), 0)
     cols = c * CH + tl.arange(0, CH)
