@@ -406,11 +406,12 @@ def sweep_configs(run: SparseRun, log) -> None:
     from dash_eval.kernels._triton.selection import tile_union
 
     causal = q.shape[2] * (q.shape[2] + 1) // 2 * k.shape[1]
-    for rows in (64, 128):
+    fine_rows = sorted({max(16, gp), 32, 64, 128})
+    for rows in fine_rows:
         _, tcount = tile_union(route.words, k.shape[2], block_size=p.block_size, tile_q=max(1, rows // gp))
         visited = float(tcount.sum()) * max(1, rows // gp) * p.block_size / causal
         log(f"  tiles of {rows} rows visit {visited:.3f} of the causal key range per query (union + diagonal)")
-    for rows in (64, 128):
+    for rows in fine_rows:
         for warps in (4, 8):
             for stages in (2, 3):
                 for with_prior in (True,):
