@@ -43,6 +43,13 @@ ROUTER_JSON = "router.json"
 LOSS_PNG = "loss_curve.png"
 CAPTURE_IMPLEMENTATION = "dash_eval_router_capture"
 ROUTER_KEY = "model.layers.{layer}.self_attn.indexer_q"
+# What each query head's entmax distribution is fitted to: the group's mean block mass (what METHODS.md's
+# pbar averages to; the issue's definition) or the head's own mass, whose supports then union to the
+# routed set the way pbar > 0 unions the heads' supports.
+FIT_TARGETS = {
+    "group": "full attention's group-mean block mass",
+    "head": "that query head's own full-attention block mass",
+}
 
 
 # --- settings -----------------------------------------------------------------------------------------------
@@ -68,6 +75,7 @@ class FitSettings:
     budget: float = 0.25  # the fraction of candidate blocks the ranking recall keeps
     seed: int = 0
     source: str = "python-docs"  # or the path of a UTF-8 text file
+    target: str = "group"  # each query head fitted to the group-mean block mass ("group") or to its own ("head")
 
     def __post_init__(self) -> None:
         ints = {"tokens": 1, "sequences": 1, "queries": 1, "holdout_queries": 1, "steps": 0, "batch": 1,
@@ -93,6 +101,8 @@ class FitSettings:
                 f"needs at least two complete past blocks, one of them not forced; accepted: tokens >= "
                 f"{self.min_tokens}"
             )
+        if self.target not in FIT_TARGETS:
+            raise ValueError(f"fit-router: target={self.target!r}; accepted: {', '.join(FIT_TARGETS)}")
         if self.source not in CALIBRATION_SOURCES and not os.path.isfile(self.source):
             raise ValueError(
                 f"fit-router: source={self.source!r} is neither a built-in calibration source "
@@ -271,6 +281,8 @@ class Batch:
     routable: torch.Tensor  # [M', nc]: candidates that are not forced
     target: torch.Tensor  # [B, L, Hkv, M', nc]: group-mean block mass on routable blocks, renormalised
     weight: torch.Tensor  # [B, L, Hkv, M']: the share of attention the routable blocks hold (0: skip)
+    head_target: torch.Tensor | None = None  # [B, L, Hkv, G, M', nc]: each head's own (target="head")
+    head_weight: torch.Tensor | None = None  # [B, L, Hkv, G, M']
 
 
 def candidate_masks(positions: torch.Tensor, nc: int, settings: FitSettings) -> tuple[torch.Tensor, torch.Tensor]:
@@ -282,13 +294,21 @@ def candidate_masks(positions: torch.Tensor, nc: int, settings: FitSettings) -> 
     return candidates, routable
 
 
+def _renormalised(mass: torch.Tensor, routable: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mass on the routable blocks summed to one, and the share of attention they hold (0 where none)."""
+    mass = mass * routable
+    share = mass.sum(-1)
+    return mass / share.clamp(min=torch.finfo(share.dtype).tiny)[..., None], share * routable.any(-1)
+
+
 def make_batch(cap: Capture, sel: torch.Tensor, settings: FitSettings) -> Batch:
     candidates, routable = candidate_masks(cap.positions[sel], cap.mass.shape[-1], settings)
-    group = cap.mass[..., sel, :].mean(3) * routable
-    share = group.sum(-1)
-    target = group / share.clamp(min=torch.finfo(share.dtype).tiny)[..., None]
-    weight = share * routable.any(-1)
-    return Batch(cap.queries[..., sel, :], candidates, routable, target, weight)
+    mass = cap.mass[..., sel, :]
+    target, weight = _renormalised(mass.mean(3), routable)
+    batch = Batch(cap.queries[..., sel, :], candidates, routable, target, weight)
+    if settings.target == "head":
+        batch.head_target, batch.head_weight = _renormalised(mass, routable)
+    return batch
 
 
 class _EntmaxFenchelYoung(torch.autograd.Function):
@@ -335,11 +355,15 @@ def routing_logits(cap: Capture, batch: Batch, kbar: torch.Tensor, scale: torch.
 
 def fit_losses(cap: Capture, batch: Batch, kbar: torch.Tensor, scale: torch.Tensor, alpha: float) -> torch.Tensor:
     """Per layer ``[L]``: the Fenchel-Young loss of each query head's block distribution against the
-    group's target, averaged over heads, weighted over queries by the routable blocks' share."""
+    group's target (or, with head targets, the head's own), weighted over heads and queries by the share
+    of attention the routable blocks hold."""
     z = routing_logits(cap, batch, kbar, scale)
-    loss = entmax_fy_loss(z, batch.target[:, :, :, None], batch.candidates, alpha).mean(3)
-    w = batch.weight
-    return (loss * w).sum((0, 2, 3)) / w.sum((0, 2, 3)).clamp(min=torch.finfo(w.dtype).tiny)
+    if batch.head_target is None:
+        target, w = batch.target[:, :, :, None], batch.weight[:, :, :, None].expand(z.shape[:-1])
+    else:
+        target, w = batch.head_target, batch.head_weight
+    loss = entmax_fy_loss(z, target, batch.candidates, alpha)
+    return (loss * w).sum((0, 2, 3, 4)) / w.sum((0, 2, 3, 4)).clamp(min=torch.finfo(w.dtype).tiny)
 
 
 def routed_sets(cap: Capture, batch: Batch, kbar: torch.Tensor, scale: torch.Tensor, alpha: float) -> torch.Tensor:
@@ -517,8 +541,8 @@ def save_router(result: FitResult, output: str | os.PathLike, model: torch.nn.Mo
         "producer": f"dash-eval {__version__} fit-router",
         "model": model_description(model, model_name),
         "settings": result.settings.to_dict(),
-        "loss": "alpha-entmax Fenchel-Young loss of each query head's block distribution against full "
-                "attention's group-mean block mass on the routable candidates, weighted by that mass's share",
+        "loss": f"alpha-entmax Fenchel-Young loss of each query head's block distribution against "
+                f"{FIT_TARGETS[result.settings.target]} on the routable candidates, weighted by that mass's share",
         "calibration": calibration,
         "layers": result.layers,
         "summary": summarize(result.layers),

@@ -12,7 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from dash_eval.dash_models.router_fit import CALIBRATION_SOURCES, ROUTER_JSON, FitSettings, check_output
+from dash_eval.dash_models.router_fit import CALIBRATION_SOURCES, FIT_TARGETS, ROUTER_JSON, FitSettings, check_output
 
 _DEFAULTS = FitSettings()
 
@@ -44,6 +44,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fit-scale", action=argparse.BooleanOptionalAction, default=d.fit_scale,
                         help="also fit a per-head routing scale (recorded in router.json; the dash method uses "
                         f"only its global scale) ({'on' if d.fit_scale else 'off'})")
+    parser.add_argument("--target", choices=sorted(FIT_TARGETS), default=d.target,
+                        help="what each query head's block distribution is fitted to: 'group', the group's mean "
+                        f"full-attention block mass, or 'head', the head's own ({d.target})")
     parser.add_argument("--seed", type=int, default=d.seed,
                         help=f"calibration windows, query sample, batches ({d.seed})")
     parser.add_argument("--text", default=d.source, metavar="SOURCE",
@@ -60,7 +63,7 @@ def settings_from_args(args: argparse.Namespace) -> FitSettings:
         tokens=args.tokens, sequences=args.sequences, queries=args.queries, holdout_queries=args.holdout_queries,
         steps=args.steps, batch=args.batch, lr=args.lr, block_size=args.block_size, alpha=args.alpha,
         scale=args.scale, init_blocks=args.init_blocks, local_blocks=args.local_blocks, fit_scale=args.fit_scale,
-        budget=args.budget, seed=args.seed, source=args.text,
+        budget=args.budget, seed=args.seed, source=args.text, target=args.target,
     )
 
 

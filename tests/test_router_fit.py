@@ -134,6 +134,30 @@ def test_fit_lowers_the_loss_on_a_random_llama(captured):
     assert set(result.routers) == {0, 1} and result.routers[0].shape == (2 * 16,)
 
 
+def test_head_targets_fit_each_head_to_its_own_mass(captured):
+    """target="head": each query head's loss is against its own renormalised block mass; when every head
+    of a group has the same mass the two targets give the same loss, and the fit lowers it."""
+    cap, settings = captured
+    head = rf.FitSettings(**{**SETTINGS, "target": "head"})
+    sel = torch.arange(cap.positions.numel())
+    batch = rf.make_batch(cap, sel, head)
+    assert batch.head_target.shape == cap.mass[..., sel, :].shape
+    valid = batch.head_weight > 0
+    torch.testing.assert_close(batch.head_target.sum(-1)[valid], torch.ones(int(valid.sum())))
+    assert not batch.head_target[..., ~batch.routable].any()
+    kbar = rf.block_summaries(cap, None, BLOCK)
+    scale = torch.ones(2, 2)
+    per_head = rf.fit_losses(cap, batch, kbar, scale, 1.5)
+    group = rf.fit_losses(cap, rf.make_batch(cap, sel, settings), kbar, scale, 1.5)
+    assert not torch.allclose(per_head, group)  # the heads of a random model attend differently
+    same = rf.Capture(cap.layers, cap.keys, cap.queries, cap.mass.mean(3, keepdim=True).expand_as(cap.mass),
+                      cap.softmax_scale, cap.positions, cap.holdout, cap.seq_len)
+    torch.testing.assert_close(rf.fit_losses(same, rf.make_batch(same, sel, head), kbar, scale, 1.5),
+                               rf.fit_losses(same, rf.make_batch(same, sel, settings), kbar, scale, 1.5))
+    result = rf.fit_captured(cap, head, progress=False)
+    assert all(r["loss_after"] < 0.8 * r["loss_before"] for r in result.layers), result.layers
+
+
 def _planted_capture(settings: rf.FitSettings, seed: int = 0) -> rf.Capture:
     """One layer whose blocks each hold one 'hot' key: queries look along dim 0, where the hot key's pull
     differs from block to block and the other keys are loud zero-mean noise. Full attention's block mass
@@ -213,6 +237,8 @@ def test_bad_settings_name_the_field():
         rf.FitSettings(source="no/such/file.txt")
     with pytest.raises(ValueError, match=r"sequences=0; accepted: an integer >= 1"):
         rf.FitSettings(sequences=0)
+    with pytest.raises(ValueError, match=r"target='heads'; accepted: group, head"):
+        rf.FitSettings(target="heads")
 
 
 def test_model_without_the_attention_layout_is_rejected():
