@@ -77,3 +77,38 @@ def test_topk_default_geometry_selects_a_strict_subset(method):
     assert 0.2 < stats.sparsity < 0.9
     assert rel_err(out, ref) < TOL[torch.float32]
     assert torch.equal(stats.active_blocks, ref_stats.active_blocks)
+
+
+@pytest.mark.parametrize("values", [3, 1000], ids=["many-ties", "few-ties"])
+def test_exact_topk_select_on_tied_scores(values):
+    """The select launch alone on block scores drawn from ``values`` levels (so many exact ties, -inf and 0
+    among them): forced blocks plus the ``topk`` best eligible ones, ties to the more recent block (the radix
+    on the score, then on the block index where the last slot is tied)."""
+    from dash_eval.kernels._triton import topk_routing as tr
+    from dash_eval.kernels._triton.launch import next_pow2
+    from dash_eval.kernels._triton.selection import unpack_selection
+    from dash_eval.kernels.common import forced_blocks, topk_recent
+
+    gen = torch.Generator().manual_seed(values)
+    tq, nq, c, nblocks, topk, init_b, local_b = 4, 3, 16, 70, 9, 1, 2
+    nbp = next_pow2(nblocks)
+    q_off = nblocks * c - nq - 5  # the last queries sit in the last-but-one block
+    levels = torch.cat([torch.tensor([float("-inf"), 0.0]), torch.rand(values - 2 if values > 2 else 1, generator=gen)])
+    scores = levels[torch.randint(0, levels.numel(), (1, tq, nbp), generator=gen)]
+    words = torch.zeros(1, 1, nq, -(-nblocks // 32), dtype=torch.int32)
+    active = torch.zeros(1, 1, nq, dtype=torch.int32)
+    attended = torch.zeros_like(active)
+    tr._decode_select_kernel[(1,)](
+        scores, words, active, attended, nq, q_off, words.shape[-1], nblocks, 1, init_b, local_b, topk, 0,
+        TQ=tq, C=c, NBP=nbp, NBP_BITS=nbp.bit_length() - 1,
+    )
+    pos = torch.arange(q_off, q_off + nq)
+    cur = pos // c
+    forced = forced_blocks(cur, nblocks, init_b, local_b)
+    eligible = (torch.arange(nblocks)[None, :] < cur[:, None]) & ~forced
+    chosen = topk_recent(scores[0, :nq, :nblocks], eligible, topk)  # the reference's rule: ties to the recent
+    assert (chosen.sum(-1) == topk).all()
+    for i in range(nq):
+        expect = forced[i] | chosen[i]
+        got = unpack_selection(words[0, 0, i], nblocks)
+        assert torch.equal(got, expect), (i, torch.nonzero(got ^ expect).flatten().tolist())

@@ -6,10 +6,11 @@ cores, reduced to each row's softmax max and normaliser; (2) the same chunks aga
 probabilities and summed over the group's heads, written to the program's scratch row (one float per
 query and kernel, for the tile only); (3) each block pools its overlapping kernels from that row
 (max for InfLLM-V2, overlap-weighted sum for NSA); (4) the exact top-k of every query among its
-eligible blocks by a radix select on the 64-bit key ``(score, block)``, so ties go to the more recent
-block exactly as in the reference; (5) the selection is written as bits with the per-query counts.
-Each kernel probability is computed once per query, so blocks sharing a kernel tie exactly as they do
-in the reference. No float per query head, query and block is stored.
+eligible blocks by a radix select on the score's 32-bit order, then, where the last slot's score is
+tied, on the block index, so ties go to the more recent block exactly as in the reference; (5) the
+selection is written as bits with the per-query counts. Each kernel probability is computed once per
+query, so blocks sharing a kernel tie exactly as they do in the reference.
+No float per query head, query and block is stored.
 
 Decode (too few query tiles to fill the GPU) splits the work over the cached kernels instead: (a) each
 program scores one chunk of kernels for one tile and writes the scores with the chunk's softmax max and
@@ -65,7 +66,7 @@ def _overlap(o, lead, kernel_size, kernel_stride, C: tl.constexpr):
 @triton.jit
 def _select_and_store(score, qpos, q_ok, qabs, cols, bh, Nq, WORDS, ACTIVE, ATTENDED, n_words, nblocks,
                       init_blocks, local_blocks, topk, window,
-                      TQ: tl.constexpr, C: tl.constexpr, NBP: tl.constexpr):
+                      TQ: tl.constexpr, C: tl.constexpr, NBP: tl.constexpr, NBP_BITS: tl.constexpr):
     """Forced blocks plus the exact top-k of ``score [TQ, NBP]`` per query; bits and counts written."""
     cur = qabs // C
     forced = (cols[None, :] <= cur[:, None]) & (
@@ -74,15 +75,31 @@ def _select_and_store(score, qpos, q_ok, qabs, cols, bh, Nq, WORDS, ACTIVE, ATTE
     eligible = (cols[None, :] < cur[:, None]) & (~forced) & q_ok[:, None]
     bits = score.to(tl.int32, bitcast=True)
     order = tl.where(bits >= 0, bits, bits ^ 0x7FFFFFFF)  # integer order == float order (-inf lowest)
-    key = ((order.to(tl.int64) + 2147483648) << 16) | cols[None, :].to(tl.int64)
-    key = tl.where(eligible, key, -1)
     want = tl.minimum(tl.sum(eligible.to(tl.int32), 1), topk)  # [TQ]
-    thr = tl.zeros((TQ,), tl.int64)  # radix select of the want-th largest key, one bit a step
-    for bit in tl.static_range(47, -1, -1):
-        cand = thr | (1 << bit)
-        cnt = tl.sum((key >= cand[:, None]).to(tl.int32), 1)
+    # The want-th largest score by a radix select on its order as a 32-bit unsigned integer (ineligible
+    # blocks sit at 0, below every float), then, only where that score is tied past the slots left, the
+    # most recent of the tied blocks by a second radix on the block index: the same set as the 64-bit
+    # (score, block) key selects, with 32-bit compares and usually 32 steps instead of 48.
+    u = tl.where(eligible, (order ^ -2147483648).to(tl.uint32, bitcast=True), 0)
+    one = tl.full((TQ,), 1, tl.uint32)
+    thr = tl.zeros((TQ,), tl.uint32)
+    for bit in tl.static_range(31, -1, -1):
+        cand = thr | (one << bit)
+        cnt = tl.sum((u >= cand[:, None]).to(tl.int32), 1)
         thr = tl.where(cnt >= want, cand, thr)
-    chosen = eligible & (key >= thr[:, None]) & (want > 0)[:, None]
+    above = eligible & (u > thr[:, None])
+    tie = eligible & (u == thr[:, None])
+    need = want - tl.sum(above.to(tl.int32), 1)  # >= 1 where want >= 1
+    pick = tie
+    if tl.max(tl.sum(tie.to(tl.int32), 1) - need, 0) > 0:
+        ci = tl.where(tie, cols[None, :], -1)
+        ct = tl.zeros((TQ,), tl.int32)
+        for bit in tl.static_range(NBP_BITS - 1, -1, -1):
+            c_cand = ct | (1 << bit)  # names of their own: the loop above's are uint32
+            c_cnt = tl.sum((ci >= c_cand[:, None]).to(tl.int32), 1)
+            ct = tl.where(c_cnt >= need, c_cand, ct)
+        pick = tie & (cols[None, :] >= ct[:, None])
+    chosen = (above | pick) & (want > 0)[:, None]
     sel = (forced | chosen) & q_ok[:, None]
 
     wbits = tl.reshape(sel.to(tl.int64), (TQ, NBP // 32, 32))
@@ -108,7 +125,8 @@ def _topk_route_kernel(
     scale_log2, kernel_size, kernel_stride, ratio, lead, init_blocks, local_blocks, topk, window,
     s_qb, s_qh, s_qn, HKV,
     G: tl.constexpr, GP: tl.constexpr, TQ: tl.constexpr, D: tl.constexpr, DP: tl.constexpr,
-    C: tl.constexpr, NBP: tl.constexpr, NKP: tl.constexpr, KC: tl.constexpr, W: tl.constexpr,
+    C: tl.constexpr, NBP: tl.constexpr, NBP_BITS: tl.constexpr, NKP: tl.constexpr,
+    KC: tl.constexpr, W: tl.constexpr,
     POOL: tl.constexpr, SPLIT: tl.constexpr, DOT_MODE: tl.constexpr,
 ):
     M: tl.constexpr = GP * TQ
@@ -181,7 +199,7 @@ def _topk_route_kernel(
                 score += ps * _overlap(o, lead, kernel_size, kernel_stride, C)
 
         _select_and_store(score, qpos, q_ok, qabs, cols, bh, Nq, WORDS, ACTIVE, ATTENDED, n_words, nblocks,
-                          init_blocks, local_blocks, topk, window, TQ, C, NBP)
+                          init_blocks, local_blocks, topk, window, TQ, C, NBP, NBP_BITS)
         tile += n_prog
 
 
@@ -296,7 +314,7 @@ def _decode_pool_kernel(
 def _decode_select_kernel(
     BS, WORDS, ACTIVE, ATTENDED,
     Nq, q_off, n_words, nblocks, n_qtiles, init_blocks, local_blocks, topk, window,
-    TQ: tl.constexpr, C: tl.constexpr, NBP: tl.constexpr,
+    TQ: tl.constexpr, C: tl.constexpr, NBP: tl.constexpr, NBP_BITS: tl.constexpr,
 ):
     """Stage (c): the exact top-k of the pooled block scores of one tile."""
     tile = tl.program_id(0)
@@ -308,7 +326,7 @@ def _decode_select_kernel(
     q_ok = qpos < Nq
     score = tl.load(BS + (tile * TQ + lane)[:, None] * NBP + cols[None, :])
     _select_and_store(score, qpos, q_ok, qpos + q_off, cols, bh, Nq, WORDS, ACTIVE, ATTENDED, n_words, nblocks,
-                      init_blocks, local_blocks, topk, window, TQ, C, NBP)
+                      init_blocks, local_blocks, topk, window, TQ, C, NBP, NBP_BITS)
 
 
 def route_tile(group: int, nblocks_pow2: int, nq: int) -> int:
@@ -354,7 +372,7 @@ def topk_route(
     gp = next_pow2(g)
     nblocks = -(-nk // block_size)
     nbp = max(32, next_pow2(nblocks))
-    if nbp > 1 << 16:  # the select's key holds the block index in 16 bits
+    if nbp > 1 << 16:  # the select holds a query's row of block scores in registers
         raise ValueError(f"topk routing: {nblocks} blocks of block_size={block_size}; at most {1 << 16}")
     nwords = -(-nblocks // 32)
     nkp = max(16, next_pow2(max(n_kernels, 1)))
@@ -402,7 +420,8 @@ def topk_route(
         _decode_select_kernel[(total,)](
             bs, words, active, attended,
             nq, nk - nq, nwords, nblocks, n_qtiles, init_blocks, local_blocks, topk, window,
-            TQ=tile_q, C=block_size, NBP=nbp, num_warps=4 if tile_q * nbp <= 4096 else 8,
+            TQ=tile_q, C=block_size, NBP=nbp, NBP_BITS=nbp.bit_length() - 1,
+            num_warps=4 if tile_q * nbp <= 4096 else 8,
         )
         return TopkRoute(words, active, attended)
     n_prog = min(total, persistent_programs(dev))
@@ -415,7 +434,8 @@ def topk_route(
         scale_log2, kernel_size, kernel_stride, ratio, lead, init_blocks, local_blocks,
         topk, window,
         q.stride(0), q.stride(1), q.stride(2), hkv,
-        G=g, GP=gp, TQ=tile_q, D=d, DP=dp, C=block_size, NBP=nbp, NKP=nkp, KC=kc_chunk,
+        G=g, GP=gp, TQ=tile_q, D=d, DP=dp, C=block_size, NBP=nbp, NBP_BITS=nbp.bit_length() - 1,
+        NKP=nkp, KC=kc_chunk,
         W=width, POOL=pool, SPLIT=klo is not None, DOT_MODE=dot_mode(q.dtype),
         num_warps=num_warps, num_stages=1,
     )
