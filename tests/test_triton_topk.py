@@ -86,7 +86,7 @@ def test_exact_topk_select_on_tied_scores(values):
     on the score, then on the block index where the last slot is tied)."""
     from dash_eval.kernels._triton import topk_routing as tr
     from dash_eval.kernels._triton.launch import next_pow2
-    from dash_eval.kernels._triton.selection import unpack_selection
+    from dash_eval.kernels._triton.selection import tile_union, unpack_selection
     from dash_eval.kernels.common import forced_blocks, topk_recent
 
     gen = torch.Generator().manual_seed(values)
@@ -98,10 +98,14 @@ def test_exact_topk_select_on_tied_scores(values):
     words = torch.zeros(1, 1, nq, -(-nblocks // 32), dtype=torch.int32)
     active = torch.zeros(1, 1, nq, dtype=torch.int32)
     attended = torch.zeros_like(active)
+    tlist = torch.zeros(1, 1, 1, nblocks, dtype=torch.int32)
+    tcount = torch.zeros(1, 1, 1, dtype=torch.int32)
     tr._decode_select_kernel[(1,)](
-        scores, words, active, attended, nq, q_off, words.shape[-1], nblocks, 1, init_b, local_b, topk, 0,
-        TQ=tq, C=c, NBP=nbp, NBP_BITS=nbp.bit_length() - 1,
+        scores, words, active, attended, tlist, tcount, nq, q_off, words.shape[-1], nblocks, 1, init_b, local_b,
+        topk, 0, TQ=tq, C=c, NBP=nbp, NBP_BITS=nbp.bit_length() - 1, LIST=True,
     )
+    ref_list, ref_count = tile_union(words, q_off + nq, block_size=c, tile_q=tq)
+    assert torch.equal(tcount, ref_count) and torch.equal(tlist[..., : int(tcount)], ref_list[..., : int(tcount)])
     pos = torch.arange(q_off, q_off + nq)
     cur = pos // c
     forced = forced_blocks(cur, nblocks, init_b, local_b)

@@ -24,6 +24,7 @@ if triton_available:
         kernel_keys_triton,
         update_kernel_keys,
     )
+    from dash_eval.kernels._triton.selection import tile_union
     from dash_eval.kernels.compression import kernel_keys
 
 # Small geometry with the defaults' ratios: 4 kernels per block, kernels two strides long.
@@ -77,6 +78,16 @@ def test_kernel_parallel_route_equals_fused(method, kernel_parallel):
     assert torch.equal(fused.words, split.words)
     assert torch.equal(fused.active, split.active)
     assert torch.equal(fused.attended, split.attended)
+    # Every query sits in one tile here, so the select launch also wrote the fine stage's visit list:
+    # the same entries (blocks, full-block flags, NSA's window) as the union launch builds from the bits.
+    assert fused.tiles is None and split.tiles is not None
+    tlist, tcount = split.tiles
+    ref_list, ref_count = tile_union(split.words, nk, block_size=16, tile_q=split.tile_q, window=kw["window"])
+    assert torch.equal(tcount, ref_count)
+    for bi in range(b):
+        for h in range(hkv):
+            n = int(tcount[bi, h, 0])
+            assert torch.equal(tlist[bi, h, 0, :n], ref_list[bi, h, 0, :n])
 
 
 def _decode_cases():

@@ -29,11 +29,13 @@ import triton.language as tl
 from dash_eval.kernels._triton.kernel_keys import KernelKeys
 from dash_eval.kernels._triton.launch import dot_mode, last_dim_contiguous, next_pow2, persistent_programs
 from dash_eval.kernels._triton.ops import dim_mask, mma
+from dash_eval.kernels._triton.selection import FULL_FLAG
 
 POOL_MAX = 0
 POOL_WEIGHTED = 1
 DECODE_CHUNK_MIN = 64  # kernels per program of the decode score launch (at least)
 DECODE_BLOCK_CHUNK = 32  # blocks per program of the decode pooling launch (at most)
+DECODE_LIST = True  # decode's select launch writes the fine stage's visit list (False: a union launch does)
 
 
 @dataclasses.dataclass
@@ -41,6 +43,10 @@ class TopkRoute:
     words: torch.Tensor  # [B, Hkv, Nq, nwords] int32
     active: torch.Tensor  # [B, Hkv, Nq] int32
     attended: torch.Tensor  # [B, Hkv, Nq] int32
+    # Decode (all queries in one tile): the fine stage's visit list, written by the select launch in the
+    # layout of ``selection.tile_union`` for tiles of ``tile_q`` queries, so no union launch is needed.
+    tiles: tuple[torch.Tensor, torch.Tensor] | None = None
+    tile_q: int | None = None
 
 
 @triton.jit
@@ -116,6 +122,7 @@ def _select_and_store(score, qpos, q_ok, qabs, cols, bh, Nq, WORDS, ACTIVE, ATTE
     keys = tl.where(cols[None, :] < nblocks, keys, 0)
     tl.store(ACTIVE + bh * Nq + qpos, tl.sum((keys > 0).to(tl.int32), 1), mask=q_ok)
     tl.store(ATTENDED + bh * Nq + qpos, tl.sum(keys, 1), mask=q_ok)
+    return sel
 
 
 @triton.jit
@@ -312,11 +319,12 @@ def _decode_pool_kernel(
 
 @triton.jit
 def _decode_select_kernel(
-    BS, WORDS, ACTIVE, ATTENDED,
+    BS, WORDS, ACTIVE, ATTENDED, TLIST, TCOUNT,
     Nq, q_off, n_words, nblocks, n_qtiles, init_blocks, local_blocks, topk, window,
-    TQ: tl.constexpr, C: tl.constexpr, NBP: tl.constexpr, NBP_BITS: tl.constexpr,
+    TQ: tl.constexpr, C: tl.constexpr, NBP: tl.constexpr, NBP_BITS: tl.constexpr, LIST: tl.constexpr,
 ):
-    """Stage (c): the exact top-k of the pooled block scores of one tile."""
+    """Stage (c): the exact top-k of the pooled block scores of one tile (and, with ``LIST``, when the
+    tile holds every query, the fine stage's visit list)."""
     tile = tl.program_id(0)
     bh = tile // n_qtiles
     qt = tile % n_qtiles
@@ -325,8 +333,20 @@ def _decode_select_kernel(
     qpos = qt * TQ + lane
     q_ok = qpos < Nq
     score = tl.load(BS + (tile * TQ + lane)[:, None] * NBP + cols[None, :])
-    _select_and_store(score, qpos, q_ok, qpos + q_off, cols, bh, Nq, WORDS, ACTIVE, ATTENDED, n_words, nblocks,
-                      init_blocks, local_blocks, topk, window, TQ, C, NBP, NBP_BITS)
+    sel = _select_and_store(score, qpos, q_ok, qpos + q_off, cols, bh, Nq, WORDS, ACTIVE, ATTENDED, n_words,
+                            nblocks, init_blocks, local_blocks, topk, window, TQ, C, NBP, NBP_BITS)
+    if LIST:  # the tile's visit list, as selection.tile_union writes it (one tile: every query in it)
+        union = tl.max(sel.to(tl.int32), 0) != 0
+        common = tl.min(tl.where(q_ok[:, None], sel.to(tl.int32), 1), 0) != 0
+        first = q_off
+        last = tl.minimum(TQ, Nq) - 1 + q_off
+        win_lo = tl.maximum(first - window + 1, 0) // C
+        in_window = (window > 0) & (cols >= win_lo) & (cols <= last // C)
+        keep = (union | in_window) & (cols < nblocks)
+        slot = tl.cumsum(keep.to(tl.int32), 0) - 1
+        full = common & (cols < first // C)
+        tl.store(TLIST + bh * nblocks + slot, cols | tl.where(full, FULL_FLAG, 0), mask=keep)
+        tl.store(TCOUNT + bh, tl.sum(keep.to(tl.int32), 0))
 
 
 def route_tile(group: int, nblocks_pow2: int, nq: int) -> int:
@@ -417,12 +437,17 @@ def topk_route(
             G=g, GP=gp, TQ=tile_q, NCP=next_pow2(n_chunks), CB=cb, NBP=nbp, C=block_size, W=width, POOL=pool,
             num_warps=4,
         )
+        listed = DECODE_LIST and n_qtiles == 1  # every query in one tile: the visit list is written here
+        tlist = torch.empty(b, hkv, 1, nblocks, dtype=torch.int32, device=dev) if listed else words
+        tcount = torch.empty(b, hkv, 1, dtype=torch.int32, device=dev) if listed else words
         _decode_select_kernel[(total,)](
-            bs, words, active, attended,
+            bs, words, active, attended, tlist, tcount,
             nq, nk - nq, nwords, nblocks, n_qtiles, init_blocks, local_blocks, topk, window,
-            TQ=tile_q, C=block_size, NBP=nbp, NBP_BITS=nbp.bit_length() - 1,
+            TQ=tile_q, C=block_size, NBP=nbp, NBP_BITS=nbp.bit_length() - 1, LIST=listed,
             num_warps=4 if tile_q * nbp <= 4096 else 8,
         )
+        if listed:
+            return TopkRoute(words, active, attended, (tlist, tcount), tile_q)
         return TopkRoute(words, active, attended)
     n_prog = min(total, persistent_programs(dev))
     scratch = torch.empty(n_prog, tile_q, nkp, dtype=torch.float32, device=dev)
