@@ -16,7 +16,8 @@ Decode (too few query tiles to fill the GPU) splits the work over the cached ker
 program scores one chunk of kernels for one tile and writes the scores with the chunk's softmax max and
 normaliser; (b) each program of a chunk of blocks combines the chunks' normalisers, turns its kernels'
 scores into group-summed probabilities and pools them onto its blocks; (c) one program per tile runs
-the same exact top-k and writes the bits and counts.
+the same exact top-k and writes the bits and counts, and, when one tile holds every query, the fine
+stage's visit list (so no union launch follows).
 """
 
 from __future__ import annotations
