@@ -74,16 +74,25 @@ def _tile_union_kernel(
     bits = tl.reshape((union[:, None] >> shifts) & 1, (NWP * 32,))
     all_bits = tl.reshape((common[:, None] >> shifts) & 1, (NWP * 32,))
     j = tl.arange(0, NWP * 32)
-    # NSA's window: every block that holds one of the last `window` keys of some query of the tile.
     first = t * TQ + q_off
     last = tl.minimum(t * TQ + TQ, Nq) - 1 + q_off
+    write_visit_list(bits != 0, all_bits != 0, j, first, last, window, nblocks, block_size,
+                     TLIST + (bh * n_tiles + t) * nblocks, TCOUNT + bh * n_tiles + t)
+
+
+@triton.jit
+def write_visit_list(any_sel, all_sel, j, first, last, window, nblocks, block_size, LIST, COUNT):
+    """A tile's visit list from its queries' selections over blocks ``j`` (``any_sel``: some query attends
+    the block, ``all_sel``: every query does), for queries at positions ``first..last``: the sorted blocks,
+    flagged ``FULL_FLAG`` when every query attends all of the block, plus NSA's window blocks."""
+    # NSA's window: every block that holds one of the last `window` keys of some query of the tile.
     win_lo = tl.maximum(first - window + 1, 0) // block_size
     in_window = (window > 0) & (j >= win_lo) & (j <= last // block_size)
-    keep = ((bits != 0) | in_window) & (j < nblocks)
+    keep = (any_sel | in_window) & (j < nblocks)
     slot = tl.cumsum(keep.to(tl.int32), 0) - 1
-    full = (all_bits != 0) & (j < first // block_size)
-    tl.store(TLIST + (bh * n_tiles + t) * nblocks + slot, j | tl.where(full, FULL_FLAG, 0), mask=keep)
-    tl.store(TCOUNT + bh * n_tiles + t, tl.sum(keep.to(tl.int32), 0))
+    full = all_sel & (j < first // block_size)
+    tl.store(LIST + slot, j | tl.where(full, FULL_FLAG, 0), mask=keep)
+    tl.store(COUNT, tl.sum(keep.to(tl.int32), 0))
 
 
 def tile_union(

@@ -30,7 +30,7 @@ import triton.language as tl
 from dash_eval.kernels._triton.kernel_keys import KernelKeys
 from dash_eval.kernels._triton.launch import dot_mode, last_dim_contiguous, next_pow2, persistent_programs
 from dash_eval.kernels._triton.ops import dim_mask, mma
-from dash_eval.kernels._triton.selection import FULL_FLAG
+from dash_eval.kernels._triton.selection import write_visit_list
 
 POOL_MAX = 0
 POOL_WEIGHTED = 1
@@ -339,15 +339,8 @@ def _decode_select_kernel(
     if LIST:  # the tile's visit list, as selection.tile_union writes it (one tile: every query in it)
         union = tl.max(sel.to(tl.int32), 0) != 0
         common = tl.min(tl.where(q_ok[:, None], sel.to(tl.int32), 1), 0) != 0
-        first = q_off
-        last = tl.minimum(TQ, Nq) - 1 + q_off
-        win_lo = tl.maximum(first - window + 1, 0) // C
-        in_window = (window > 0) & (cols >= win_lo) & (cols <= last // C)
-        keep = (union | in_window) & (cols < nblocks)
-        slot = tl.cumsum(keep.to(tl.int32), 0) - 1
-        full = common & (cols < first // C)
-        tl.store(TLIST + bh * nblocks + slot, cols | tl.where(full, FULL_FLAG, 0), mask=keep)
-        tl.store(TCOUNT + bh, tl.sum(keep.to(tl.int32), 0))
+        write_visit_list(union, common, cols, q_off, tl.minimum(TQ, Nq) - 1 + q_off, window, nblocks, C,
+                         TLIST + bh * nblocks, TCOUNT + bh)
 
 
 def route_tile(group: int, nblocks_pow2: int, nq: int) -> int:
