@@ -372,9 +372,11 @@ def test_shipped_configs_are_valid(name, monkeypatch, tmp_path):
     raw = yaml.safe_load((root / "configs" / f"{name}.yaml").read_text())
     raw["model"] = {**raw["model"], "pretrained": "default", "device": "cpu"}
     raw["model"].pop("router", None)
-    for m in raw["methods"]:  # routers are made by fit-router; an empty directory stands in for one
+    for m in raw["methods"]:  # routers are made by fit-router; an empty directory stands in for each
         if m.get("router") not in (None, "none"):
-            m["router"] = str(tmp_path)
+            stand_in = tmp_path / Path(m["router"]).name
+            stand_in.mkdir(exist_ok=True)
+            m["router"] = str(stand_in)
     config = parse_config(raw, check_model=False)
     assert expand_cells(config)
     if name == "paper_ruler16k":
