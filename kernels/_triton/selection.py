@@ -45,6 +45,16 @@ def unpack_selection(words: torch.Tensor, nblocks: int) -> torch.Tensor:
 
 
 @triton.jit
+def store_words(sel, WORDS, bh, Nq, qpos, q_ok, n_words, first_word, TQ: tl.constexpr, N: tl.constexpr):
+    """Pack ``sel [TQ, N]`` (blocks ``32 * first_word ..`` of queries ``qpos``) into their selection words."""
+    bits = tl.reshape(sel.to(tl.int64), (TQ, N // 32, 32))
+    words = tl.sum(bits << tl.arange(0, 32).to(tl.int64)[None, None, :], 2).to(tl.int32)
+    wcol = first_word + tl.arange(0, N // 32)
+    tl.store(WORDS + (bh * Nq + qpos)[:, None] * n_words + wcol[None, :], words,
+             mask=q_ok[:, None] & (wcol < n_words)[None, :])
+
+
+@triton.jit
 def _bit_or(a, b):
     return a | b
 

@@ -30,7 +30,7 @@ import triton.language as tl
 from dash_eval.kernels._triton.kernel_keys import KernelKeys
 from dash_eval.kernels._triton.launch import dot_mode, last_dim_contiguous, next_pow2, persistent_programs
 from dash_eval.kernels._triton.ops import dim_mask, mma
-from dash_eval.kernels._triton.selection import write_visit_list
+from dash_eval.kernels._triton.selection import store_words, write_visit_list
 
 POOL_MAX = 0
 POOL_WEIGHTED = 1
@@ -109,11 +109,7 @@ def _select_and_store(score, qpos, q_ok, qabs, cols, bh, Nq, WORDS, ACTIVE, ATTE
     chosen = (above | pick) & (want > 0)[:, None]
     sel = (forced | chosen) & q_ok[:, None]
 
-    wbits = tl.reshape(sel.to(tl.int64), (TQ, NBP // 32, 32))
-    words = tl.sum(wbits << tl.arange(0, 32).to(tl.int64)[None, None, :], 2).to(tl.int32)
-    wcol = tl.arange(0, NBP // 32)
-    tl.store(WORDS + (bh * Nq + qpos)[:, None] * n_words + wcol[None, :], words,
-             mask=q_ok[:, None] & (wcol < n_words)[None, :])
+    store_words(sel, WORDS, bh, Nq, qpos, q_ok, n_words, 0, TQ, NBP)
     start = cols[None, :] * C
     sel_keys = tl.minimum(C, qabs[:, None] - start + 1)
     win_lo = tl.maximum(qabs[:, None] - window + 1, start)

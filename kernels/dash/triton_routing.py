@@ -33,6 +33,7 @@ import triton
 import triton.language as tl
 from dash_eval.kernels._triton.launch import dot_mode, last_dim_contiguous, next_pow2, persistent_programs
 from dash_eval.kernels._triton.ops import dim_mask, mma
+from dash_eval.kernels._triton.selection import store_words
 
 _MAX_NEWTON_ITERS = 60
 _ROUTE_TILE_ELEMENTS = 16384  # rows x blocks held in registers per program (64 floats a thread at 8 warps)
@@ -232,39 +233,46 @@ def _dash_route_kernel(
         has = ncand_row > 0
         tau = tl.where(has, tl.max(x, 1) - 1.0, 0.0)
         tau = _entmax_newton(x, tau, ent_exp, tol, ncand > 0, ENT_SQUARE, MAX_ITERS)
-        tt = tl.maximum(x - tau[:, None], 0.0)
-        if ENT_SQUARE:
-            p = tt * tt
-        else:
-            p = tl.where(tt > 0, tl.exp2(ent_exp * tl.log2(tl.maximum(tt, 1e-30))), 0.0)
-        p = tl.where(row_ok[:, None], p, 0.0)
-        pbar = tl.sum(tl.reshape(p, (TQ, GP, NBP)), 1) / G  # [TQ, NBP]
-
         qpos = qt * TQ + lane
         q_ok = qpos < Nq
-        cur = (qpos + q_off) // C
-        routed = pbar > 0
-        forced = (cols[None, :] <= cur[:, None]) & (
-            (cols[None, :] < init_blocks) | (cols[None, :] > cur[:, None] - local_blocks)
-        )
-        sel = (routed | forced) & q_ok[:, None]
+        routed, forced, sel, log_p = _group_selection(x, tau, row_ok, qpos, q_ok, cols, q_off, ent_exp,
+                                                      init_blocks, local_blocks, G, GP, TQ, NBP, C, ENT_SQUARE)
         n_routed = tl.sum(routed.to(tl.int32), 1)
-        log_p = tl.where(routed, tl.log(tl.maximum(pbar, 1.1754943508222875e-38)), 0.0)
         mean_log = tl.sum(log_p, 1) / tl.maximum(n_routed, 1).to(tl.float32)
         dev = tl.where(routed & ~forced, tl.abs(log_p - mean_log[:, None]), 0.0)
         tl.store(MAXBETA + bh * Nq + qpos, tl.max(dev, 1) * inv_sigma, mask=q_ok)
 
-        bits = tl.reshape(sel.to(tl.int64), (TQ, NBP // 32, 32))
-        words = tl.sum(bits << tl.arange(0, 32).to(tl.int64)[None, None, :], 2).to(tl.int32)
-        wcol = tl.arange(0, NBP // 32)
-        tl.store(WORDS + (bh * Nq + qpos)[:, None] * n_words + wcol[None, :], words,
-                 mask=q_ok[:, None] & (wcol < n_words)[None, :])
+        store_words(sel, WORDS, bh, Nq, qpos, q_ok, n_words, 0, TQ, NBP)
         tl.store(TAU + (b * HKV * G + head) * Nq + pos, tau, mask=row_ok)
         tl.store(MEANLOG + bh * Nq + qpos, mean_log, mask=q_ok)
         keys = tl.minimum(C, (qpos + q_off)[:, None] - cols[None, :] * C + 1)
         tl.store(ACTIVE + bh * Nq + qpos, tl.sum(sel.to(tl.int32), 1), mask=q_ok)
         tl.store(ATTENDED + bh * Nq + qpos, tl.sum(tl.where(sel, keys, 0), 1), mask=q_ok)
         tile += n_prog
+
+
+@triton.jit
+def _group_selection(x, tau, row_ok, qpos, q_ok, cols, q_off, ent_exp, init_blocks, local_blocks,
+                     G: tl.constexpr, GP: tl.constexpr, TQ: tl.constexpr, N: tl.constexpr, C: tl.constexpr,
+                     ENT_SQUARE: tl.constexpr):
+    """Stage 2 on blocks ``cols [N]``, given the rows' scaled scores ``x [GP * TQ, N]`` and thresholds: each
+    head's entmax, ``pbar`` over the group, and per query the routed blocks (``pbar > 0``), the forced ones,
+    the selection, and ``log pbar`` on the routed blocks (0 elsewhere)."""
+    tt = tl.maximum(x - tau[:, None], 0.0)
+    if ENT_SQUARE:
+        p = tt * tt
+    else:
+        p = tl.where(tt > 0, tl.exp2(ent_exp * tl.log2(tl.maximum(tt, 1e-30))), 0.0)
+    p = tl.where(row_ok[:, None], p, 0.0)
+    pbar = tl.sum(tl.reshape(p, (TQ, GP, N)), 1) / G  # [TQ, N]
+    cur = (qpos + q_off) // C
+    routed = pbar > 0
+    forced = (cols[None, :] <= cur[:, None]) & (
+        (cols[None, :] < init_blocks) | (cols[None, :] > cur[:, None] - local_blocks)
+    )
+    sel = (routed | forced) & q_ok[:, None]
+    log_p = tl.where(routed, tl.log(tl.maximum(pbar, 1.1754943508222875e-38)), 0.0)
+    return routed, forced, sel, log_p
 
 
 @triton.jit
@@ -363,31 +371,14 @@ def _dash_select_kernel(
     x = tl.load(SCORES + (tile * M + r)[:, None] * NBP + cols[None, :], mask=cand, other=0.0)
     x = tl.where(cand, x * zscale, float("-inf"))
     tau = tl.load(TAU + (b * HKV * G + head) * Nq + pos, mask=row_ok, other=0.0)
-    tt = tl.maximum(x - tau[:, None], 0.0)
-    if ENT_SQUARE:
-        p = tt * tt
-    else:
-        p = tl.where(tt > 0, tl.exp2(ent_exp * tl.log2(tl.maximum(tt, 1e-30))), 0.0)
-    p = tl.where(row_ok[:, None], p, 0.0)
-    pbar = tl.sum(tl.reshape(p, (TQ, GP, CH)), 1) / G  # [TQ, CH]
-
     lane = tl.arange(0, TQ)
     qpos = qt * TQ + lane
     q_ok = qpos < Nq
-    cur = (qpos + q_off) // C
-    routed = pbar > 0
-    forced = (cols[None, :] <= cur[:, None]) & (
-        (cols[None, :] < init_blocks) | (cols[None, :] > cur[:, None] - local_blocks)
-    )
-    sel = (routed | forced) & q_ok[:, None]
-    log_p = tl.where(routed, tl.log(tl.maximum(pbar, 1.1754943508222875e-38)), 0.0)
+    routed, forced, sel, log_p = _group_selection(x, tau, row_ok, qpos, q_ok, cols, q_off, ent_exp,
+                                                  init_blocks, local_blocks, G, GP, TQ, CH, C, ENT_SQUARE)
     free = routed & ~forced
     keys = tl.minimum(C, (qpos + q_off)[:, None] - cols[None, :] * C + 1)
-    bits = tl.reshape(sel.to(tl.int64), (TQ, CH // 32, 32))
-    words = tl.sum(bits << tl.arange(0, 32).to(tl.int64)[None, None, :], 2).to(tl.int32)
-    wcol = c * (CH // 32) + tl.arange(0, CH // 32)
-    tl.store(WORDS + (bh * Nq + qpos)[:, None] * n_words + wcol[None, :], words,
-             mask=q_ok[:, None] & (wcol < n_words)[None, :])
+    store_words(sel, WORDS, bh, Nq, qpos, q_ok, n_words, c * (CH // 32), TQ, CH)
     part = (tile * NCHUNK + c) * 3 * TQ + lane
     tl.store(PARTF + part, tl.sum(log_p, 1))
     tl.store(PARTF + part + TQ, tl.max(tl.where(free, log_p, float("-inf")), 1))
