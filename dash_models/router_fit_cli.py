@@ -12,7 +12,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from dash_eval.dash_models.router_fit import CALIBRATION_SOURCES, FIT_TARGETS, ROUTER_JSON, FitSettings, check_output
+from dash_eval.dash_models.router_fit import CALIBRATION_SOURCES, FIT_TARGETS, FitSettings
+from dash_eval.dash_models.router_output import ROUTER_JSON, check_output
 
 _DEFAULTS = FitSettings()
 
@@ -92,7 +93,8 @@ def run(args: argparse.Namespace) -> int:
         return 2
 
     from dash_eval.dash_models.loading import load_model
-    from dash_eval.dash_models.router_fit import LOSS_PNG, fit_router, summary_table
+    from dash_eval.dash_models.router_fit import fit_router
+    from dash_eval.dash_models.router_output import LOSS_PNG, summary_table
 
     t0 = time.perf_counter()
     try:

@@ -9,6 +9,7 @@ import pytest
 import torch
 from dash_eval.dash_models import apply_attention, get_tally, load_router_file
 from dash_eval.dash_models import router_fit as rf
+from dash_eval.dash_models import router_output as ro
 from dash_eval.kernels.dash.naive import dash_block_summaries, dash_route
 from dash_eval.kernels.entmax import entmax
 from transformers import LlamaConfig, LlamaForCausalLM
@@ -197,10 +198,10 @@ def test_saved_router_round_trips_and_routes_like_the_fitted_one(tmp_path):
     assert set(loaded) == set(result.routers)
     for layer, tensor in result.routers.items():
         assert loaded[layer].dtype == torch.float32 and torch.equal(loaded[layer], tensor)
-    record = json.loads((tmp_path / "router" / rf.ROUTER_JSON).read_text())
+    record = json.loads((tmp_path / "router" / ro.ROUTER_JSON).read_text())
     assert record["settings"]["steps"] == 15 and record["calibration"]["source"] == "python-docs"
     assert len(record["layers"]) == 2 and len(record["loss_curve"]) == 15
-    assert (tmp_path / "router" / rf.LOSS_PNG).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (tmp_path / "router" / ro.LOSS_PNG).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     ids = torch.randint(3, 97, (1, 70), generator=torch.Generator().manual_seed(5))
     params = dict(block_size=BLOCK, scale=2.0, init_blocks=1, local_blocks=2)
