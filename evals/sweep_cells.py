@@ -79,6 +79,15 @@ class Cell:
     def hash(self, config: SweepConfig) -> str:
         return config_hash(self.spec(config))
 
+    def calibration_key(self, config: SweepConfig) -> str:
+        """Key of this cell's calibration record. Calibration measures sparsity on the config's own
+        calibration prompts (``calibration.samples`` at ``calibration.seed``), never on the task's samples, so
+        the task's sample count and seed stay out of it: evaluating more samples reuses the calibration."""
+        spec = self.spec(config)
+        for key in ("samples", "seed"):
+            spec.pop(key)
+        return config_hash({"calibration_of": spec})
+
     def name(self, config: SweepConfig) -> str:
         """Directory name: ``<task>-L<length>-n<samples>-s<seed>--<method>--<param>=<value>,...--<hash8>``."""
         length = "Lfile" if self.length is None else f"L{self.length}"

@@ -53,7 +53,7 @@ def lm_eval_model_args(config: SweepConfig, cell: Cell, params: dict[str, Any]) 
     if router is not None:
         args["router"] = router
     if cell.per_layer:  # the cell's calibration record holds the per-layer multipliers
-        args["layer_scales"] = str(ResultsStore(config.output).calibration_path(cell.hash(config)))
+        args["layer_scales"] = str(ResultsStore(config.output).calibration_path(cell.calibration_key(config)))
     if m.attn_backend != "auto":
         args["attn_backend"] = m.attn_backend
     args.update({k: v for k, v in params.items() if v is not None})
@@ -211,7 +211,7 @@ class LmEvalRunner:
     def calibrate(self, cell: Cell) -> dict[str, Any]:
         """The calibrated value of ``cell.calibrate`` for ``cell.target_sparsity`` (cached in the results
         directory, so a resumed sweep does not calibrate again)."""
-        key = cell.hash(self.config)
+        key = cell.calibration_key(self.config)
         cached = self.store.read_calibration(key)
         if cached is not None:
             return cached

@@ -10,7 +10,8 @@ Layout::
         lm_eval_results.json   lm-eval's results dict for the cell's task
         metrics.json           the leaderboard row; written last, so its presence marks the cell complete
         error.json             only for a failed cell: the error and its traceback (removed on success)
-      calibration/<key>.json   calibrated parameter values, reused when a sweep resumes
+      calibration/<key>.json   calibrated parameter values, reused when a sweep resumes or evaluates more
+                             samples (the key leaves out the task's samples and seed)
       leaderboard.csv, report.md, iso_sparsity.csv, accuracy_vs_sparsity.png
 
 Every file is written to a temporary name in its directory and renamed into place, so a killed sweep

@@ -168,7 +168,7 @@ def test_config_option_and_cell_identity():
     from dash_eval.evals.sweep_lm_eval import lm_eval_model_args
 
     args = lm_eval_model_args(config, per_layer, {"scale": 0.7})
-    assert args["layer_scales"].endswith(f"calibration/{per_layer.hash(config)}.json")
+    assert args["layer_scales"].endswith(f"calibration/{per_layer.calibration_key(config)}.json")
     assert "layer_scales" not in lm_eval_model_args(config, plain, {"scale": 0.7})
     # the option off is the same cell as no option
     raw = copy.deepcopy(RAW)
@@ -207,4 +207,4 @@ def test_per_layer_calibration_on_the_embedded_model(tmp_path):
     again = runner.measure_layer_sparsity(cell, {**cell.params, "scale": 1.0}, scales,
                                           runner._calibration_prompts(cell))
     assert all(math.isclose(again[k], record["layer_sparsity"][str(k)], abs_tol=1e-9) for k in again)
-    assert ResultsStore(config.output).read_calibration(cell.hash(config)) == json.loads(json.dumps(record))
+    assert ResultsStore(config.output).read_calibration(cell.calibration_key(config)) == json.loads(json.dumps(record))

@@ -80,6 +80,24 @@ def test_cell_identity_covers_model_and_seed():
     assert len(set(names)) == 3
 
 
+def test_calibration_key_leaves_out_the_task_samples():
+    """Calibration runs on the config's own calibration prompts: more evaluation samples, or another task seed,
+    reuse it; another target, length, router or calibration setting does not."""
+    def key_and_hash(samples=2, seed=0, target=0.75, router=None, calibration=None):
+        entry = {"method": "dash", "target_sparsity": [target], **({"router": router} if router else {})}
+        tasks = [{"task": "niah_single", "lengths": [512], "samples": samples, "seed": seed}]
+        config = _config([entry], tasks=tasks, **({"calibration": calibration} if calibration else {}))
+        (cell,) = expand_cells(config)
+        return cell.calibration_key(config), cell.hash(config)
+
+    key, cell_hash = key_and_hash()
+    for other in (key_and_hash(samples=16), key_and_hash(seed=5)):
+        assert other[0] == key and other[1] != cell_hash
+    for other in (key_and_hash(target=0.5), key_and_hash(router="none"),
+                  key_and_hash(calibration={"samples": 3})):
+        assert other[0] != key
+
+
 @pytest.mark.parametrize("n", [1, 2, 3, 5])
 def test_shards_are_disjoint_and_complete(n):
     config = _config([{"method": "full"}, {"method": "dash", "grid": {"scale": [0.5, 1.0, 2.0, 4.0]}}])
