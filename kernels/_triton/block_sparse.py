@@ -22,8 +22,15 @@ import dataclasses
 import torch
 import triton
 import triton.language as tl
-from dash_eval.kernels._triton.launch import dot_mode, interpreting, last_dim_contiguous, next_pow2
-from dash_eval.kernels._triton.ops import dim_mask, mma
+from dash_eval.kernels._triton.launch import (
+    chain_options,
+    dot_mode,
+    interpreting,
+    last_dim_contiguous,
+    next_pow2,
+    num_sms,
+)
+from dash_eval.kernels._triton.ops import chain_start, dim_mask, mma
 from dash_eval.kernels._triton.selection import FULL_FLAG, FULL_MASK, tile_union
 
 LOG2E = 1.4426950408889634
@@ -109,7 +116,9 @@ def _sparse_attn_fwd_kernel(
     G: tl.constexpr, GP: tl.constexpr, TQ: tl.constexpr, D: tl.constexpr, DP: tl.constexpr,
     BLOCK_N: tl.constexpr, BIAS_MODE: tl.constexpr, SPLITS: tl.constexpr, ENT_SQUARE: tl.constexpr,
     DOT_MODE: tl.constexpr, PIPELINE: tl.constexpr,
+    PDL: tl.constexpr = False,
 ):
+    chain_start(PDL)
     M: tl.constexpr = GP * TQ
     t = n_tiles - 1 - tl.program_id(0)  # the longest (latest) tiles first
     bh = tl.program_id(1)
@@ -188,7 +197,9 @@ def _sparse_attn_fwd_kernel(
 
 @triton.jit
 def _combine_kernel(PO, PM, PL, Out, n_rows, Nq, s_ob, s_oh, s_on, HQ,
-                    SPLITS: tl.constexpr, SP: tl.constexpr, D: tl.constexpr, DP: tl.constexpr):
+                    SPLITS: tl.constexpr, SP: tl.constexpr, D: tl.constexpr, DP: tl.constexpr,
+                    PDL: tl.constexpr = False):
+    chain_start(PDL)
     row = tl.program_id(0)  # (b * HQ + head) * Nq + pos
     s = tl.arange(0, SP)
     s_ok = s < SPLITS
@@ -221,6 +232,25 @@ def default_tile_q(group: int, nq: int, tile_rows: int = 64) -> int:
     gp = next_pow2(group)
     tq = min(max(1, tile_rows // gp), next_pow2(nq))
     return max(tq, -(-16 // gp))  # tl.dot needs at least 16 rows
+
+
+# Decode's split fine stage: at least this many blocks of a tile's visit list per program.
+DECODE_SPLIT_BLOCKS = 2
+
+
+def decode_splits(q: torch.Tensor, k: torch.Tensor, block_size: int, visits: int | None = None) -> int:
+    """Programs per query tile for the fine stage: 1 in prefill; in decode, enough to fill the GPU, with
+    at least ``DECODE_SPLIT_BLOCKS`` of the blocks a tile can visit each. ``visits``: an upper bound of
+    a tile's visit list when the method has one (top-k methods: ``topk`` plus the forced and window
+    blocks per query), else every block counts."""
+    b, hq, nq, _ = q.shape
+    if nq > 16 or q.device.type != "cuda":
+        return 1
+    blocks = -(-k.shape[2] // block_size)
+    if visits is not None:
+        blocks = min(blocks, visits)
+    target = 2 * num_sms(q.device.index or 0)
+    return max(1, min(blocks // DECODE_SPLIT_BLOCKS, target // max(1, b * k.shape[1])))
 
 
 def sparse_attention_from_words(
@@ -306,11 +336,13 @@ def sparse_attention_from_words(
         G=g, GP=gp, TQ=tile_q, D=d, DP=dp, BLOCK_N=block_size, BIAS_MODE=bias_mode, SPLITS=splits,
         ENT_SQUARE=ent_exp == 2.0, DOT_MODE=dot_mode(q.dtype), PIPELINE=not interpreting(),
         num_warps=num_warps, num_stages=num_stages,
+        **chain_options(q.device),
     )
     if splits > 1:
         n_rows = b * hq * nq
         _combine_kernel[(n_rows,)](
             po, pm, pl, out, n_rows, nq, out.stride(0), out.stride(1), out.stride(2), hq,
             SPLITS=splits, SP=next_pow2(splits), D=d, DP=dp, num_warps=4,
+            **chain_options(q.device),
         )
     return out

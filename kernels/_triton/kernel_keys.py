@@ -13,8 +13,8 @@ import dataclasses
 import torch
 import triton
 import triton.language as tl
-from dash_eval.kernels._triton.launch import last_dim_contiguous, next_pow2
-from dash_eval.kernels._triton.ops import dim_mask
+from dash_eval.kernels._triton.launch import chain_options, last_dim_contiguous, next_pow2
+from dash_eval.kernels._triton.ops import chain_start, dim_mask
 
 
 @dataclasses.dataclass
@@ -42,7 +42,9 @@ def _kernel_keys_kernel(
     K, KHI, KLO, m0, capacity, kernel_size, kernel_stride, inv_size,
     s_kb, s_kh, s_kn, HKV,
     KS: tl.constexpr, D: tl.constexpr, DP: tl.constexpr, SPLIT: tl.constexpr,
+    PDL: tl.constexpr = False,
 ):
+    chain_start(PDL)
     m = m0 + tl.program_id(0)
     bh = tl.program_id(1)
     b = bh // HKV
@@ -91,6 +93,7 @@ def update_kernel_keys(keys: KernelKeys, k: torch.Tensor) -> KernelKeys:
         k.stride(0), k.stride(1), k.stride(2), hkv,
         KS=next_pow2(keys.kernel_size), D=d, DP=next_pow2(max(d, 16)), SPLIT=keys.lo is not None,
         num_warps=4,
+        **chain_options(k.device),
     )
     keys.count = total
     return keys

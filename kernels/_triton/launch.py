@@ -35,6 +35,34 @@ def next_pow2(x: int) -> int:
     return 1 << max(0, int(x) - 1).bit_length()
 
 
+# Programmatic dependent launch (Hopper and later): a kernel is launched while the one before it in the
+# stream drains, and waits (``ops.chain_start``) until that one's writes are visible before touching
+# memory, so a chain of short launches (a decode step) does not pay each launch's ramp-up in turn.
+# A module switch, so that scripts/gpu_variants.py can time both.
+USE_PDL = True
+
+
+@functools.cache
+def _capability(device_index: int) -> tuple[int, int]:
+    return torch.cuda.get_device_capability(device_index)
+
+
+def chained(device: torch.device) -> bool:
+    """Whether kernels on ``device`` launch with programmatic dependent launch (``PDL=`` and
+    ``launch_pdl=`` of every launch in this package): CUDA devices of compute capability 9.0 and later,
+    never the interpreter."""
+    if not USE_PDL or interpreting() or device.type != "cuda":
+        return False
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return _capability(index) >= (9, 0)
+
+
+def chain_options(device: torch.device) -> dict:
+    """The launch keywords of programmatic dependent launch for a kernel taking ``PDL: tl.constexpr``."""
+    on = chained(device)
+    return {"PDL": on, "launch_pdl": on}
+
+
 @functools.cache
 def num_sms(device_index: int) -> int:
     return torch.cuda.get_device_properties(device_index).multi_processor_count

@@ -4,6 +4,18 @@ from __future__ import annotations
 
 import triton
 import triton.language as tl
+from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
+
+
+@triton.jit
+def chain_start(PDL: tl.constexpr):
+    """The first statement of every kernel of this package. Launched with programmatic dependent launch
+    (``PDL``, ``launch.chained``), a kernel may start before the previous kernel in the stream has
+    finished: it waits here until that kernel completed and its writes are visible (which, as every
+    kernel waits, holds for all earlier kernels too), then lets the next kernel launch early."""
+    if PDL:
+        gdc_wait()
+        gdc_launch_dependents()
 
 
 @triton.jit

@@ -14,7 +14,8 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from dash_eval.kernels._triton.launch import next_pow2
+from dash_eval.kernels._triton.launch import chain_options, next_pow2
+from dash_eval.kernels._triton.ops import chain_start
 
 # A visit-list entry is a block index, plus FULL_FLAG when every query of the tile attends the whole
 # block (all select it and it lies strictly before the tile): the fine stage then skips masking.
@@ -69,7 +70,9 @@ def _tile_union_kernel(
     WORDS, TLIST, TCOUNT,
     Nq, q_off, n_words, nblocks, n_tiles, block_size, window,
     TQ: tl.constexpr, NWP: tl.constexpr,
+    PDL: tl.constexpr = False,
 ):
+    chain_start(PDL)
     t = tl.program_id(0)
     bh = tl.program_id(1)
     qi = t * TQ + tl.arange(0, TQ)
@@ -121,5 +124,6 @@ def tile_union(
     _tile_union_kernel[(n_tiles, b * hkv)](
         words, tlist, tcount, nq, nk - nq, nw, nblocks, n_tiles, block_size, window,
         TQ=tile_q, NWP=next_pow2(nw),
+        **chain_options(words.device),
     )
     return tlist, tcount

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 from dash_eval.kernels._triton.accounting import stats_from_counts
-from dash_eval.kernels._triton.block_sparse import sparse_attention_from_words
+from dash_eval.kernels._triton.block_sparse import decode_splits, sparse_attention_from_words
 from dash_eval.kernels._triton.kernel_keys import KernelKeys, complete_kernels, kernel_keys_triton
 from dash_eval.kernels._triton.launch import kernel_supports
 from dash_eval.kernels._triton.topk_routing import topk_route
@@ -43,8 +43,6 @@ def topk_attention_triton(
 ) -> tuple[torch.Tensor, AttentionStats | None]:
     if topk_unsupported(q, params) is not None:
         return get_method(method).reference(q, k, v, params, softmax_scale=softmax_scale, return_stats=return_stats)
-    from dash_eval.kernels.dash.triton_attention import decode_splits
-
     b, hq, nq, _ = q.shape
     nk, c = k.shape[2], params.block_size
     if kernel_keys is None:
@@ -55,8 +53,10 @@ def topk_attention_triton(
         q, kernel_keys, nk, pool=pool, block_size=c, init_blocks=params.init_blocks,
         local_blocks=params.local_blocks, topk=params.topk, softmax_scale=softmax_scale, window=window,
     )
-    if splits is None:
-        splits = decode_splits(q, k, c)
+    if splits is None:  # a query visits at most its top-k, its forced blocks and its window's blocks
+        window_blocks = -(-window // c) + 1 if window > 0 else 0
+        splits = decode_splits(q, k, c, visits=nq * (params.topk + params.init_blocks + params.local_blocks
+                                                    + window_blocks))
     tiles = None
     if route.tiles is not None and tile_q in (None, route.tile_q):  # decode: the select launch's visit list
         tiles, tile_q = route.tiles, route.tile_q

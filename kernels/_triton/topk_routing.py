@@ -28,8 +28,14 @@ import torch
 import triton
 import triton.language as tl
 from dash_eval.kernels._triton.kernel_keys import KernelKeys
-from dash_eval.kernels._triton.launch import dot_mode, last_dim_contiguous, next_pow2, persistent_programs
-from dash_eval.kernels._triton.ops import dim_mask, mma
+from dash_eval.kernels._triton.launch import (
+    chain_options,
+    dot_mode,
+    last_dim_contiguous,
+    next_pow2,
+    persistent_programs,
+)
+from dash_eval.kernels._triton.ops import chain_start, dim_mask, mma
 from dash_eval.kernels._triton.selection import store_words, write_visit_list
 
 POOL_MAX = 0
@@ -132,7 +138,9 @@ def _topk_route_kernel(
     C: tl.constexpr, NBP: tl.constexpr, NBP_BITS: tl.constexpr, NKP: tl.constexpr,
     KC: tl.constexpr, W: tl.constexpr,
     POOL: tl.constexpr, SPLIT: tl.constexpr, DOT_MODE: tl.constexpr,
+    PDL: tl.constexpr = False,
 ):
+    chain_start(PDL)
     M: tl.constexpr = GP * TQ
     NKC: tl.constexpr = NKP // KC
     pid = tl.program_id(0)
@@ -240,8 +248,10 @@ def _decode_scores_kernel(
     s_qb, s_qh, s_qn, HKV,
     G: tl.constexpr, GP: tl.constexpr, TQ: tl.constexpr, D: tl.constexpr, DP: tl.constexpr,
     KC: tl.constexpr, SPLIT: tl.constexpr, DOT_MODE: tl.constexpr,
+    PDL: tl.constexpr = False,
 ):
     """Stage (a): scores of one chunk of kernels for one tile, with the chunk's max and normaliser."""
+    chain_start(PDL)
     M: tl.constexpr = GP * TQ
     c = tl.program_id(0)
     tile = tl.program_id(1)
@@ -268,9 +278,11 @@ def _decode_pool_kernel(
     Nq, q_off, nk, n_chunks, n_qtiles, row_len, kernel_size, kernel_stride, ratio, lead,
     G: tl.constexpr, GP: tl.constexpr, TQ: tl.constexpr, NCP: tl.constexpr, CB: tl.constexpr,
     NBP: tl.constexpr, C: tl.constexpr, W: tl.constexpr, POOL: tl.constexpr,
+    PDL: tl.constexpr = False,
 ):
     """Stage (b): the chunks' normalisers combined, group-summed kernel probabilities pooled onto a chunk
     of blocks."""
+    chain_start(PDL)
     M: tl.constexpr = GP * TQ
     cb = tl.program_id(0)
     tile = tl.program_id(1)
@@ -319,9 +331,11 @@ def _decode_select_kernel(
     BS, WORDS, ACTIVE, ATTENDED, TLIST, TCOUNT,
     Nq, q_off, n_words, nblocks, n_qtiles, init_blocks, local_blocks, topk, window,
     TQ: tl.constexpr, C: tl.constexpr, NBP: tl.constexpr, NBP_BITS: tl.constexpr, LIST: tl.constexpr,
+    PDL: tl.constexpr = False,
 ):
     """Stage (c): the exact top-k of the pooled block scores of one tile (and, with ``LIST``, when the
     tile holds every query, the fine stage's visit list)."""
+    chain_start(PDL)
     tile = tl.program_id(0)
     bh = tile // n_qtiles
     qt = tile % n_qtiles
@@ -420,12 +434,14 @@ def topk_route(
             kernel_stride, q.stride(0), q.stride(1), q.stride(2), hkv,
             G=g, GP=gp, TQ=tile_q, D=d, DP=dp, KC=kc_dec, SPLIT=klo is not None, DOT_MODE=dot_mode(q.dtype),
             num_warps=4,
+            **chain_options(dev),
         )
         _decode_pool_kernel[(nbp // cb, total)](
             xs, pm, pl, bs,
             nq, nk - nq, n_kernels, n_chunks, n_qtiles, row_len, kernel_size, kernel_stride, ratio, lead,
             G=g, GP=gp, TQ=tile_q, NCP=next_pow2(n_chunks), CB=cb, NBP=nbp, C=block_size, W=width, POOL=pool,
             num_warps=4,
+            **chain_options(dev),
         )
         listed = DECODE_LIST and n_qtiles == 1  # every query in one tile: the visit list is written here
         tlist = torch.empty(b, hkv, 1, nblocks, dtype=torch.int32, device=dev) if listed else words
@@ -435,6 +451,7 @@ def topk_route(
             nq, nk - nq, nwords, nblocks, n_qtiles, init_blocks, local_blocks, topk, window,
             TQ=tile_q, C=block_size, NBP=nbp, NBP_BITS=nbp.bit_length() - 1, LIST=listed,
             num_warps=4 if tile_q * nbp <= 4096 else 8,
+            **chain_options(dev),
         )
         if listed:
             return TopkRoute(words, active, attended, (tlist, tcount), tile_q)
@@ -453,5 +470,6 @@ def topk_route(
         NKP=nkp, KC=kc_chunk,
         W=width, POOL=pool, SPLIT=klo is not None, DOT_MODE=dot_mode(q.dtype),
         num_warps=num_warps, num_stages=1,
+        **chain_options(dev),
     )
     return TopkRoute(words, active, attended)

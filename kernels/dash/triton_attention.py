@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 from dash_eval.kernels._triton.accounting import stats_from_counts
-from dash_eval.kernels._triton.block_sparse import DashPrior, sparse_attention_from_words
+from dash_eval.kernels._triton.block_sparse import DashPrior, decode_splits, sparse_attention_from_words
 from dash_eval.kernels._triton.launch import kernel_supports
 from dash_eval.kernels.dash.triton_routing import BlockSummaries, block_summaries, dash_route
 from dash_eval.kernels.registry import get_method
@@ -66,16 +66,3 @@ def dash_attention_triton(
         cur_sum = sum((p // c) for p in range(nk - nq, nk))
         stats = stats_from_counts(route.active, route.attended, nk, c, cur_sum * g * b * k.shape[1])
     return out, stats
-
-
-def decode_splits(q: torch.Tensor, k: torch.Tensor, block_size: int) -> int:
-    """Programs per query tile for the fine stage: 1 in prefill; enough to fill the GPU in decode."""
-    b, hq, nq, _ = q.shape
-    if nq > 16 or q.device.type != "cuda":
-        return 1
-    hkv = k.shape[1]
-    nblocks = -(-k.shape[2] // block_size)
-    from dash_eval.kernels._triton.launch import num_sms
-
-    target = 2 * num_sms(q.device.index or 0)
-    return max(1, min(nblocks // 8, target // max(1, b * hkv)))

@@ -31,8 +31,14 @@ import dataclasses
 import torch
 import triton
 import triton.language as tl
-from dash_eval.kernels._triton.launch import dot_mode, last_dim_contiguous, next_pow2, persistent_programs
-from dash_eval.kernels._triton.ops import dim_mask, mma
+from dash_eval.kernels._triton.launch import (
+    chain_options,
+    dot_mode,
+    last_dim_contiguous,
+    next_pow2,
+    persistent_programs,
+)
+from dash_eval.kernels._triton.ops import chain_start, dim_mask, mma
 from dash_eval.kernels._triton.selection import store_words
 
 _MAX_NEWTON_ITERS = 60
@@ -70,7 +76,9 @@ def _block_summary_kernel(
     K, ROUTER, KBAR, KHI, KLO, j0, capacity, router_scale,
     s_kb, s_kh, s_kn, HKV,
     C: tl.constexpr, D: tl.constexpr, DP: tl.constexpr, HAS_ROUTER: tl.constexpr, SPLIT: tl.constexpr,
+    PDL: tl.constexpr = False,
 ):
+    chain_start(PDL)
     j = j0 + tl.program_id(0)
     bh = tl.program_id(1)
     b = bh // HKV
@@ -124,6 +132,7 @@ def update_summaries(
         k.stride(0), k.stride(1), k.stride(2), hkv,
         C=block_size, D=d, DP=next_pow2(max(d, 16)), HAS_ROUTER=router is not None, SPLIT=summ.lo is not None,
         num_warps=4,
+        **chain_options(k.device),
     )
     summ.count = nc
     return summ
@@ -173,7 +182,9 @@ def _dash_route_kernel(
     G: tl.constexpr, GP: tl.constexpr, TQ: tl.constexpr, D: tl.constexpr, DP: tl.constexpr,
     C: tl.constexpr, NBP: tl.constexpr, CH: tl.constexpr, ENT_SQUARE: tl.constexpr, SPLIT: tl.constexpr,
     DOT_MODE: tl.constexpr, MAX_ITERS: tl.constexpr, PRECOMPUTED: tl.constexpr,
+    PDL: tl.constexpr = False,
 ):
+    chain_start(PDL)
     M: tl.constexpr = GP * TQ
     NCH: tl.constexpr = NBP // CH
     pid = tl.program_id(0)
@@ -294,9 +305,11 @@ def _dash_scores_kernel(
     s_qb, s_qh, s_qn, HKV,
     G: tl.constexpr, GP: tl.constexpr, TQ: tl.constexpr, D: tl.constexpr, DP: tl.constexpr,
     NBP: tl.constexpr, CH: tl.constexpr, SPLIT: tl.constexpr, DOT_MODE: tl.constexpr, ZERO_COUNT: tl.constexpr,
+    PDL: tl.constexpr = False,
 ):
     """Routing scores of one chunk of blocks for one query tile: the decode path's first stage, which
     spreads reading the summaries over many programs (one query tile alone cannot fill the GPU)."""
+    chain_start(PDL)
     M: tl.constexpr = GP * TQ
     c = tl.program_id(0)
     tile = tl.program_id(1)  # bh * n_qtiles + qt
@@ -326,11 +339,13 @@ def _dash_tau_kernel(
     SCORES, TAU, Nq, q_off, nc, n_qtiles, zscale, ent_exp, tol, HKV,
     G: tl.constexpr, GP: tl.constexpr, TQ: tl.constexpr, C: tl.constexpr, NBP: tl.constexpr,
     ENT_SQUARE: tl.constexpr, MAX_ITERS: tl.constexpr,
+    PDL: tl.constexpr = False,
 ):
     """The exact threshold of one (batch, query head, query) row from its scores written by
     ``_dash_scores_kernel``: the decode path's second stage. One program per real row, so the Newton
     iterations of the rows run side by side on the whole GPU (instead of one program per KV head
     iterating a ``GP * TQ``-row tile, padding rows included, until its slowest row converges)."""
+    chain_start(PDL)
     row = tl.program_id(0)  # (b * Hq + head) * Nq + pos: TAU's own layout
     pos = row % Nq
     bhead = row // Nq
@@ -353,12 +368,14 @@ def _dash_select_kernel(
     Nq, q_off, nc, n_words, n_qtiles, zscale, ent_exp, init_blocks, local_blocks, inv_sigma, HKV,
     G: tl.constexpr, GP: tl.constexpr, TQ: tl.constexpr, C: tl.constexpr, NBP: tl.constexpr, CH: tl.constexpr,
     ENT_SQUARE: tl.constexpr,
+    PDL: tl.constexpr = False,
 ):
     """Decode's third stage: the selection of one chunk of ``CH`` blocks for one query tile, given the
     thresholds: ``pbar``, the routed/forced bits (written), and per query the chunk's partial sums (routed
     blocks, sum of log pbar, max/min log pbar over routed non-forced blocks, selected blocks and keys). The
     last program of the tile to finish (an arrival counter, zeroed by the scores launch) combines the
     chunks into ``mean_log``, ``max_beta``, ``active`` and ``attended``."""
+    chain_start(PDL)
     NCHUNK: tl.constexpr = NBP // CH
     M: tl.constexpr = GP * TQ
     c = tl.program_id(0)
@@ -465,6 +482,7 @@ def dash_route(
             summ.kbar.shape[2], n_qtiles, q.stride(0), q.stride(1), q.stride(2), hkv,
             G=g, GP=gp, TQ=tile_q, D=d, DP=dp, NBP=nbp, CH=ch_pre, SPLIT=summ.lo is not None,
             DOT_MODE=dot_mode(q.dtype), ZERO_COUNT=split_select, num_warps=4,
+            **chain_options(dev),
         )
         n_prog = total
     elif nbp > ch:
@@ -479,6 +497,7 @@ def dash_route(
             scratch, tau, nq, nk - nq, summ.count, n_qtiles, zscale, ent_exp, tol, hkv,
             G=g, GP=gp, TQ=tile_q, C=block_size, NBP=nbp, ENT_SQUARE=ent_exp == 2.0, MAX_ITERS=_MAX_NEWTON_ITERS,
             num_warps=max(1, min(_DECODE_TAU_WARPS, nbp // 128)), num_stages=1,
+            **chain_options(dev),
         )
         ch_sel = min(nbp, _DECODE_SELECT_CHUNK)
         nchunk = nbp // ch_sel
@@ -489,6 +508,7 @@ def dash_route(
             nq, nk - nq, summ.count, nwords, n_qtiles, zscale, ent_exp, init_blocks, local_blocks, 1.0 / sigma, hkv,
             G=g, GP=gp, TQ=tile_q, C=block_size, NBP=nbp, CH=ch_sel, ENT_SQUARE=ent_exp == 2.0,
             num_warps=4 if m_rows * ch_sel >= 2048 else 2, num_stages=1,
+            **chain_options(dev),
         )
         return DashRoute(words, tau, mean_log, max_beta, active, attended)
     if num_warps is None:
@@ -502,5 +522,6 @@ def dash_route(
         G=g, GP=gp, TQ=tile_q, D=d, DP=dp, C=block_size, NBP=nbp, CH=ch,
         ENT_SQUARE=ent_exp == 2.0, SPLIT=summ.lo is not None, DOT_MODE=dot_mode(q.dtype),
         MAX_ITERS=_MAX_NEWTON_ITERS, PRECOMPUTED=precomputed, num_warps=num_warps, num_stages=1,
+        **chain_options(dev),
     )
     return DashRoute(words, tau, mean_log, max_beta, active, attended)
