@@ -15,7 +15,7 @@ pytestmark = [
 
 if triton_available:
     from dash_eval.kernels import sparse_attention
-    from dash_eval.kernels._triton.selection import unpack_selection
+    from dash_eval.kernels._triton.selection import tile_union, unpack_selection
     from dash_eval.kernels.common import num_blocks
     from dash_eval.kernels.dash.naive import dash_block_summaries
     from dash_eval.kernels.dash.naive import dash_route as reference_route
@@ -188,4 +188,15 @@ def test_dash_decode_path_matches_reference(case, mode, monkeypatch):
     # times as much as tau: the threshold's last-bit differences show at ~1e-4 here.
     ref_max_beta = bias[..., : pbar.shape[-1]].abs().amax(-1)
     torch.testing.assert_close(split.max_beta, ref_max_beta, rtol=1e-3, atol=1e-4 if dtype == torch.float32 else 2e-2)
+    # Every query in one routing tile (all cases but Nq = 5 at 16 heads per KV head), the selection launch's
+    # last program also wrote the fine stage's visit list: the same entries as the union launch builds.
+    assert fused.tiles is None and (split.tiles is not None) == (mode != "v8" and nq == 1)
+    if split.tiles is not None:
+        tlist, tcount = split.tiles
+        ref_list, ref_count = tile_union(split.words, nk, block_size=c, tile_q=split.tile_q)
+        assert torch.equal(tcount, ref_count)
+        for bi in range(b):
+            for h in range(hkv):
+                n = int(tcount[bi, h, 0])
+                assert torch.equal(tlist[bi, h, 0, :n], ref_list[bi, h, 0, :n])
     torch.testing.assert_close(split.max_beta, fused.max_beta, rtol=1e-4, atol=1e-5)

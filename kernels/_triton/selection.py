@@ -75,12 +75,22 @@ def _tile_union_kernel(
     chain_start(PDL)
     t = tl.program_id(0)
     bh = tl.program_id(1)
+    tile_visit_list(WORDS, bh, t, Nq, q_off, n_words, nblocks, block_size, window,
+                    TLIST + (bh * n_tiles + t) * nblocks, TCOUNT + bh * n_tiles + t, TQ, NWP)
+
+
+@triton.jit
+def tile_visit_list(WORDS, bh, t, Nq, q_off, n_words, nblocks, block_size, window, LIST, COUNT,
+                    TQ: tl.constexpr, NWP: tl.constexpr):
+    """Query tile ``t``'s visit list (``write_visit_list``) from its queries' selection words. The words are
+    read from L2 (``.cg``), so a launch may also call this on words other programs of it have just written
+    (after an acquiring arrival counter)."""
     qi = t * TQ + tl.arange(0, TQ)
     w = tl.arange(0, NWP)
     ptrs = WORDS + (bh * Nq + qi)[:, None] * n_words + w[None, :]
     q_ok = (qi < Nq)[:, None]
     w_ok = (w < n_words)[None, :]
-    words = tl.load(ptrs, mask=q_ok & w_ok, other=0)
+    words = tl.load(ptrs, mask=q_ok & w_ok, other=0, cache_modifier=".cg")
     union = tl.reduce(words, 0, _bit_or)  # [NWP]
     common = tl.reduce(tl.where(q_ok, words, -1), 0, _bit_and)
     shifts = tl.arange(0, 32)[None, :]
@@ -89,8 +99,7 @@ def _tile_union_kernel(
     j = tl.arange(0, NWP * 32)
     first = t * TQ + q_off
     last = tl.minimum(t * TQ + TQ, Nq) - 1 + q_off
-    write_visit_list(bits != 0, all_bits != 0, j, first, last, window, nblocks, block_size,
-                     TLIST + (bh * n_tiles + t) * nblocks, TCOUNT + bh * n_tiles + t)
+    write_visit_list(bits != 0, all_bits != 0, j, first, last, window, nblocks, block_size, LIST, COUNT)
 
 
 @triton.jit

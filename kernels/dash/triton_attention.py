@@ -56,8 +56,12 @@ def dash_attention_triton(
     )
     if splits is None:
         splits = decode_splits(q, k, c)
+    tiles = None
+    if route.tiles is not None and tile_q in (None, route.tile_q):  # decode: the selection launch's visit list
+        tiles, tile_q = route.tiles, route.tile_q
     out = sparse_attention_from_words(
         q, k, v, route.words, block_size=c, softmax_scale=softmax_scale, prior=prior, tile_q=tile_q, splits=splits,
+        tiles=tiles,
     )
     stats = None
     if return_stats:

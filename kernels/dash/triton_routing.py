@@ -39,7 +39,7 @@ from dash_eval.kernels._triton.launch import (
     persistent_programs,
 )
 from dash_eval.kernels._triton.ops import chain_start, dim_mask, mma
-from dash_eval.kernels._triton.selection import store_words
+from dash_eval.kernels._triton.selection import store_words, tile_visit_list
 
 _MAX_NEWTON_ITERS = 60
 _ROUTE_TILE_ELEMENTS = 16384  # rows x blocks held in registers per program (64 floats a thread at 8 warps)
@@ -48,6 +48,7 @@ _ROUTE_TILE_ELEMENTS = 16384  # rows x blocks held in registers per program (64 
 # of ``_DECODE_SELECT_CHUNK`` blocks. False: the routing kernel does both, one program per query tile (v8).
 _DECODE_TAU_ROWS = True
 _DECODE_TAU_WARPS = 8  # H200 sweep, 131k tokens: 1 / 2 / 4 / 8 warps 5.7 / 5.3 / 4.1 / 3.7 us (2 KV heads)
+_DECODE_LIST = True  # the decode selection's last program writes the fine stage's visit list (False: a union launch)
 _DECODE_SELECT_CHUNK = 512  # 128 / 256 / 512 blocks: 3.4 / 3.7 / 3.9 us at 2 KV heads, 6.2 / 5.0 / 3.8 at 8
 
 
@@ -69,6 +70,10 @@ class DashRoute:
     max_beta: torch.Tensor  # [B, Hkv, Nq] float32 max |beta| of the query's prior-weighted blocks
     active: torch.Tensor  # [B, Hkv, Nq] int32 attended blocks
     attended: torch.Tensor  # [B, Hkv, Nq] int32 attended keys
+    # Decode (all queries in one tile): the fine stage's visit list, written by the selection launch in the
+    # layout of ``selection.tile_union`` for tiles of ``tile_q`` queries, so no union launch is needed.
+    tiles: tuple[torch.Tensor, torch.Tensor] | None = None
+    tile_q: int | None = None
 
 
 @triton.jit
@@ -364,17 +369,19 @@ def _dash_tau_kernel(
 
 @triton.jit
 def _dash_select_kernel(
-    SCORES, TAU, WORDS, MEANLOG, MAXBETA, ACTIVE, ATTENDED, PARTF, PARTI, COUNT,
+    SCORES, TAU, WORDS, MEANLOG, MAXBETA, ACTIVE, ATTENDED, PARTF, PARTI, COUNT, TLIST, TCOUNT,
     Nq, q_off, nc, n_words, n_qtiles, zscale, ent_exp, init_blocks, local_blocks, inv_sigma, HKV,
     G: tl.constexpr, GP: tl.constexpr, TQ: tl.constexpr, C: tl.constexpr, NBP: tl.constexpr, CH: tl.constexpr,
-    ENT_SQUARE: tl.constexpr,
+    ENT_SQUARE: tl.constexpr, LIST: tl.constexpr,
     PDL: tl.constexpr = False,
 ):
     """Decode's third stage: the selection of one chunk of ``CH`` blocks for one query tile, given the
     thresholds: ``pbar``, the routed/forced bits (written), and per query the chunk's partial sums (routed
     blocks, sum of log pbar, max/min log pbar over routed non-forced blocks, selected blocks and keys). The
     last program of the tile to finish (an arrival counter, zeroed by the scores launch) combines the
-    chunks into ``mean_log``, ``max_beta``, ``active`` and ``attended``."""
+    chunks into ``mean_log``, ``max_beta``, ``active`` and ``attended``, and with ``LIST`` (one tile holds
+    every query) writes the fine stage's visit list from the words all chunks wrote, so no union launch
+    follows."""
     chain_start(PDL)
     NCHUNK: tl.constexpr = NBP // CH
     M: tl.constexpr = GP * TQ
@@ -417,6 +424,10 @@ def _dash_select_kernel(
         tl.store(MAXBETA + bh * Nq + qpos, dev * inv_sigma, mask=q_ok)
         tl.store(ACTIVE + bh * Nq + qpos, tl.sum(tl.load(PARTI + at + TQ, cache_modifier=".cg"), 0), mask=q_ok)
         tl.store(ATTENDED + bh * Nq + qpos, tl.sum(tl.load(PARTI + at + 2 * TQ, cache_modifier=".cg"), 0), mask=q_ok)
+        if LIST:
+            nblocks = (q_off + Nq + C - 1) // C
+            tile_visit_list(WORDS, bh, qt, Nq, q_off, n_words, nblocks, C, 0, TLIST + bh * nblocks, TCOUNT + bh,
+                            TQ, NBP // 32)
 
 
 def route_tile(group: int, nblocks_pow2: int, nq: int) -> int:
@@ -503,13 +514,18 @@ def dash_route(
         nchunk = nbp // ch_sel
         partf = torch.empty(total, nchunk, 3, tile_q, dtype=torch.float32, device=dev)
         parti = torch.empty(total, nchunk, 3, tile_q, dtype=torch.int32, device=dev)
+        listed = _DECODE_LIST and n_qtiles == 1  # every query in one tile: the visit list is written here
+        tlist = torch.empty(b, hkv, 1, nblocks, dtype=torch.int32, device=dev) if listed else words
+        tcount = torch.empty(b, hkv, 1, dtype=torch.int32, device=dev) if listed else words
         _dash_select_kernel[(nchunk, total)](
-            scratch, tau, words, mean_log, max_beta, active, attended, partf, parti, count,
+            scratch, tau, words, mean_log, max_beta, active, attended, partf, parti, count, tlist, tcount,
             nq, nk - nq, summ.count, nwords, n_qtiles, zscale, ent_exp, init_blocks, local_blocks, 1.0 / sigma, hkv,
-            G=g, GP=gp, TQ=tile_q, C=block_size, NBP=nbp, CH=ch_sel, ENT_SQUARE=ent_exp == 2.0,
+            G=g, GP=gp, TQ=tile_q, C=block_size, NBP=nbp, CH=ch_sel, ENT_SQUARE=ent_exp == 2.0, LIST=listed,
             num_warps=4 if m_rows * ch_sel >= 2048 else 2, num_stages=1,
             **chain_options(dev),
         )
+        if listed:
+            return DashRoute(words, tau, mean_log, max_beta, active, attended, (tlist, tcount), tile_q)
         return DashRoute(words, tau, mean_log, max_beta, active, attended)
     if num_warps is None:
         num_warps = 8 if m_rows * nbp > 16384 else 4
