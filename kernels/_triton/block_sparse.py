@@ -253,6 +253,15 @@ def decode_splits(q: torch.Tensor, k: torch.Tensor, block_size: int, visits: int
     return max(1, min(blocks // DECODE_SPLIT_BLOCKS, target // max(1, b * k.shape[1])))
 
 
+def routed_visit_list(route, tile_q: int | None) -> tuple[tuple[torch.Tensor, torch.Tensor] | None, int | None]:
+    """``(tiles, tile_q)`` for the fine stage: the visit list a decode routing launch wrote (``route.tiles``,
+    for tiles of ``route.tile_q`` queries) when the caller asked for no other tile height, else ``None`` (the
+    fine stage builds it with ``tile_union``)."""
+    if route.tiles is not None and tile_q in (None, route.tile_q):
+        return route.tiles, route.tile_q
+    return None, tile_q
+
+
 def sparse_attention_from_words(
     q: torch.Tensor,
     k: torch.Tensor,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 from dash_eval.kernels._triton.accounting import stats_from_counts
-from dash_eval.kernels._triton.block_sparse import decode_splits, sparse_attention_from_words
+from dash_eval.kernels._triton.block_sparse import decode_splits, routed_visit_list, sparse_attention_from_words
 from dash_eval.kernels._triton.kernel_keys import KernelKeys, complete_kernels, kernel_keys_triton
 from dash_eval.kernels._triton.launch import kernel_supports
 from dash_eval.kernels._triton.topk_routing import topk_route
@@ -57,9 +57,7 @@ def topk_attention_triton(
         window_blocks = -(-window // c) + 1 if window > 0 else 0
         splits = decode_splits(q, k, c, visits=nq * (params.topk + params.init_blocks + params.local_blocks
                                                     + window_blocks))
-    tiles = None
-    if route.tiles is not None and tile_q in (None, route.tile_q):  # decode: the select launch's visit list
-        tiles, tile_q = route.tiles, route.tile_q
+    tiles, tile_q = routed_visit_list(route, tile_q)
     out = sparse_attention_from_words(
         q, k, v, route.words, block_size=c, softmax_scale=softmax_scale, window=window, tile_q=tile_q, splits=splits,
         tiles=tiles,

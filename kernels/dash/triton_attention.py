@@ -6,7 +6,12 @@ from __future__ import annotations
 
 import torch
 from dash_eval.kernels._triton.accounting import stats_from_counts
-from dash_eval.kernels._triton.block_sparse import DashPrior, decode_splits, sparse_attention_from_words
+from dash_eval.kernels._triton.block_sparse import (
+    DashPrior,
+    decode_splits,
+    routed_visit_list,
+    sparse_attention_from_words,
+)
 from dash_eval.kernels._triton.launch import kernel_supports
 from dash_eval.kernels.dash.triton_routing import BlockSummaries, block_summaries, dash_route
 from dash_eval.kernels.registry import get_method
@@ -56,9 +61,7 @@ def dash_attention_triton(
     )
     if splits is None:
         splits = decode_splits(q, k, c)
-    tiles = None
-    if route.tiles is not None and tile_q in (None, route.tile_q):  # decode: the selection launch's visit list
-        tiles, tile_q = route.tiles, route.tile_q
+    tiles, tile_q = routed_visit_list(route, tile_q)
     out = sparse_attention_from_words(
         q, k, v, route.words, block_size=c, softmax_scale=softmax_scale, prior=prior, tile_q=tile_q, splits=splits,
         tiles=tiles,
