@@ -49,9 +49,9 @@ def _capability(device_index: int) -> tuple[int, int]:
 
 def chained(device: torch.device) -> bool:
     """Whether kernels on ``device`` launch with programmatic dependent launch (``PDL=`` and
-    ``launch_pdl=`` of every launch in this package): CUDA devices of compute capability 9.0 and later,
-    never the interpreter."""
-    if not USE_PDL or interpreting() or device.type != "cuda":
+    ``launch_pdl=`` of every launch in this package): NVIDIA devices of compute capability 9.0 and later,
+    never the interpreter or ROCm (whose capabilities also reach 9)."""
+    if not USE_PDL or interpreting() or device.type != "cuda" or torch.version.hip is not None:
         return False
     index = device.index if device.index is not None else torch.cuda.current_device()
     return _capability(index) >= (9, 0)
