@@ -142,10 +142,17 @@ def markdown_report(
     failures: list[dict] | None = None,
     levels: Sequence[float] = ISO_SPARSITIES,
     title: str = "Sweep report",
+    stale: Sequence[str] = (),
 ) -> str:
     lines = [f"# {title}", ""]
     if not rows:
         lines += ["No complete cells yet.", ""]
+    if stale:
+        lines += [
+            f"{len(stale)} complete cell(s) in cells/ belong to an earlier version of the config (another "
+            "sample count, seed or method list) and are left out; `dash-eval report --all` includes them.",
+            "",
+        ]
     models = sorted({str(r.get("model")) for r in rows})
     if models:
         lines += [
@@ -272,12 +279,17 @@ def plot_png(rows: list[dict]) -> bytes:
 
 
 def write_reports(
-    results_dir: str | os.PathLike, levels: Sequence[float] = ISO_SPARSITIES, title: str | None = None
+    results_dir: str | os.PathLike,
+    levels: Sequence[float] = ISO_SPARSITIES,
+    title: str | None = None,
+    include_stale: bool = False,
 ) -> dict[str, Path]:
     """Rebuild leaderboard.csv, report.md, iso_sparsity.csv and accuracy_vs_sparsity.png of a results
-    directory from its cells (every shard's). Returns the written paths."""
+    directory from its cells (every shard's): those of the current config, or all with ``include_stale``.
+    Returns the written paths."""
     store = ResultsStore(results_dir)
-    rows = store.rows()
+    rows = store.rows(include_stale)
+    stale = [] if include_stale else store.stale_cells()
     root = Path(results_dir)
     paths = {
         "leaderboard": root / "leaderboard.csv",
@@ -288,7 +300,7 @@ def write_reports(
     write_leaderboard(rows, paths["leaderboard"])
     atomic_write_text(
         paths["report"],
-        markdown_report(rows, store.failures(), levels, title or f"Sweep report: {root.name}"),
+        markdown_report(rows, store.failures(include_stale), levels, title or f"Sweep report: {root.name}", stale),
     )
     atomic_write_text(paths["iso_sparsity"], iso_sparsity_csv(rows, levels))
     atomic_write_bytes(paths["plot"], plot_png(rows))

@@ -30,6 +30,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
         default=ISO_SPARSITIES,
         help="sparsity levels of the iso-sparsity table (default: 0.5,0.75,0.875,0.9375)",
     )
+    parser.add_argument(
+        "--all",
+        action="store_true",
+        help="also the complete cells of earlier versions of the config (by default only the cells the "
+        "last sweep's config defines, cells.json)",
+    )
     parser.add_argument("--quiet", action="store_true", help="write the files but print only their paths")
 
 
@@ -42,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    paths = write_reports(root, levels=args.iso)
+    paths = write_reports(root, levels=args.iso, include_stale=args.all)
     if not args.quiet:
         print(paths["report"].read_text())
     for kind, path in paths.items():

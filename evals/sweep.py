@@ -173,7 +173,9 @@ def run_sweep(
     store = ResultsStore(config.output)
     store.root.mkdir(parents=True, exist_ok=True)
     atomic_write_text(store.root / "config.yaml", yaml.safe_dump(config.raw, sort_keys=False))
-    cells = shard_cells(expand_cells(config), shard)
+    every_cell = expand_cells(config)
+    store.write_manifest({c.name(config): c.hash(config) for c in every_cell})
+    cells = shard_cells(every_cell, shard)
     names = {c.index: c.name(config) for c in cells}
     pending = [c for c in cells if not store.is_complete(names[c.index], c.hash(config))]
     summary = SweepSummary(total=len(cells), skipped=len(cells) - len(pending), output=str(store.root))

@@ -4,6 +4,8 @@ Layout::
 
     <output>/
       config.yaml              the sweep config as given (each shard writes the same file)
+      cells.json               the config's cells (name -> identity hash), all shards': the reports
+                               leave out complete cells of earlier versions of the config
       cells/<cell name>/
         cell.json              the exact cell config, with the equivalent hand-typed lm_eval command
         predictions.jsonl      one line per sample: prompt length, target, prediction, score, sparsity
@@ -32,6 +34,7 @@ ERROR_FILE = "error.json"
 CELL_FILE = "cell.json"
 PREDICTIONS_FILE = "predictions.jsonl"
 LM_EVAL_FILE = "lm_eval_results.json"
+MANIFEST_FILE = "cells.json"
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
@@ -132,24 +135,50 @@ class ResultsStore:
         atomic_write_json(d / CELL_FILE, cell)
         atomic_write_json(d / ERROR_FILE, error)
 
-    def rows(self) -> list[dict]:
-        """Leaderboard rows of every complete cell in the directory (all shards), in a fixed order."""
+    def write_manifest(self, cells: dict[str, str]) -> None:
+        """Record the current config's cells (name -> identity hash), every shard's."""
+        atomic_write_json(self.root / MANIFEST_FILE, {"cells": cells})
+
+    def manifest(self) -> dict[str, str] | None:
+        """The current config's cells, or None for a directory written before manifests existed."""
+        try:
+            return dict(json.loads((self.root / MANIFEST_FILE).read_text())["cells"])
+        except (FileNotFoundError, json.JSONDecodeError, KeyError, TypeError):
+            return None
+
+    @staticmethod
+    def _current(cells: dict[str, str] | None, name: str, cell_hash: str | None) -> bool:
+        return cells is None or (name in cells and (cell_hash is None or cells[name] == cell_hash))
+
+    def rows(self, include_stale: bool = False) -> list[dict]:
+        """Leaderboard rows of the complete cells (all shards), in a fixed order. Cells that the current
+        config (``cells.json``) does not define, left by an earlier version of it (another sample count,
+        a dropped method), are left out unless ``include_stale``."""
         rows = []
+        cells = None if include_stale else self.manifest()
         if self.cells_dir.is_dir():
             for d in sorted(self.cells_dir.iterdir()):
                 row = self.read_metrics(d.name) if d.is_dir() else None
-                if row is not None:
+                if row is not None and self._current(cells, d.name, row.get("config_hash")):
                     rows.append(row)
         rows.sort(key=lambda r: (r.get("cell_index", 0), r.get("cell", "")))
         return rows
 
-    def failures(self) -> list[dict]:
-        """Failed cells (an error file and no metrics), for the report."""
+    def stale_cells(self) -> list[str]:
+        """Complete cells in the directory that the current config does not define."""
+        current = {r["cell"] for r in self.rows() if "cell" in r}
+        return sorted(r.get("cell", "") for r in self.rows(include_stale=True) if r.get("cell") not in current)
+
+    def failures(self, include_stale: bool = False) -> list[dict]:
+        """Failed cells (an error file and no metrics) of the current config, for the report."""
         out = []
+        cells = None if include_stale else self.manifest()
         if self.cells_dir.is_dir():
             for d in sorted(self.cells_dir.iterdir()):
                 err = d / ERROR_FILE
                 if d.is_dir() and err.is_file() and not (d / METRICS_FILE).is_file():
+                    if not self._current(cells, d.name, None):
+                        continue
                     try:
                         out.append({"cell": d.name, **json.loads(err.read_text())})
                     except json.JSONDecodeError:

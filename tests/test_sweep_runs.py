@@ -171,6 +171,25 @@ def test_shards_merge_into_the_same_leaderboard(tmp_path):
     assert _rows(tmp_path / "split" / "leaderboard.csv") == _rows(tmp_path / "whole" / "leaderboard.csv")
 
 
+def test_reports_leave_out_cells_of_an_earlier_config(tmp_path):
+    """More samples per task make new cells; the old ones stay on disk but out of the tables, unless asked for."""
+    old = _config(tmp_path / "out")
+    _sweep(old, FakeRunner())
+    raw = dict(old.raw, tasks=[{"task": "niah_single", "lengths": [512, 1024], "samples": 5, "seed": 0}])
+    new = parse_config(raw, check_model=False)
+    _sweep(new, FakeRunner())
+    store = ResultsStore(tmp_path / "out")
+    assert len(list((tmp_path / "out" / "cells").iterdir())) == 20
+    assert {r["samples"] for r in store.rows()} == {5} and len(store.rows()) == 10
+    assert len(store.rows(include_stale=True)) == 20 and len(store.stale_cells()) == 10
+    assert {int(r["samples"]) for r in _rows(tmp_path / "out" / "leaderboard.csv")} == {5}
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "(5 samples)" in report and "(3 samples)" not in report
+    assert "10 complete cell(s) in cells/ belong to an earlier version of the config" in report
+    write_reports(tmp_path / "out", include_stale=True)
+    assert {int(r["samples"]) for r in _rows(tmp_path / "out" / "leaderboard.csv")} == {3, 5}
+
+
 def test_failed_cell_is_recorded_and_the_sweep_goes_on(tmp_path):
     config = _config(tmp_path / "out")
     summary = _sweep(config, FakeRunner(fail_on=3))
