@@ -79,3 +79,25 @@ def test_pack_roundtrip_and_tile_union():
                 n = int(tcount[bi, h, t])
                 expect = torch.nonzero(union[bi, h]).flatten().to(torch.int32)
                 assert torch.equal(tlist[bi, h, t, :n] & FULL_MASK.value, expect)
+
+
+def test_decode_splits_fill_the_gpu_within_the_visit_bound(monkeypatch):
+    """Decode's split count (``decode_splits``) on a stand-in 132-SM CUDA device: prefill and the CPU take one
+    program per tile; decode at most two programs per SM in all, at least two blocks of the visit bound each."""
+    from types import SimpleNamespace
+
+    from dash_eval.kernels._triton import block_sparse
+
+    monkeypatch.setattr(block_sparse, "num_sms", lambda index: 132)
+
+    def splits(nq, hkv, nk, visits=None, device="cuda"):
+        q = SimpleNamespace(shape=(1, 32, nq, 128), device=SimpleNamespace(type=device, index=0))
+        return block_sparse.decode_splits(q, SimpleNamespace(shape=(1, hkv, nk, 128)), 64, visits=visits)
+
+    assert splits(1, 2, 131072) == 132  # dash: every block counts, 2 x 132 programs over 2 KV heads
+    assert splits(1, 8, 131072) == 33
+    assert splits(1, 2, 131072, visits=25) == 12  # nsa's bound: topk 13 + 3 forced + 9 window blocks
+    assert splits(1, 8, 131072, visits=96) == 33  # infllmv2's 96: capped by the programs per KV head
+    assert splits(1, 2, 100, visits=1) == 1
+    assert splits(64, 2, 131072) == 1  # prefill
+    assert splits(1, 2, 131072, device="cpu") == 1
