@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from dash_eval.evals.leaderboard import write_leaderboard
-from dash_eval.evals.sweep_store import ResultsStore, atomic_write_bytes, atomic_write_text
+from dash_eval.evals.sweep_store import ResultsStore, atomic_write_bytes, atomic_write_text, row_order
 
 ISO_SPARSITIES = (0.5, 0.75, 0.875, 0.9375)
 # A frontier that ends this close to a target sparsity is read at its end point rather than left blank
@@ -288,8 +288,10 @@ def write_reports(
     directory from its cells (every shard's): those of the current config, or all with ``include_stale``.
     Returns the written paths."""
     store = ResultsStore(results_dir)
-    rows = store.rows(include_stale)
-    stale = [] if include_stale else store.stale_cells()
+    rows, stale_rows = store.partition_rows()
+    if include_stale:
+        rows, stale_rows = sorted(rows + stale_rows, key=row_order), []
+    stale = [r.get("cell", "") for r in stale_rows]
     root = Path(results_dir)
     paths = {
         "leaderboard": root / "leaderboard.csv",

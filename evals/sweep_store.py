@@ -37,6 +37,11 @@ LM_EVAL_FILE = "lm_eval_results.json"
 MANIFEST_FILE = "cells.json"
 
 
+def row_order(row: dict) -> tuple:
+    """The fixed order of leaderboard rows: the config's cell order, then the cell's name."""
+    return row.get("cell_index", 0), row.get("cell", "")
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
@@ -150,24 +155,29 @@ class ResultsStore:
     def _current(cells: dict[str, str] | None, name: str, cell_hash: str | None) -> bool:
         return cells is None or (name in cells and (cell_hash is None or cells[name] == cell_hash))
 
-    def rows(self, include_stale: bool = False) -> list[dict]:
-        """Leaderboard rows of the complete cells (all shards), in a fixed order. Cells that the current
-        config (``cells.json``) does not define, left by an earlier version of it (another sample count,
-        a dropped method), are left out unless ``include_stale``."""
-        rows = []
-        cells = None if include_stale else self.manifest()
+    def partition_rows(self) -> tuple[list[dict], list[dict]]:
+        """Leaderboard rows of the complete cells (all shards), in a fixed order, split into those the
+        current config (``cells.json``) defines and the stale rest, left by an earlier version of it
+        (another sample count, a dropped method). Every cell counts as current without a manifest."""
+        current, stale = [], []
+        cells = self.manifest()
         if self.cells_dir.is_dir():
             for d in sorted(self.cells_dir.iterdir()):
                 row = self.read_metrics(d.name) if d.is_dir() else None
-                if row is not None and self._current(cells, d.name, row.get("config_hash")):
-                    rows.append(row)
-        rows.sort(key=lambda r: (r.get("cell_index", 0), r.get("cell", "")))
-        return rows
+                if row is not None:
+                    (current if self._current(cells, d.name, row.get("config_hash")) else stale).append(row)
+        return sorted(current, key=row_order), sorted(stale, key=row_order)
+
+    def rows(self, include_stale: bool = False) -> list[dict]:
+        """The current config's rows (``partition_rows``), or every complete cell's with ``include_stale``."""
+        current, stale = self.partition_rows()
+        if not include_stale:
+            return current
+        return sorted(current + stale, key=row_order)
 
     def stale_cells(self) -> list[str]:
         """Complete cells in the directory that the current config does not define."""
-        current = {r["cell"] for r in self.rows() if "cell" in r}
-        return sorted(r.get("cell", "") for r in self.rows(include_stale=True) if r.get("cell") not in current)
+        return sorted(r.get("cell", "") for r in self.partition_rows()[1])
 
     def failures(self, include_stale: bool = False) -> list[dict]:
         """Failed cells (an error file and no metrics) of the current config, for the report."""

@@ -333,6 +333,7 @@ def sparse_attention_from_words(
     if num_stages is None:
         num_stages = 3
     grid = (n_tiles, b * hkv, splits)
+    chained = chain_options(q.device)  # programmatic dependent launch, for both launches
     _sparse_attn_fwd_kernel[grid](
         q, k, v, out, words, tlist, tcount,
         bias if bias is not None else dummy, kbar, tau, mean_log, max_beta,
@@ -345,13 +346,13 @@ def sparse_attention_from_words(
         G=g, GP=gp, TQ=tile_q, D=d, DP=dp, BLOCK_N=block_size, BIAS_MODE=bias_mode, SPLITS=splits,
         ENT_SQUARE=ent_exp == 2.0, DOT_MODE=dot_mode(q.dtype), PIPELINE=not interpreting(),
         num_warps=num_warps, num_stages=num_stages,
-        **chain_options(q.device),
+        **chained,
     )
     if splits > 1:
         n_rows = b * hq * nq
         _combine_kernel[(n_rows,)](
             po, pm, pl, out, n_rows, nq, out.stride(0), out.stride(1), out.stride(2), hq,
             SPLITS=splits, SP=next_pow2(splits), D=d, DP=dp, num_warps=4,
-            **chain_options(q.device),
+            **chained,
         )
     return out

@@ -117,6 +117,17 @@ def write_visit_list(any_sel, all_sel, j, first, last, window, nblocks, block_si
     tl.store(COUNT, tl.sum(keep.to(tl.int32), 0))
 
 
+def routing_visit_list(words: torch.Tensor, nblocks: int, listed: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """The buffers a decode routing launch writes the single tile's visit list into (``tile_union``'s layout:
+    ``[B, Hkv, 1, nblocks]`` and ``[B, Hkv, 1]`` int32) when ``listed``; otherwise ``words`` as never-written
+    stand-ins for the kernel's unused pointers."""
+    if not listed:
+        return words, words
+    b, hkv = words.shape[:2]
+    tlist = torch.empty(b, hkv, 1, nblocks, dtype=torch.int32, device=words.device)
+    return tlist, torch.empty(b, hkv, 1, dtype=torch.int32, device=words.device)
+
+
 def tile_union(
     words: torch.Tensor, nk: int, *, block_size: int, tile_q: int, window: int = 0
 ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -36,7 +36,7 @@ from dash_eval.kernels._triton.launch import (
     persistent_programs,
 )
 from dash_eval.kernels._triton.ops import chain_start, dim_mask, mma
-from dash_eval.kernels._triton.selection import store_words, write_visit_list
+from dash_eval.kernels._triton.selection import routing_visit_list, store_words, write_visit_list
 
 POOL_MAX = 0
 POOL_WEIGHTED = 1
@@ -411,6 +411,7 @@ def topk_route(
     n_qtiles = -(-nq // tile_q)
     total = n_qtiles * b * hkv
     dev = q.device
+    chained = chain_options(dev)  # the launch keywords of programmatic dependent launch, for every launch below
     words = torch.empty(b, hkv, nq, nwords, dtype=torch.int32, device=dev)
     active = torch.empty(b, hkv, nq, dtype=torch.int32, device=dev)
     attended = torch.empty(b, hkv, nq, dtype=torch.int32, device=dev)
@@ -434,24 +435,23 @@ def topk_route(
             kernel_stride, q.stride(0), q.stride(1), q.stride(2), hkv,
             G=g, GP=gp, TQ=tile_q, D=d, DP=dp, KC=kc_dec, SPLIT=klo is not None, DOT_MODE=dot_mode(q.dtype),
             num_warps=4,
-            **chain_options(dev),
+            **chained,
         )
         _decode_pool_kernel[(nbp // cb, total)](
             xs, pm, pl, bs,
             nq, nk - nq, n_kernels, n_chunks, n_qtiles, row_len, kernel_size, kernel_stride, ratio, lead,
             G=g, GP=gp, TQ=tile_q, NCP=next_pow2(n_chunks), CB=cb, NBP=nbp, C=block_size, W=width, POOL=pool,
             num_warps=4,
-            **chain_options(dev),
+            **chained,
         )
         listed = DECODE_LIST and n_qtiles == 1  # every query in one tile: the visit list is written here
-        tlist = torch.empty(b, hkv, 1, nblocks, dtype=torch.int32, device=dev) if listed else words
-        tcount = torch.empty(b, hkv, 1, dtype=torch.int32, device=dev) if listed else words
+        tlist, tcount = routing_visit_list(words, nblocks, listed)
         _decode_select_kernel[(total,)](
             bs, words, active, attended, tlist, tcount,
             nq, nk - nq, nwords, nblocks, n_qtiles, init_blocks, local_blocks, topk, window,
             TQ=tile_q, C=block_size, NBP=nbp, NBP_BITS=nbp.bit_length() - 1, LIST=listed,
             num_warps=4 if tile_q * nbp <= 4096 else 8,
-            **chain_options(dev),
+            **chained,
         )
         if listed:
             return TopkRoute(words, active, attended, (tlist, tcount), tile_q)
@@ -470,6 +470,6 @@ def topk_route(
         NKP=nkp, KC=kc_chunk,
         W=width, POOL=pool, SPLIT=klo is not None, DOT_MODE=dot_mode(q.dtype),
         num_warps=num_warps, num_stages=1,
-        **chain_options(dev),
+        **chained,
     )
     return TopkRoute(words, active, attended)

@@ -39,7 +39,7 @@ from dash_eval.kernels._triton.launch import (
     persistent_programs,
 )
 from dash_eval.kernels._triton.ops import chain_start, dim_mask, mma
-from dash_eval.kernels._triton.selection import store_words, tile_visit_list
+from dash_eval.kernels._triton.selection import routing_visit_list, store_words, tile_visit_list
 
 _MAX_NEWTON_ITERS = 60
 _ROUTE_TILE_ELEMENTS = 16384  # rows x blocks held in registers per program (64 floats a thread at 8 warps)
@@ -472,6 +472,7 @@ def dash_route(
     n_prog = min(total, persistent_programs(q.device))
     m_rows = gp * tile_q
     dev = q.device
+    chained = chain_options(dev)  # the launch keywords of programmatic dependent launch, for every launch below
     words = torch.empty(b, hkv, nq, nwords, dtype=torch.int32, device=dev)
     tau = torch.empty(b, hq, nq, dtype=torch.float32, device=dev)
     mean_log = torch.empty(b, hkv, nq, dtype=torch.float32, device=dev)
@@ -493,7 +494,7 @@ def dash_route(
             summ.kbar.shape[2], n_qtiles, q.stride(0), q.stride(1), q.stride(2), hkv,
             G=g, GP=gp, TQ=tile_q, D=d, DP=dp, NBP=nbp, CH=ch_pre, SPLIT=summ.lo is not None,
             DOT_MODE=dot_mode(q.dtype), ZERO_COUNT=split_select, num_warps=4,
-            **chain_options(dev),
+            **chained,
         )
         n_prog = total
     elif nbp > ch:
@@ -508,21 +509,20 @@ def dash_route(
             scratch, tau, nq, nk - nq, summ.count, n_qtiles, zscale, ent_exp, tol, hkv,
             G=g, GP=gp, TQ=tile_q, C=block_size, NBP=nbp, ENT_SQUARE=ent_exp == 2.0, MAX_ITERS=_MAX_NEWTON_ITERS,
             num_warps=max(1, min(_DECODE_TAU_WARPS, nbp // 128)), num_stages=1,
-            **chain_options(dev),
+            **chained,
         )
         ch_sel = min(nbp, _DECODE_SELECT_CHUNK)
         nchunk = nbp // ch_sel
         partf = torch.empty(total, nchunk, 3, tile_q, dtype=torch.float32, device=dev)
         parti = torch.empty(total, nchunk, 3, tile_q, dtype=torch.int32, device=dev)
         listed = _DECODE_LIST and n_qtiles == 1  # every query in one tile: the visit list is written here
-        tlist = torch.empty(b, hkv, 1, nblocks, dtype=torch.int32, device=dev) if listed else words
-        tcount = torch.empty(b, hkv, 1, dtype=torch.int32, device=dev) if listed else words
+        tlist, tcount = routing_visit_list(words, nblocks, listed)
         _dash_select_kernel[(nchunk, total)](
             scratch, tau, words, mean_log, max_beta, active, attended, partf, parti, count, tlist, tcount,
             nq, nk - nq, summ.count, nwords, n_qtiles, zscale, ent_exp, init_blocks, local_blocks, 1.0 / sigma, hkv,
             G=g, GP=gp, TQ=tile_q, C=block_size, NBP=nbp, CH=ch_sel, ENT_SQUARE=ent_exp == 2.0, LIST=listed,
             num_warps=4 if m_rows * ch_sel >= 2048 else 2, num_stages=1,
-            **chain_options(dev),
+            **chained,
         )
         if listed:
             return DashRoute(words, tau, mean_log, max_beta, active, attended, (tlist, tcount), tile_q)
@@ -538,6 +538,6 @@ def dash_route(
         G=g, GP=gp, TQ=tile_q, D=d, DP=dp, C=block_size, NBP=nbp, CH=ch,
         ENT_SQUARE=ent_exp == 2.0, SPLIT=summ.lo is not None, DOT_MODE=dot_mode(q.dtype),
         MAX_ITERS=_MAX_NEWTON_ITERS, PRECOMPUTED=precomputed, num_warps=num_warps, num_stages=1,
-        **chain_options(dev),
+        **chained,
     )
     return DashRoute(words, tau, mean_log, max_beta, active, attended)
