@@ -8,6 +8,10 @@ routes with ``scale * m_l``) lets a sweep give every layer the same routed budge
 by construction (``calibrate_per_layer`` in a sweep config). This is a named option on top of
 METHODS.md: with no multipliers set, ``dash`` is exactly the method as written there.
 
+A router directory written by ``dash-eval fit-router`` carries one such set: the multipliers that keep
+mean pooling's routed fraction in every layer while routing with the fitted vectors
+(``layer_scales=<router dir>``; never applied by ``router=<dir>`` alone).
+
 The multipliers live on the attention modules (``_dash_layer_scale``) and travel as JSON, either a
 sweep's calibration record or any file with ``{"layer_scales": {"<layer>": <multiplier>, ...}}``:
 
@@ -44,8 +48,17 @@ def _checked(scales: dict[Any, Any], where: str) -> dict[int, float]:
 
 
 def load_layer_scales(path: str | os.PathLike) -> dict[int, float]:
-    """``{layer: multiplier}`` from a JSON file holding ``{"layer_scales": {"<layer>": m, ...}}``."""
+    """``{layer: multiplier}`` from a JSON file holding ``{"layer_scales": {"<layer>": m, ...}}``, or from a
+    router directory (its ``router.json``: the multipliers that give a fitted router mean pooling's budget
+    in every layer, ``router_fit.profile_layer_scales``)."""
     p = Path(path)
+    if p.is_dir():
+        from dash_eval.dash_models.router_output import ROUTER_JSON
+
+        p = p / ROUTER_JSON
+        if not p.is_file():
+            raise ValueError(f"layer_scales={str(path)!r}: a directory without {ROUTER_JSON}; accepted: a JSON "
+                             f"file or a router directory written by dash-eval fit-router")
     if not p.is_file():
         raise ValueError(f"layer_scales={str(path)!r}: no such file")
     try:

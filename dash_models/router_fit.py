@@ -379,23 +379,58 @@ def recall_and_fraction(batch: Batch, routed: torch.Tensor) -> tuple[torch.Tenso
 
 
 def recall_at_fraction(cap: Capture, batch: Batch, kbar: torch.Tensor, settings: FitSettings,
-                       steps: int = 24) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per layer, the global routing scale whose routed fraction is ``settings.budget`` (bisection on
-    ``log s``; a larger scale routes fewer blocks), with the recall and fraction there. Comparing routers
-    here compares them at equal sparsity, as a sweep that calibrates ``scale`` does."""
+                       steps: int = 24, fraction: torch.Tensor | None = None
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per layer, the global routing scale whose routed fraction is ``settings.budget`` (or ``fraction[l]``
+    in layer ``l``; bisection on ``log s``; a larger scale routes fewer blocks), with the recall and fraction
+    there. Comparing routers here compares them at equal sparsity, as a sweep that calibrates ``scale`` does."""
     n_layers, hkv = cap.keys.shape[1], cap.keys.shape[2]
+    goal = torch.full((n_layers,), float(settings.budget)) if fraction is None else fraction
     lo = torch.full((n_layers,), math.log(1e-3))
     hi = torch.full((n_layers,), math.log(1e3))
     for _ in range(steps):
         mid = (lo + hi) / 2
         routed = routed_sets(cap, batch, kbar, mid.exp()[:, None].expand(n_layers, hkv), settings.alpha)
         _, frac = recall_and_fraction(batch, routed)
-        dense = frac > settings.budget  # too many blocks: raise the scale
+        dense = frac > goal  # too many blocks: raise the scale
         lo = torch.where(dense, mid, lo)
         hi = torch.where(dense, hi, mid)
     s = hi.exp()[:, None].expand(n_layers, hkv)
     recall, frac = recall_and_fraction(batch, routed_sets(cap, batch, kbar, s, settings.alpha))
     return recall, frac, hi.exp()
+
+
+def global_scale_at_fraction(cap: Capture, batch: Batch, kbar: torch.Tensor, settings: FitSettings,
+                             steps: int = 24) -> float:
+    """The one routing scale (every layer alike, as the ``dash`` method has) whose routed fraction, averaged
+    over layers, is ``settings.budget``."""
+    n_layers, hkv = cap.keys.shape[1], cap.keys.shape[2]
+    lo, hi = math.log(1e-3), math.log(1e3)
+    for _ in range(steps):
+        mid = (lo + hi) / 2
+        routed = routed_sets(cap, batch, kbar, torch.full((n_layers, hkv), math.exp(mid)), settings.alpha)
+        _, frac = recall_and_fraction(batch, routed)
+        lo, hi = (mid, hi) if frac.mean() > settings.budget else (lo, mid)
+    return math.exp(hi)
+
+
+def profile_layer_scales(cap: Capture, batch: Batch, kbar_mean: torch.Tensor, kbar_fit: torch.Tensor,
+                         settings: FitSettings) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-layer multipliers of ``scale`` that give the fitted router mean pooling's budget in every layer.
+
+    At one global scale a fitted router spends its budget differently across layers than mean pooling does
+    (sharper pooling routes fewer blocks in some layers, flatter pooling more in others). Mean pooling is
+    taken at the global scale ``s0`` that routes ``settings.budget`` of the blocks on average; layer ``l``
+    of the fitted router is then bisected to mean pooling's fraction in that layer, at ``s_l``, and
+    ``m_l = s_l / s0``. Routing with ``scale * m_l`` keeps mean pooling's allocation over layers and the
+    fitted ranking within each layer. Returns ``(m, recall of mean pooling, recall of the fitted router)``,
+    per layer, at that allocation."""
+    n_layers, hkv = cap.keys.shape[1], cap.keys.shape[2]
+    s0 = global_scale_at_fraction(cap, batch, kbar_mean, settings)
+    recall_mean, frac_mean = recall_and_fraction(
+        batch, routed_sets(cap, batch, kbar_mean, torch.full((n_layers, hkv), s0), settings.alpha))
+    recall_fit, _, s_fit = recall_at_fraction(cap, batch, kbar_fit, settings, fraction=frac_mean)
+    return s_fit / s0, recall_mean, recall_fit
 
 
 # --- the fit ------------------------------------------------------------------------------------------------
@@ -408,6 +443,9 @@ class FitResult:
     layers: list[dict[str, Any]]  # per layer: loss, recall, routed fraction, recall at budget, before/after
     loss_curve: list[float]  # mean minibatch loss over layers at each step
     settings: FitSettings
+    # layer -> multiplier of dash's scale that gives this router mean pooling's budget in that layer
+    # (profile_layer_scales); applied only when asked for (layer_scales=<router dir>)
+    layer_scales: dict[int, float] = field(default_factory=dict)
     timing: dict[str, float] = field(default_factory=dict)
 
 
@@ -459,18 +497,32 @@ def fit_captured(cap: Capture, settings: FitSettings, progress: bool = True) -> 
     u_fit = u.detach()
     scale_fit = log_scale.detach() if settings.fit_scale else None
     after = evaluate(cap, u_fit, scale_fit, settings)
+    multipliers, recall_mean, recall_fit = layer_profile(cap, u_fit, settings)
     layers = []
     for i, layer in enumerate(cap.layers):
         row: dict[str, Any] = {"layer": layer}
         for key in before[i]:
             row[f"{key}_before"] = before[i][key]
             row[f"{key}_after"] = after[i][key]
+        row["recall_at_profile_before"] = float(recall_mean[i])
+        row["recall_at_profile_after"] = float(recall_fit[i])
         layers.append(row)
     routers = {layer: u_fit[i].reshape(hkv * d).contiguous().clone() for i, layer in enumerate(cap.layers)}
     routing_scales = None if scale_fit is None else {
         layer: scale_fit[i].exp().clone() for i, layer in enumerate(cap.layers)
     }
-    return FitResult(routers, routing_scales, layers, curve, settings)
+    layer_scales = {layer: float(multipliers[i]) for i, layer in enumerate(cap.layers)}
+    return FitResult(routers, routing_scales, layers, curve, settings, layer_scales)
+
+
+def layer_profile(cap: Capture, u: torch.Tensor, settings: FitSettings
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``profile_layer_scales`` of routers ``u: [L, Hkv, D]`` on the held-out queries."""
+    batch = make_batch(cap, torch.nonzero(cap.holdout).flatten(), settings)
+    with torch.no_grad():
+        kbar_mean = block_summaries(cap, None, settings.block_size)
+        kbar_fit = block_summaries(cap, u, settings.block_size)
+        return profile_layer_scales(cap, batch, kbar_mean, kbar_fit, settings)
 
 
 def fit_router(model: torch.nn.Module, tokenizer: Any, settings: FitSettings, output: str | os.PathLike | None = None,

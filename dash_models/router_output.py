@@ -67,6 +67,11 @@ def save_router(result: FitResult, output: str | os.PathLike, model: torch.nn.Mo
             "note": "fitted per KV head with fit_scale; the dash method applies only its global scale",
             "values": {str(k): v.tolist() for k, v in sorted(result.routing_scales.items())},
         },
+        # read by layer_scales=<this directory> (dash_models.layer_scales); router=<dir> alone never applies it
+        "layer_scales": {str(k): v for k, v in sorted(result.layer_scales.items())} or None,
+        "layer_scales_note": "multipliers of dash's scale per layer that keep mean pooling's routed fraction in "
+                             "every layer (at the global scale routing 'budget' of the blocks with mean pooling); "
+                             "recall_at_profile_before/after compare the two routers at that allocation",
         "loss_curve": result.loss_curve,
         "timing": result.timing,
         "versions": {"torch": torch.__version__, "python": platform.python_version()},

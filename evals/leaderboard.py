@@ -40,6 +40,7 @@ RESULT_COLUMNS = (
     # beyond the list: what a reader needs to trace a row back
     "metric",
     "router",
+    "layer_scales",
     "decode_active_blocks_mean",
     "calibration_sparsity",
     "calibration_reached",

@@ -96,6 +96,7 @@ def metrics_row(cell: Cell, config: SweepConfig, cell_name: str, result: CellRes
     row: dict[str, Any] = {
         "model": config.model.pretrained,
         "router": cell.effective_router(config),
+        "layer_scales": cell.layer_scales,
         "method": cell.method,
         "label": cell.series,
         "params": result.params,

@@ -35,6 +35,7 @@ class Cell:
     label: str = ""  # the series in reports (the method entry's label, default its method)
     router: str | None = None  # the method entry's own router; None: the model's
     per_layer: bool = False  # target_sparsity calibrated per layer (dash's scale times a per-layer multiplier)
+    layer_scales: str | None = None  # the entry's fixed per-layer multipliers of scale (a file or router directory)
     entry: int = 0  # index of the method entry in the config
 
     @property
@@ -65,6 +66,8 @@ class Cell:
         }
         if self.router is not None:  # only when the entry sets one, so that other cells keep their identity
             spec["router"] = self.router
+        if self.layer_scales is not None:  # likewise
+            spec["layer_scales"] = self.layer_scales
         # batch size changes nothing in the answers (issue 5 guarantees it), so it stays out of the identity
         spec["model"].pop("batch_size", None)
         if self.target_sparsity is not None:
@@ -99,6 +102,8 @@ class Cell:
             params.append(f"target_sparsity={_value_text(self.target_sparsity)}")
             if self.per_layer:
                 params.append("per_layer")
+        if self.layer_scales is not None:
+            params.append("layer_scales")
         if params:
             parts.append(",".join(params))
         parts.append(self.hash(config)[:8])
@@ -162,6 +167,7 @@ def expand_cells(config: SweepConfig) -> list[Cell]:
                                 label=entry.series,
                                 router=entry.router,
                                 per_layer=entry.per_layer and target is not None,
+                                layer_scales=entry.layer_scales,
                                 entry=entry_index,
                             )
                         )

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+from dash_eval.dash_models.layer_scales import load_layer_scales
 from dash_eval.dash_models.router import model_routers, set_routers
 from dash_eval.evals.sweep import CellResult
 from dash_eval.evals.sweep_calibrate import DEFAULT_REAL_RANGE, bisect_layer_sparsity, bisect_sparsity
@@ -54,6 +55,8 @@ def lm_eval_model_args(config: SweepConfig, cell: Cell, params: dict[str, Any]) 
         args["router"] = router
     if cell.per_layer:  # the cell's calibration record holds the per-layer multipliers
         args["layer_scales"] = str(ResultsStore(config.output).calibration_path(cell.calibration_key(config)))
+    elif cell.layer_scales is not None:
+        args["layer_scales"] = cell.layer_scales
     if m.attn_backend != "auto":
         args["attn_backend"] = m.attn_backend
     args.update({k: v for k, v in params.items() if v is not None})
@@ -176,7 +179,10 @@ class LmEvalRunner:
     def _set_attention(self, cell: Cell, params: dict[str, Any],
                        layer_scales: dict[int, float] | None = None) -> None:
         """Switch the loaded model to ``cell``'s method with ``params``, the cell's router and its per-layer
-        scale multipliers (none unless the cell calibrates per layer)."""
+        scale multipliers: ``layer_scales`` when given (per-layer calibration), else the entry's fixed ones,
+        else none."""
+        if layer_scales is None and cell.layer_scales is not None:
+            layer_scales = load_layer_scales(cell.layer_scales)
         set_routers(self.model, self._base_routers)
         self.lm.set_attention(cell.method, router=cell.router, attn_backend=self.config.model.attn_backend,
                               layer_scales=layer_scales or {}, **params)

@@ -12,7 +12,7 @@ from typing import Any
 from dash_eval.evals.config_check import NAME_PATTERN, Checker, is_int, is_number
 
 METHOD_RESERVED = {"method", "grid", "target_sparsity", "calibrate", "calibrate_range", "calibrate_per_layer",
-                   "label", "router"}
+                   "label", "router", "layer_scales"}
 
 
 @dataclass(frozen=True)
@@ -28,6 +28,7 @@ class MethodEntry:
     label: str = ""  # the series name in reports (default: the method's name)
     router: str | None = None  # this entry's router ("none": mean pooling); None: the model's router
     per_layer: bool = False  # calibrate dash's scale per layer (dash_models.layer_scales)
+    layer_scales: str | None = None  # fixed per-layer multipliers of scale: a JSON file or a router directory
 
     @property
     def series(self) -> str:
@@ -48,6 +49,31 @@ def parse_router(c: Checker, raw: Any, path: str) -> str | None:
         )
         return None
     return router
+
+
+def _parse_layer_scales(c: Checker, raw: Any, path: str, method: str, fields: dict[str, Any],
+                        per_layer: bool) -> str | None:
+    """``layer_scales``: fixed per-layer multipliers of the routing ``scale`` (a JSON file, or a router
+    directory whose ``router.json`` carries them); read here, so a bad file stops the sweep before it runs."""
+    from dash_eval.dash_models.layer_scales import load_layer_scales
+
+    value = c.string(raw, path)
+    if value is None:
+        return None
+    if "scale" not in fields:
+        c.error(path, f"method {method} has no routing 'scale' to multiply per layer; accepted only for methods "
+                "with a 'scale' parameter (dash)")
+        return None
+    if per_layer:
+        c.error(path, "calibrate_per_layer computes its own per-layer multipliers; give one or the other")
+        return None
+    try:
+        load_layer_scales(value)
+    except ValueError as exc:
+        c.error(path, f"{exc}; accepted: a JSON file with a 'layer_scales' object, or a router directory "
+                "written by dash-eval fit-router")
+        return None
+    return value
 
 
 def _param_fields(params_cls: type) -> dict[str, dataclasses.Field]:
@@ -179,6 +205,9 @@ def parse_method(c: Checker, raw: Any, path: str) -> MethodEntry | None:
     if "label" in m:
         label = c.string(m["label"], f"{path}.label", pattern=NAME_PATTERN,
                          accepted="letters, digits, '.', '_', '-'") or ""
+    layer_scales = None
+    if "layer_scales" in m:
+        layer_scales = _parse_layer_scales(c, m["layer_scales"], f"{path}.layer_scales", name, fields, per_layer)
     router = None
     if "router" in m:
         takes_router = any(f.name == "router" for f in dataclasses.fields(params_cls))
@@ -201,7 +230,7 @@ def parse_method(c: Checker, raw: Any, path: str) -> MethodEntry | None:
                 c.error(f"{path}.grid.{key}[{j}]", msg)
                 bad = True
     if not bad:
-        entry = MethodEntry(name, fixed, grid, targets, knob, knob_range, label, router, per_layer)
+        entry = MethodEntry(name, fixed, grid, targets, knob, knob_range, label, router, per_layer, layer_scales)
         for point in grid_points(entry):
             if (msg := _validate_params(params_cls, point)) is not None:
                 c.error(f"{path}.grid", f"the combination {point} is invalid: {msg}")

@@ -208,3 +208,42 @@ def test_per_layer_calibration_on_the_embedded_model(tmp_path):
                                           runner._calibration_prompts(cell))
     assert all(math.isclose(again[k], record["layer_sparsity"][str(k)], abs_tol=1e-9) for k in again)
     assert ResultsStore(config.output).read_calibration(cell.calibration_key(config)) == json.loads(json.dumps(record))
+
+
+# --- fixed multipliers in a sweep entry (layer_scales: FILE or router directory) ----------------------------
+
+
+def test_fixed_layer_scales_in_a_config(tmp_path):
+    scales = tmp_path / "scales.json"
+    scales.write_text(json.dumps({"layer_scales": {"0": 0.5, "1": 2.0}}))
+    raw = copy.deepcopy(RAW)
+    raw["methods"] = [{"method": "dash", "target_sparsity": 0.75},
+                      {"method": "dash", "label": "fixed", "target_sparsity": 0.75, "layer_scales": str(scales)}]
+    config = parse_config(raw, check_model=False)
+    plain, fixed = expand_cells(config)
+    assert fixed.layer_scales == str(scales) and plain.layer_scales is None
+    assert "layer_scales" not in plain.spec(config) and fixed.spec(config)["layer_scales"] == str(scales)
+    assert fixed.calibration_key(config) != plain.calibration_key(config)
+    assert "layer_scales" in fixed.name(config) and "layer_scales" not in plain.name(config)
+    from dash_eval.evals.sweep_lm_eval import lm_eval_model_args
+
+    assert lm_eval_model_args(config, fixed, {"scale": 0.7})["layer_scales"] == str(scales)
+    assert "layer_scales" not in lm_eval_model_args(config, plain, {"scale": 0.7})
+
+
+def test_fixed_layer_scales_errors_name_the_field(tmp_path):
+    errors = _errors([{"method": "dash", "target_sparsity": 0.5, "layer_scales": str(tmp_path / "nope.json")}])
+    assert any("methods[0].layer_scales" in e and "no such file" in e for e in errors)
+    (tmp_path / "router").mkdir()
+    errors = _errors([{"method": "dash", "layer_scales": str(tmp_path / "router")}])
+    assert any("methods[0].layer_scales" in e and "without router.json" in e for e in errors)
+    (tmp_path / "router" / "router.json").write_text('{"layer_scales": null}')  # a router fitted before them
+    errors = _errors([{"method": "dash", "layer_scales": str(tmp_path / "router")}])
+    assert any("methods[0].layer_scales" in e and "no 'layer_scales' object" in e for e in errors)
+    good = tmp_path / "s.json"
+    good.write_text('{"layer_scales": {"0": 1.5}}')
+    errors = _errors([{"method": "infllmv2", "layer_scales": str(good)}])
+    assert any("methods[0].layer_scales" in e and "no routing 'scale'" in e for e in errors)
+    errors = _errors([{"method": "dash", "target_sparsity": 0.5, "calibrate_per_layer": True,
+                       "layer_scales": str(good)}])
+    assert any("methods[0].layer_scales" in e and "give one or the other" in e for e in errors)

@@ -10,6 +10,7 @@ import torch
 from dash_eval.dash_models import apply_attention, get_tally, load_router_file
 from dash_eval.dash_models import router_fit as rf
 from dash_eval.dash_models import router_output as ro
+from dash_eval.dash_models.layer_scales import load_layer_scales
 from dash_eval.kernels.dash.naive import dash_block_summaries, dash_route
 from dash_eval.kernels.entmax import entmax
 from transformers import LlamaConfig, LlamaForCausalLM
@@ -159,6 +160,33 @@ def test_head_targets_fit_each_head_to_its_own_mass(captured):
     assert all(r["loss_after"] < 0.8 * r["loss_before"] for r in result.layers), result.layers
 
 
+def test_profile_layer_scales_give_the_fitted_router_mean_poolings_budget_per_layer(captured):
+    cap, settings = captured
+    settings = rf.FitSettings(**{**SETTINGS, "budget": 0.5})  # every query routes >= 1 of its few blocks
+    g = torch.Generator().manual_seed(3)
+    n_layers, hkv, d = cap.keys.shape[1], cap.keys.shape[2], cap.keys.shape[-1]
+    # a router that makes pooling much sharper in layer 0 than in layer 1: one scale would move budget
+    u = torch.randn(n_layers, hkv, d, generator=g) * torch.tensor([40.0, 1.0])[:, None, None]
+    batch = rf.make_batch(cap, torch.nonzero(cap.holdout).flatten(), settings)
+    kbar_mean = rf.block_summaries(cap, None, settings.block_size)
+    kbar_fit = rf.block_summaries(cap, u, settings.block_size)
+    m, recall_mean, recall_fit = rf.profile_layer_scales(cap, batch, kbar_mean, kbar_fit, settings)
+    s0 = rf.global_scale_at_fraction(cap, batch, kbar_mean, settings)
+
+    def fractions(kbar, scale):
+        routed = rf.routed_sets(cap, batch, kbar, scale[:, None].expand(n_layers, hkv), settings.alpha)
+        return rf.recall_and_fraction(batch, routed)
+
+    rec_mean, frac_mean = fractions(kbar_mean, torch.full((n_layers,), s0))
+    assert abs(frac_mean.mean() - settings.budget) < 0.03
+    rec_fit, frac_fit = fractions(kbar_fit, s0 * m)
+    assert torch.allclose(frac_fit, frac_mean, atol=0.03), (frac_fit, frac_mean)
+    assert torch.allclose(rec_mean, recall_mean) and torch.allclose(rec_fit, recall_fit)
+    _, frac_one_scale = fractions(kbar_fit, torch.full((n_layers,), s0))
+    assert (frac_one_scale - frac_mean).abs().max() > 0.05  # without the multipliers the budget moves
+    assert (m > 0).all() and torch.isfinite(m).all()
+
+
 def _planted_capture(settings: rf.FitSettings, seed: int = 0) -> rf.Capture:
     """One layer whose blocks each hold one 'hot' key: queries look along dim 0, where the hot key's pull
     differs from block to block and the other keys are loud zero-mean noise. Full attention's block mass
@@ -202,6 +230,9 @@ def test_saved_router_round_trips_and_routes_like_the_fitted_one(tmp_path):
     assert record["settings"]["steps"] == 15 and record["calibration"]["source"] == "python-docs"
     assert len(record["layers"]) == 2 and len(record["loss_curve"]) == 15
     assert (tmp_path / "router" / ro.LOSS_PNG).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the budget-profile multipliers travel in router.json and load from the directory
+    assert record["layer_scales"] == {str(k): v for k, v in result.layer_scales.items()}
+    assert load_layer_scales(tmp_path / "router") == result.layer_scales and len(result.layer_scales) == 2
 
     ids = torch.randint(3, 97, (1, 70), generator=torch.Generator().manual_seed(5))
     params = dict(block_size=BLOCK, scale=2.0, init_blocks=1, local_blocks=2)

@@ -359,7 +359,7 @@ def test_entries_that_repeat_a_cell_are_rejected():
     assert len(errors) == 1 and errors[0].startswith("methods[1]:") and "repeats a cell of methods[0]" in errors[0]
 
 
-@pytest.mark.parametrize("name", ["demo", "paper_ruler16k", "router_niah"])
+@pytest.mark.parametrize("name", ["demo", "paper_ruler16k", "router_niah", "router_niah_essay"])
 def test_shipped_configs_are_valid(name, monkeypatch, tmp_path):
     """Every config in configs/ parses (the GPU ones with their model swapped for one that exists here),
     and spelling out a generator's default option picks the same lm-eval task as leaving it out."""
@@ -377,6 +377,11 @@ def test_shipped_configs_are_valid(name, monkeypatch, tmp_path):
             stand_in = tmp_path / Path(m["router"]).name
             stand_in.mkdir(exist_ok=True)
             m["router"] = str(stand_in)
+        if m.get("layer_scales"):  # a router directory's multipliers: a stand-in router.json carries some
+            stand_in = tmp_path / Path(m["layer_scales"]).name
+            stand_in.mkdir(exist_ok=True)
+            (stand_in / "router.json").write_text('{"layer_scales": {"0": 1.0}}')
+            m["layer_scales"] = str(stand_in)
     config = parse_config(raw, check_model=False)
     assert expand_cells(config)
     if name == "paper_ruler16k":
