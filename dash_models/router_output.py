@@ -116,7 +116,9 @@ def plot_loss_curve(curve: list[float], path: Path) -> None:
 
 def summary_table(layers: list[dict[str, Any]]) -> str:
     """A plain-text table of the per-layer figures, before -> after."""
-    head = (f"{'layer':>5}  {'loss':>17}  {'recall':>15}  {'routed blocks':>15}  {'recall@budget':>15}")
+    profile = "recall_at_profile_before" in layers[0]
+    head = (f"{'layer':>5}  {'loss':>17}  {'recall':>15}  {'routed blocks':>15}  {'recall@budget':>15}"
+            + (f"  {'recall@profile':>15}" if profile else ""))
     lines = [head, "-" * len(head)]
 
     def pair(r, key, fmt):
@@ -124,13 +126,17 @@ def summary_table(layers: list[dict[str, Any]]) -> str:
 
     for r in layers:
         lines.append(f"{r['layer']:>5}  {pair(r, 'loss', '7.4f'):>17}  {pair(r, 'recall', '.3f'):>15}  "
-                     f"{pair(r, 'routed_fraction', '.3f'):>15}  {pair(r, 'recall_at_budget', '.3f'):>15}")
+                     f"{pair(r, 'routed_fraction', '.3f'):>15}  {pair(r, 'recall_at_budget', '.3f'):>15}"
+                     + (f"  {pair(r, 'recall_at_profile', '.3f'):>15}" if profile else ""))
     s = summarize(layers)
     lines.append("-" * len(head))
     lines.append(f"{'mean':>5}  {s['loss_before']:7.4f} -> {s['loss_after']:7.4f}  "
                  f"{s['recall_before']:.3f} -> {s['recall_after']:.3f}  "
                  f"{s['routed_fraction_before']:.3f} -> {s['routed_fraction_after']:.3f}  "
-                 f"{s['recall_at_budget_before']:.3f} -> {s['recall_at_budget_after']:.3f}")
+                 f"{s['recall_at_budget_before']:.3f} -> {s['recall_at_budget_after']:.3f}"
+                 + (f"  {s['recall_at_profile_before']:.3f} -> {s['recall_at_profile_after']:.3f}" if profile else ""))
     lines.append(f"recall rose in {s['layers_recall_up']}/{s['layers']} layers; recall@budget rose in "
-                 f"{s['layers_recall_at_budget_up']}/{s['layers']}")
+                 f"{s['layers_recall_at_budget_up']}/{s['layers']}"
+                 + ("; recall@profile: both routers at mean pooling's routed fraction in each layer "
+                    "(the fitted one with router.json's layer_scales)" if profile else ""))
     return "\n".join(lines)
