@@ -283,14 +283,22 @@ def write_reports(
     levels: Sequence[float] = ISO_SPARSITIES,
     title: str | None = None,
     include_stale: bool = False,
+    paired: str | None = None,
 ) -> dict[str, Path]:
     """Rebuild leaderboard.csv, report.md, iso_sparsity.csv and accuracy_vs_sparsity.png of a results
     directory from its cells (every shard's): those of the current config, or all with ``include_stale``.
-    Returns the written paths."""
+    With ``paired`` (a series), the report adds a prompt-by-prompt comparison of every series with it
+    (``evals.paired``). Returns the written paths."""
     store = ResultsStore(results_dir)
     rows, stale_rows = store.partition_rows()
     if include_stale:
         rows, stale_rows = sorted(rows + stale_rows, key=row_order), []
+    paired_text = ""
+    if paired is not None:
+        from dash_eval.evals.paired import check_baseline, paired_markdown, paired_rows
+
+        check_baseline(rows, paired)  # before anything is written
+        paired_text = paired_markdown(paired_rows(rows, store, paired), paired)
     stale = [r.get("cell", "") for r in stale_rows]
     root = Path(results_dir)
     paths = {
@@ -302,7 +310,8 @@ def write_reports(
     write_leaderboard(rows, paths["leaderboard"])
     atomic_write_text(
         paths["report"],
-        markdown_report(rows, store.failures(include_stale), levels, title or f"Sweep report: {root.name}", stale),
+        markdown_report(rows, store.failures(include_stale), levels, title or f"Sweep report: {root.name}", stale)
+        + ("\n" + paired_text if paired_text else ""),
     )
     atomic_write_text(paths["iso_sparsity"], iso_sparsity_csv(rows, levels))
     atomic_write_bytes(paths["plot"], plot_png(rows))

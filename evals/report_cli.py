@@ -36,6 +36,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="also the complete cells of earlier versions of the config (by default only the cells the "
         "last sweep's config defines, cells.json)",
     )
+    parser.add_argument(
+        "--paired",
+        metavar="SERIES",
+        help="add a prompt-by-prompt comparison of every series with this one (a label such as "
+        "dash-mean-pooled, or a method): prompts gained and lost, and a one-sided sign test",
+    )
     parser.add_argument("--quiet", action="store_true", help="write the files but print only their paths")
 
 
@@ -48,7 +54,11 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    paths = write_reports(root, levels=args.iso, include_stale=args.all)
+    try:
+        paths = write_reports(root, levels=args.iso, include_stale=args.all, paired=args.paired)
+    except ValueError as exc:
+        print(f"dash-eval report: {exc}", file=sys.stderr)
+        return 2
     if not args.quiet:
         print(paths["report"].read_text())
     for kind, path in paths.items():

@@ -224,3 +224,54 @@ def test_exit_status_counts_failures_capped():
     assert SweepSummary(failed=7).exit_status == 7
     assert SweepSummary(failed=100).exit_status == 100
     assert SweepSummary(failed=300).exit_status == 100  # stays a valid status, never reads as a signal
+
+
+class PairedRunner(FakeRunner):
+    """Per-prompt scores: full attention answers every prompt; dash at scale 0.5 answers prompts 0-2, at
+    scale 8 only prompt 3, and the calibrated dash cell prompts 0 and 4."""
+
+    ANSWERS = {("full", None): {0, 1, 2, 3, 4}, ("dash", 0.5): {0, 1, 2}, ("dash", 8.0): {3},
+               ("dash", None): {0, 4}}
+
+    def run_cell(self, cell, on_samples):
+        result = super().run_cell(cell, on_samples)
+        right = self.ANSWERS.get((cell.method, cell.params.get("scale")), set())
+        result.predictions = [{"doc_id": i, "prediction": "x", "score": float(i in right)}
+                              for i in range(cell.samples)]
+        result.metrics["accuracy"] = len(right & set(range(cell.samples))) / cell.samples
+        return result
+
+
+def test_paired_report_counts_prompts_gained_and_lost(tmp_path, capsys):
+    from dash_eval.cli import main
+    from dash_eval.evals.paired import paired_rows, sign_test_p
+
+    raw = dict(_config(tmp_path / "out").raw, tasks=[{"task": "niah_single", "lengths": [512], "samples": 5, "seed": 0}],
+               methods=[{"method": "full"}, {"method": "dash", "grid": {"scale": [0.5, 8.0]}},
+                        {"method": "dash", "label": "calibrated", "target_sparsity": 0.75}])
+    config = parse_config(raw, check_model=False)
+    _sweep(config, PairedRunner())
+    store = ResultsStore(tmp_path / "out")
+    # against full (a single cell, so every cell pairs with it): only losses
+    got = sorted((r["series"], r["accuracy"], r["gained"], r["lost"]) for r in paired_rows(store.rows(), store, "full"))
+    assert got == [("calibrated", 0.4, 0, 3), ("dash", 0.2, 0, 4), ("dash", 0.6, 0, 2)], got
+    # against the single calibrated cell: {3} vs {0,4} gains 3, loses 0 and 4; {0,1,2} vs {0,4} gains 1 and
+    # 2, loses 4; full gains 1, 2, 3
+    got = sorted((r["accuracy"], r["gained"], r["lost"]) for r in paired_rows(store.rows(), store, "calibrated"))
+    assert got == [(0.2, 1, 2), (0.6, 2, 1), (1.0, 3, 0)], got
+    # a baseline with several cells pairs by target sparsity
+    raw["methods"] = [{"method": "dash", "label": "a", "target_sparsity": [0.5, 0.75]},
+                      {"method": "dash", "label": "b", "alpha": 2.0, "target_sparsity": [0.75, 0.5]}]
+    raw["output"] = str(tmp_path / "targets")
+    _sweep(parse_config(raw, check_model=False), PairedRunner())
+    store_t = ResultsStore(tmp_path / "targets")
+    pairs = paired_rows(store_t.rows(), store_t, "a")
+    assert sorted(r["target_sparsity"] for r in pairs) == [0.5, 0.75] and all(r["prompts"] == 5 for r in pairs)
+    assert sign_test_p(5, 0) == pytest.approx(1 / 32) and sign_test_p(0, 0) == 1.0
+    assert sign_test_p(2, 1) == pytest.approx(0.5)
+
+    assert main(["report", str(tmp_path / "out"), "--paired", "full", "--quiet"]) == 0
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "## Paired against full" in report and "| 0 | 4 |" in report
+    assert main(["report", str(tmp_path / "out"), "--paired", "nope"]) == 2
+    assert "--paired 'nope': no such series" in capsys.readouterr().err

@@ -1,0 +1,93 @@
+"""Prompt-by-prompt comparison of two series of a sweep (``dash-eval report DIR --paired SERIES``).
+
+Needle tasks at a dozen prompts a cell have a standard error of 0.1-0.15, so two accuracies that differ by
+one or two prompts say little. Every series of a sweep answers the same prompts (same task, length, sample
+count and seed), so the honest comparison is paired: on how many prompts one series scores higher than the
+other, and how likely that split is if neither is better (a one-sided sign test, ties dropped).
+
+A cell is paired with the baseline series' cell of the same task and length that has the same target
+sparsity; when the baseline has a single cell there (``full``, or one calibrated point), every cell pairs
+with it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+from dash_eval.evals.report import _fmt, group_rows, series
+from dash_eval.evals.sweep_store import PREDICTIONS_FILE, ResultsStore
+
+
+def sign_test_p(gained: int, lost: int) -> float:
+    """One-sided sign test: the chance of ``gained`` or more wins out of ``gained + lost`` if each is a coin flip."""
+    n = gained + lost
+    if n == 0:
+        return 1.0
+    return sum(math.comb(n, i) for i in range(gained, n + 1)) / 2**n
+
+
+def prompt_scores(store: ResultsStore, cell_name: str) -> dict[int, float]:
+    """``{doc_id: score}`` of a complete cell (its ``predictions.jsonl``)."""
+    path = store.cell_dir(cell_name) / PREDICTIONS_FILE
+    out: dict[int, float] = {}
+    for line in path.read_text().splitlines():
+        if line.strip():
+            rec = json.loads(line)
+            out[int(rec["doc_id"])] = float(rec["score"])
+    return out
+
+
+def paired_rows(rows: list[dict], store: ResultsStore, baseline: str) -> list[dict]:
+    """One record per cell that has a baseline cell to pair with (see the module's docstring)."""
+    out: list[dict] = []
+    for (task, length), group in group_rows(rows).items():
+        base = [r for r in group if series(r) == baseline]
+        if not base:
+            continue
+        by_target = {r.get("target_sparsity"): r for r in base}
+        for r in group:
+            if series(r) == baseline:
+                continue
+            b = base[0] if len(base) == 1 else by_target.get(r.get("target_sparsity"))
+            if b is None or (r.get("samples"), r.get("seed")) != (b.get("samples"), b.get("seed")):
+                continue
+            mine, theirs = prompt_scores(store, r["cell"]), prompt_scores(store, b["cell"])
+            docs = sorted(set(mine) & set(theirs))
+            gained = sum(mine[d] > theirs[d] for d in docs)
+            lost = sum(mine[d] < theirs[d] for d in docs)
+            out.append({
+                "task": task, "length": length, "series": series(r), "target_sparsity": r.get("target_sparsity"),
+                "sparsity": r.get("sparsity"), "accuracy": r.get("accuracy"),
+                "baseline": baseline, "baseline_sparsity": b.get("sparsity"), "baseline_accuracy": b.get("accuracy"),
+                "prompts": len(docs), "gained": gained, "lost": lost, "p_better": sign_test_p(gained, lost),
+            })
+    return out
+
+
+def paired_markdown(records: list[dict], baseline: str) -> str:
+    lines = [
+        f"## Paired against {baseline}",
+        "",
+        f"Prompt by prompt on the same prompts: 'gained' counts prompts a series scores higher on than {baseline}, "
+        "'lost' lower; p is the one-sided sign test that the series is better (ties dropped).",
+        "",
+        f"| task | length | series | sparsity | accuracy | {baseline} | gained | lost | p |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for rec in records:
+        lines.append(
+            f"| {rec['task']} | {rec['length']} | {rec['series']} | {_fmt(rec['sparsity'], pct=True)} | "
+            f"{_fmt(rec['accuracy'])} | {_fmt(rec['baseline_accuracy'])} ({_fmt(rec['baseline_sparsity'], pct=True)}) | "
+            f"{rec['gained']} | {rec['lost']} | {rec['p_better']:.3f} |"
+        )
+    if not records:
+        lines.append("| (no cell pairs with it) | | | | | | | | |")
+    lines.append("")
+    return "\n".join(lines)
+
+
+def check_baseline(rows: list[dict], baseline: str) -> None:
+    names = sorted({series(r) for r in rows})
+    if baseline not in names:
+        raise ValueError(f"--paired {baseline!r}: no such series in these results; accepted: {', '.join(names) or '(none)'}")
