@@ -401,7 +401,7 @@ def recall_at_fraction(cap: Capture, batch: Batch, kbar: torch.Tensor, settings:
 
 
 def global_scale_at_fraction(cap: Capture, batch: Batch, kbar: torch.Tensor, settings: FitSettings,
-                             steps: int = 24) -> float:
+                             steps: int = 16) -> float:
     """The one routing scale (every layer alike, as the ``dash`` method has) whose routed fraction, averaged
     over layers, is ``settings.budget``."""
     n_layers, hkv = cap.keys.shape[1], cap.keys.shape[2]
@@ -426,10 +426,10 @@ def profile_layer_scales(cap: Capture, batch: Batch, kbar_mean: torch.Tensor, kb
     fitted ranking within each layer. Returns ``(m, recall of mean pooling, recall of the fitted router)``,
     per layer, at that allocation."""
     n_layers, hkv = cap.keys.shape[1], cap.keys.shape[2]
-    s0 = global_scale_at_fraction(cap, batch, kbar_mean, settings)
+    s0 = global_scale_at_fraction(cap, batch, kbar_mean, settings)  # 16 halvings of log s: within 2e-4
     recall_mean, frac_mean = recall_and_fraction(
         batch, routed_sets(cap, batch, kbar_mean, torch.full((n_layers, hkv), s0), settings.alpha))
-    recall_fit, _, s_fit = recall_at_fraction(cap, batch, kbar_fit, settings, fraction=frac_mean)
+    recall_fit, _, s_fit = recall_at_fraction(cap, batch, kbar_fit, settings, steps=16, fraction=frac_mean)
     return s_fit / s0, recall_mean, recall_fit
 
 

@@ -76,10 +76,10 @@ def paired_markdown(records: list[dict], baseline: str) -> str:
         "|---|---:|---|---:|---:|---:|---:|---:|---:|",
     ]
     for rec in records:
+        base = f"{_fmt(rec['baseline_accuracy'])} ({_fmt(rec['baseline_sparsity'], pct=True)})"
         lines.append(
             f"| {rec['task']} | {rec['length']} | {rec['series']} | {_fmt(rec['sparsity'], pct=True)} | "
-            f"{_fmt(rec['accuracy'])} | {_fmt(rec['baseline_accuracy'])} ({_fmt(rec['baseline_sparsity'], pct=True)}) | "
-            f"{rec['gained']} | {rec['lost']} | {rec['p_better']:.3f} |"
+            f"{_fmt(rec['accuracy'])} | {base} | {rec['gained']} | {rec['lost']} | {rec['p_better']:.3f} |"
         )
     if not records:
         lines.append("| (no cell pairs with it) | | | | | | | | |")
@@ -90,4 +90,5 @@ def paired_markdown(records: list[dict], baseline: str) -> str:
 def check_baseline(rows: list[dict], baseline: str) -> None:
     names = sorted({series(r) for r in rows})
     if baseline not in names:
-        raise ValueError(f"--paired {baseline!r}: no such series in these results; accepted: {', '.join(names) or '(none)'}")
+        accepted = ", ".join(names) or "(none)"
+        raise ValueError(f"--paired {baseline!r}: no such series in these results; accepted: {accepted}")

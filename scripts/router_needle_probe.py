@@ -33,18 +33,6 @@ def top_hit(batch: rf.Batch, routed: torch.Tensor) -> torch.Tensor:
     return (hit * w).sum((0, 2, 3)) / w.sum((0, 2, 3)).clamp(min=1e-30)
 
 
-def global_scale_routing(cap, batch, kbar, settings, steps: int = 30):
-    lo, hi = -7.0, 7.0
-    n_layers, hkv = cap.keys.shape[1], cap.keys.shape[2]
-    for _ in range(steps):
-        mid = (lo + hi) / 2
-        s = torch.full((n_layers, hkv), float(torch.tensor(mid).exp()))
-        routed = rf.routed_sets(cap, batch, kbar, s, settings.alpha)
-        _, frac = rf.recall_and_fraction(batch, routed)
-        lo, hi = (mid, hi) if frac.mean() > settings.budget else (lo, mid)
-    return routed
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("routers", nargs="+", help="'mean' or router directories")
@@ -84,7 +72,8 @@ def main() -> None:
                 kbar = rf.block_summaries(cap, u, args.block_size)
                 rec_eq, _, s_eq = rf.recall_at_fraction(cap, batch, kbar, settings)
                 routed_eq = rf.routed_sets(cap, batch, kbar, s_eq[:, None].expand(-1, hkv), settings.alpha)
-                routed_g = global_scale_routing(cap, batch, kbar, settings)
+                s_g = torch.full((len(cap.layers), hkv), rf.global_scale_at_fraction(cap, batch, kbar, settings))
+                routed_g = rf.routed_sets(cap, batch, kbar, s_g, settings.alpha)
                 rec_g, frac_g = rf.recall_and_fraction(batch, routed_g)
             figures[r].append([rec_eq, top_hit(batch, routed_eq), rec_g, top_hit(batch, routed_g), frac_g])
     deep = slice(len(cap.layers) * 2 // 5, None)

@@ -243,10 +243,12 @@ class PairedRunner(FakeRunner):
 
 
 def test_paired_report_counts_prompts_gained_and_lost(tmp_path, capsys):
-    from dash_eval.cli import main
     from dash_eval.evals.paired import paired_rows, sign_test_p
 
-    raw = dict(_config(tmp_path / "out").raw, tasks=[{"task": "niah_single", "lengths": [512], "samples": 5, "seed": 0}],
+    from dash_eval.cli import main
+
+    task = {"task": "niah_single", "lengths": [512], "samples": 5, "seed": 0}
+    raw = dict(_config(tmp_path / "out").raw, tasks=[task],
                methods=[{"method": "full"}, {"method": "dash", "grid": {"scale": [0.5, 8.0]}},
                         {"method": "dash", "label": "calibrated", "target_sparsity": 0.75}])
     config = parse_config(raw, check_model=False)
