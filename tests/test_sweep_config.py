@@ -4,6 +4,7 @@ path, the bad value and what is accepted."""
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import pytest
 import yaml
@@ -359,12 +360,12 @@ def test_entries_that_repeat_a_cell_are_rejected():
     assert len(errors) == 1 and errors[0].startswith("methods[1]:") and "repeats a cell of methods[0]" in errors[0]
 
 
-@pytest.mark.parametrize("name", ["demo", "paper_ruler16k", "router_niah", "router_niah_essay"])
+@pytest.mark.parametrize(
+    "name", sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+)
 def test_shipped_configs_are_valid(name, monkeypatch, tmp_path):
     """Every config in configs/ parses (the GPU ones with their model swapped for one that exists here),
     and spelling out a generator's default option picks the same lm-eval task as leaving it out."""
-    from pathlib import Path
-
     from dash_eval.evals.sweep_cells import expand_cells
 
     root = Path(__file__).resolve().parents[1]
