@@ -52,19 +52,20 @@ def load_layer_scales(path: str | os.PathLike) -> dict[int, float]:
     router directory (its ``router.json``: the multipliers that give a fitted router mean pooling's budget
     in every layer, ``router_fit.profile_layer_scales``)."""
     p = Path(path)
+    accepted = (f'accepted: a JSON file holding {{"{JSON_KEY}": ...}}, or a router directory written by '
+                "dash-eval fit-router")
     if p.is_dir():
         from dash_eval.dash_models.router_output import ROUTER_JSON
 
         p = p / ROUTER_JSON
         if not p.is_file():
-            raise ValueError(f"layer_scales={str(path)!r}: a directory without {ROUTER_JSON}; accepted: a JSON "
-                             f"file or a router directory written by dash-eval fit-router")
+            raise ValueError(f"layer_scales={str(path)!r}: a directory without {ROUTER_JSON}; {accepted}")
     if not p.is_file():
-        raise ValueError(f"layer_scales={str(path)!r}: no such file")
+        raise ValueError(f"layer_scales={str(path)!r}: no such file; {accepted}")
     try:
         data = json.loads(p.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"layer_scales={str(path)!r}: not a readable JSON file ({exc})") from None
+        raise ValueError(f"layer_scales={str(path)!r}: not a readable JSON file ({exc}); {accepted}") from None
     scales = data.get(JSON_KEY) if isinstance(data, dict) else None
     if not isinstance(scales, dict) or not scales:
         raise ValueError(f"layer_scales={str(path)!r}: no {JSON_KEY!r} object in it; accepted: "

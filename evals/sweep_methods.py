@@ -69,9 +69,8 @@ def _parse_layer_scales(c: Checker, raw: Any, path: str, method: str, fields: di
         return None
     try:
         load_layer_scales(value)
-    except ValueError as exc:
-        c.error(path, f"{exc}; accepted: a JSON file with a 'layer_scales' object, or a router directory "
-                "written by dash-eval fit-router")
+    except ValueError as exc:  # its message names the problem and what is accepted
+        c.error(path, str(exc))
         return None
     return value
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from dash_eval.dash_models import load_model
 from dash_eval.dash_models import router_fit as rf
 from dash_eval.dash_models.router import load_router_file
 from dash_eval.dash_models.router_output import ROUTER_JSON, summarize
+from dash_eval.evals.sweep_store import atomic_write_text
 
 
 def main() -> None:
@@ -50,9 +50,7 @@ def main() -> None:
     record["layer_scales"] = {str(layer): float(multipliers[i]) for i, layer in enumerate(cap.layers)}
     record["layer_scales_note"] = ("multipliers of dash's scale per layer that keep mean pooling's routed fraction "
                                    "in every layer (added by scripts/router_layer_scales.py)")
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(record, indent=1) + "\n")
     print(f"{args.router}: layer scales " + " ".join(f"{m:.2f}" for m in multipliers.tolist()))
     print(f"recall at mean pooling's allocation: mean pooling {recall_mean.mean():.3f}, fitted {recall_fit.mean():.3f} "
           f"(up in {int((recall_fit > recall_mean).sum())}/{len(cap.layers)} layers); {time.perf_counter() - t0:.0f} s")
