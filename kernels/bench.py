@@ -93,6 +93,14 @@ SHAPE_SETS: dict[str, list[Case]] = {
         Case("infllmv2-decode-128k-kv8", "infllmv2", 131072, kv_heads=8, queries=1),
         _dash("dash-decode-128k-kv8-75", 131072, 8, 0.75, queries=1),
     ],
+    # nsa and infllmv2 prefill at their defaults with both GQA ratios of the targets (32 query heads over
+    # 2 or 8 KV heads): how the routing geometry fares away from the target shapes.
+    "topk-prefill": [
+        Case("nsa-32k-kv2", "nsa", 32768, kv_heads=2),
+        Case("nsa-32k-kv8", "nsa", 32768, kv_heads=8),
+        Case("infllmv2-32k-kv2", "infllmv2", 32768, kv_heads=2),
+        Case("infllmv2-32k-kv8", "infllmv2", 32768, kv_heads=8),
+    ],
     # PERF.md's table of the authors' kernel: same shapes, our kernel at their densities (1 - sparsity).
     "perf-table": [
         _dash("table-16k-kv2-d56", 16384, 2, 0.44),

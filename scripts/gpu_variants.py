@@ -6,6 +6,10 @@ before it is timed, all in one process (so the versions share the card, the inpu
 
 The switch is ``<module under dash_eval>.<NAME>=<v1>,<v2>,...`` (integers, floats or True/False); cases are
 names from any of ``dash-eval bench``'s shape sets. One line per case and value: ms, routing ms, check.
+Settings held fixed for the whole run come first, each as ``--set <module>.<NAME>=<value>``:
+
+    python scripts/gpu_variants.py --set kernels._triton.topk_routing.ROUTE_ROWS=128 \
+        kernels._triton.topk_routing.ROUTE_STAGES=1,2,3 nsa-64k-kv2
 """
 
 from __future__ import annotations
@@ -26,19 +30,38 @@ import torch  # noqa: E402
 from dash_eval.kernels.bench import SHAPE_SETS, SparseRun, _median_ms, _route_time, structured_inputs  # noqa: E402
 
 
-def main() -> int:
-    import dash_eval.kernels.triton_backend  # noqa: F401
-
-    switch, names = sys.argv[1], sys.argv[2:]
-    target, values = switch.split("=", 1)
+def _switch(target: str):
+    """The module under dash_eval and the attribute that ``<module>.<NAME>`` names."""
     module_name, attr = target.rsplit(".", 1)
     module = importlib.import_module(f"dash_eval.{module_name}")
     if not hasattr(module, attr):
         raise SystemExit(f"dash_eval.{module_name} has no {attr}")
+    return module, attr
+
+
+def main() -> int:
+    import dash_eval.kernels.triton_backend  # noqa: F401
+
+    args = sys.argv[1:]
+    fixed = []
+    while len(args) > 1 and args[0] == "--set":
+        fixed.append(args[1])
+        args = args[2:]
+    for setting in fixed:
+        target, value = setting.split("=", 1)
+        module, attr = _switch(target)
+        setattr(module, attr, ast.literal_eval(value))
+    switch, names = args[0], args[1:]
+    target, values = switch.split("=", 1)
+    module, attr = _switch(target)
     original = getattr(module, attr)
     choices = [ast.literal_eval(v) for v in values.split(",")]
     cases = {c.name: c for cases in SHAPE_SETS.values() for c in cases}
-    print(f"# {torch.cuda.get_device_name()}, torch {torch.__version__}; {target} in {choices}")
+    unknown = [n for n in names if n not in cases]
+    if unknown:
+        raise SystemExit(f"unknown case(s) {unknown}; accepted: {sorted(cases)}")
+    held = f" (held: {', '.join(fixed)})" if fixed else ""
+    print(f"# {torch.cuda.get_device_name()}, torch {torch.__version__}; {target} in {choices}{held}")
     print("case | value | ms | route ms | check")
     for name in names:
         case = cases[name]
@@ -49,7 +72,11 @@ def main() -> int:
         decode = case.nq < case.tokens
         for value in choices:
             setattr(module, attr, value)
-            out, _ = run.forward()
+            try:
+                out, _ = run.forward()
+            except Exception as e:  # noqa: BLE001  (a variant out of resources must not stop the others)
+                print(f"{name} | {value} | - | - | failed: {type(e).__name__}: {str(e)[:160]}", flush=True)
+                continue
             torch.cuda.synchronize()
             verdict = run.check(out, lambda msg: None)
             ok = verdict.startswith("ok")

@@ -31,6 +31,7 @@ from dash_eval.kernels._triton.kernel_keys import KernelKeys
 from dash_eval.kernels._triton.launch import (
     chain_options,
     dot_mode,
+    interpreting,
     last_dim_contiguous,
     next_pow2,
     persistent_programs,
@@ -43,6 +44,16 @@ POOL_WEIGHTED = 1
 DECODE_CHUNK_MIN = 64  # kernels per program of the decode score launch (at least)
 DECODE_BLOCK_CHUNK = 32  # blocks per program of the decode pooling launch (at most)
 DECODE_LIST = True  # decode's select launch writes the fine stage's visit list (False: a union launch does)
+# Prefill geometry (module switches, so that scripts/gpu_variants.py can time variants; v17 in
+# docs/perf-notes.md): rows (query heads x queries) per routing program, which share each load of the kernel
+# keys; the largest scratch row (queries x kernels, float32) a program keeps; rows x kernels of one score
+# chunk; block scores per select sub-tile (registers); the two score passes as software-pipelined loops.
+ROUTE_ROWS = 128
+ROUTE_SCRATCH = 1 << 16
+ROUTE_TILE_SCORES = 16384
+SELECT_ELEMENTS = 8192
+ROUTE_PIPELINE = True  # never on the CPU interpreter, whose range() cannot take a computed bound
+ROUTE_STAGES = 2
 
 
 @dataclasses.dataclass
@@ -129,20 +140,45 @@ def _select_and_store(score, qpos, q_ok, qabs, cols, bh, Nq, WORDS, ACTIVE, ATTE
 
 
 @triton.jit
+def _normaliser_chunk(c, q, KHI, KLO, kc_base, nk, d, dmask, scale_log2, nvis_row, m_i, l_i,
+                      D: tl.constexpr, KC: tl.constexpr, SPLIT: tl.constexpr, DOT_MODE: tl.constexpr):
+    """Pass 1 on one chunk of kernels: each row's running softmax max and normaliser."""
+    x, m = _kernel_scores(q, KHI, KLO, kc_base, c, nk, D, d, dmask, scale_log2, KC, SPLIT, DOT_MODE)
+    x = tl.where(m[None, :] < nvis_row[:, None], x, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(x, 1))
+    m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
+    l_i = l_i * tl.exp2(m_i - m_use) + tl.sum(tl.exp2(x - m_use[:, None]), 1)
+    return m_new, l_i
+
+
+@triton.jit
+def _probability_chunk(c, q, KHI, KLO, kc_base, nk, d, dmask, scale_log2, nvis_row, m_i, inv_l, scratch_q, colk,
+                       TQ: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, KC: tl.constexpr,
+                       SPLIT: tl.constexpr, DOT_MODE: tl.constexpr):
+    """Pass 2 on one chunk: kernel probabilities summed over the group's heads, to the scratch row."""
+    x, m = _kernel_scores(q, KHI, KLO, kc_base, c, nk, D, d, dmask, scale_log2, KC, SPLIT, DOT_MODE)
+    p = tl.where(m[None, :] < nvis_row[:, None], tl.exp2(x - m_i[:, None]) * inv_l[:, None], 0.0)
+    ps = tl.sum(tl.reshape(p, (TQ, GP, KC)), 1)  # summed over the group's heads
+    tl.store(scratch_q + (c * KC + colk)[None, :], ps)
+
+
+@triton.jit
 def _topk_route_kernel(
     Q, KHI, KLO, WORDS, ACTIVE, ATTENDED, SCRATCH,
     Nq, q_off, nk, capacity, n_words, nblocks, n_qtiles, total_tiles, n_bh,
     scale_log2, kernel_size, kernel_stride, ratio, lead, init_blocks, local_blocks, topk, window,
     s_qb, s_qh, s_qn, HKV,
-    G: tl.constexpr, GP: tl.constexpr, TQ: tl.constexpr, D: tl.constexpr, DP: tl.constexpr,
+    G: tl.constexpr, GP: tl.constexpr, TQ: tl.constexpr, TS: tl.constexpr, D: tl.constexpr, DP: tl.constexpr,
     C: tl.constexpr, NBP: tl.constexpr, NBP_BITS: tl.constexpr, NKP: tl.constexpr,
     KC: tl.constexpr, W: tl.constexpr,
-    POOL: tl.constexpr, SPLIT: tl.constexpr, DOT_MODE: tl.constexpr,
+    POOL: tl.constexpr, SPLIT: tl.constexpr, DOT_MODE: tl.constexpr, PIPELINE: tl.constexpr,
     PDL: tl.constexpr = False,
 ):
+    """Prefill: a tile of ``TQ`` queries x the group's heads per program for the two score passes (the
+    kernel keys read once per tile serve ``GP * TQ`` rows), then pooling and the select on sub-tiles of
+    ``TS`` queries (a ``TS x NBP`` register tile each)."""
     chain_start(PDL)
     M: tl.constexpr = GP * TQ
-    NKC: tl.constexpr = NKP // KC
     pid = tl.program_id(0)
     n_prog = tl.num_programs(0)
     r = tl.arange(0, M)
@@ -150,10 +186,9 @@ def _topk_route_kernel(
     g = r % GP
     d = tl.arange(0, DP)
     dmask = dim_mask(d, D, DP)
-    lane = tl.arange(0, TQ)
     cols = tl.arange(0, NBP)
     colk = tl.arange(0, KC)
-    scratch_q = SCRATCH + (pid * TQ + lane)[:, None] * NKP
+    scratch_q = SCRATCH + (pid * TQ + tl.arange(0, TQ))[:, None] * NKP
     tile = pid
     while tile < total_tiles:
         qt = n_qtiles - 1 - tile // n_bh
@@ -166,7 +201,7 @@ def _topk_route_kernel(
         # kernel m is visible to query i when m * stride + kernel_size - 1 <= i
         nvis_row = tl.where(row_ok, tl.minimum(tl.maximum((abs_i - kernel_size + 1) // kernel_stride + 1, 0), nk), 0)
         nvis_row = tl.where(abs_i - kernel_size + 1 >= 0, nvis_row, 0)
-        nvis = tl.max(nvis_row, 0)
+        n_chunks = (tl.max(nvis_row, 0) + KC - 1) // KC
         q = tl.load(
             Q + b * s_qb + (h * G + g)[:, None] * s_qh + pos[:, None] * s_qn + d[None, :],
             mask=row_ok[:, None] & dmask[None, :], other=0.0,
@@ -174,44 +209,54 @@ def _topk_route_kernel(
         kc_base = bh * capacity * D
         m_i = tl.full((M,), float("-inf"), tl.float32)
         l_i = tl.zeros((M,), tl.float32)
-        for c in range(0, NKC):
-            if c * KC < nvis:
-                x, m = _kernel_scores(q, KHI, KLO, kc_base, c, nk, D, d, dmask, scale_log2, KC, SPLIT, DOT_MODE)
-                x = tl.where(m[None, :] < nvis_row[:, None], x, float("-inf"))
-                m_new = tl.maximum(m_i, tl.max(x, 1))
-                m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
-                l_i = l_i * tl.exp2(m_i - m_use) + tl.sum(tl.exp2(x - m_use[:, None]), 1)
-                m_i = m_new
+        if PIPELINE:
+            for c in tl.range(0, n_chunks):
+                m_i, l_i = _normaliser_chunk(c, q, KHI, KLO, kc_base, nk, d, dmask, scale_log2, nvis_row, m_i, l_i,
+                                             D, KC, SPLIT, DOT_MODE)
+        else:  # the CPU interpreter cannot take a computed loop bound in range()
+            c = 0
+            while c < n_chunks:
+                m_i, l_i = _normaliser_chunk(c, q, KHI, KLO, kc_base, nk, d, dmask, scale_log2, nvis_row, m_i, l_i,
+                                             D, KC, SPLIT, DOT_MODE)
+                c += 1
         inv_l = tl.where(l_i > 0, 1.0 / tl.where(l_i > 0, l_i, 1.0), 0.0)
         m_i = tl.where(m_i == float("-inf"), 0.0, m_i)
         tl.debug_barrier()  # the previous tile's reads of the scratch row are done
-        for c in range(0, NKC):
-            if c * KC < nvis:
-                x, m = _kernel_scores(q, KHI, KLO, kc_base, c, nk, D, d, dmask, scale_log2, KC, SPLIT, DOT_MODE)
-                p = tl.where(m[None, :] < nvis_row[:, None], tl.exp2(x - m_i[:, None]) * inv_l[:, None], 0.0)
-                ps = tl.sum(tl.reshape(p, (TQ, GP, KC)), 1)  # summed over the group's heads
-                tl.store(scratch_q + (c * KC + colk)[None, :], ps)
+        if PIPELINE:
+            for c in tl.range(0, n_chunks):
+                _probability_chunk(c, q, KHI, KLO, kc_base, nk, d, dmask, scale_log2, nvis_row, m_i, inv_l,
+                                   scratch_q, colk, TQ, GP, D, KC, SPLIT, DOT_MODE)
+        else:
+            c = 0
+            while c < n_chunks:
+                _probability_chunk(c, q, KHI, KLO, kc_base, nk, d, dmask, scale_log2, nvis_row, m_i, inv_l,
+                                   scratch_q, colk, TQ, GP, D, KC, SPLIT, DOT_MODE)
+                c += 1
         tl.debug_barrier()
 
-        qpos = qt * TQ + lane
-        q_ok = qpos < Nq
-        qabs = qpos + q_off
-        nvis_q = tl.where(qabs - kernel_size + 1 >= 0, tl.minimum((qabs - kernel_size + 1) // kernel_stride + 1, nk), 0)
-        if POOL == 0:
-            score = tl.full((TQ, NBP), float("-inf"), tl.float32)
-        else:
-            score = tl.zeros((TQ, NBP), tl.float32)
-        for o in tl.static_range(W):
-            mk = cols * ratio - lead + o
-            ok = (mk >= 0)[None, :] & (mk[None, :] < nvis_q[:, None])
-            ps = tl.load(scratch_q + mk[None, :], mask=ok, other=0.0, cache_modifier=".cg")
+        for s in tl.static_range(TQ // TS):
+            lane = s * TS + tl.arange(0, TS)
+            qpos = qt * TQ + lane
+            q_ok = qpos < Nq
+            qabs = qpos + q_off
+            nvis_q = tl.where(qabs - kernel_size + 1 >= 0,
+                              tl.minimum((qabs - kernel_size + 1) // kernel_stride + 1, nk), 0)
+            scratch_s = SCRATCH + (pid * TQ + lane)[:, None] * NKP
             if POOL == 0:
-                score = tl.maximum(score, tl.where(ok, ps, float("-inf")))
+                score = tl.full((TS, NBP), float("-inf"), tl.float32)
             else:
-                score += ps * _overlap(o, lead, kernel_size, kernel_stride, C)
+                score = tl.zeros((TS, NBP), tl.float32)
+            for o in tl.static_range(W):
+                mk = cols * ratio - lead + o
+                ok = (mk >= 0)[None, :] & (mk[None, :] < nvis_q[:, None])
+                ps = tl.load(scratch_s + mk[None, :], mask=ok, other=0.0, cache_modifier=".cg")
+                if POOL == 0:
+                    score = tl.maximum(score, tl.where(ok, ps, float("-inf")))
+                else:
+                    score += ps * _overlap(o, lead, kernel_size, kernel_stride, C)
 
-        _select_and_store(score, qpos, q_ok, qabs, cols, bh, Nq, WORDS, ACTIVE, ATTENDED, n_words, nblocks,
-                          init_blocks, local_blocks, topk, window, TQ, C, NBP, NBP_BITS)
+            _select_and_store(score, qpos, q_ok, qabs, cols, bh, Nq, WORDS, ACTIVE, ATTENDED, n_words, nblocks,
+                              init_blocks, local_blocks, topk, window, TS, C, NBP, NBP_BITS)
         tile += n_prog
 
 
@@ -353,11 +398,19 @@ def _decode_select_kernel(
                          TLIST + bh * nblocks, TCOUNT + bh)
 
 
-def route_tile(group: int, nblocks_pow2: int, nq: int) -> int:
+def route_tile(group: int, nblocks_pow2: int, nq: int, kernels_pow2: int = 1) -> int:
+    """Queries per routing tile: ``ROUTE_ROWS`` rows (the group's heads x queries) share each load of the
+    kernel keys, within a scratch row of at most ``ROUTE_SCRATCH`` floats per program; 16 rows at least
+    (``tl.dot``)."""
     gp = next_pow2(group)
-    tq = max(1, min(64 // gp, 8192 // nblocks_pow2))
+    tq = max(1, min(ROUTE_ROWS // gp, ROUTE_SCRATCH // max(kernels_pow2, 1)))
     tq = min(tq, next_pow2(nq))
     return max(tq, -(-16 // gp))
+
+
+def select_tile(tile_q: int, nblocks_pow2: int) -> int:
+    """Queries per select sub-tile: a ``queries x blocks`` register tile of at most ``SELECT_ELEMENTS``."""
+    return max(1, min(tile_q, SELECT_ELEMENTS // nblocks_pow2))
 
 
 def kernel_parallel_pays(device: torch.device, tiles: int, kernels_pow2: int) -> bool:
@@ -400,14 +453,13 @@ def topk_route(
         raise ValueError(f"topk routing: {nblocks} blocks of block_size={block_size}; at most {1 << 16}")
     nwords = -(-nblocks // 32)
     nkp = max(16, next_pow2(max(n_kernels, 1)))
-    kc_chunk = min(nkp, chunk_kernels)
     q = last_dim_contiguous(q)
     khi, klo = keys.hi, keys.lo
     ratio = block_size // kernel_stride
     lead = kernel_size // kernel_stride - 1
     width = lead + ratio  # kernels overlapping one block (compression.block_kernel_index)
     if tile_q is None:
-        tile_q = route_tile(g, nbp, nq)
+        tile_q = route_tile(g, nbp, nq, nkp)
     n_qtiles = -(-nq // tile_q)
     total = n_qtiles * b * hkv
     dev = q.device
@@ -416,6 +468,7 @@ def topk_route(
     active = torch.empty(b, hkv, nq, dtype=torch.int32, device=dev)
     attended = torch.empty(b, hkv, nq, dtype=torch.int32, device=dev)
     m_rows = gp * tile_q
+    kc_chunk = min(nkp, chunk_kernels, max(16, ROUTE_TILE_SCORES // m_rows))  # a rows x kernels score tile
     dp = next_pow2(max(d, 16))
     scale_log2 = softmax_scale * 1.4426950408889634
     if kernel_parallel is None:
@@ -458,18 +511,20 @@ def topk_route(
         return TopkRoute(words, active, attended)
     n_prog = min(total, persistent_programs(dev))
     scratch = torch.empty(n_prog, tile_q, nkp, dtype=torch.float32, device=dev)
+    tile_s = select_tile(tile_q, nbp)
     if num_warps is None:
-        num_warps = 8 if max(m_rows * kc_chunk, tile_q * nbp) >= 8192 else 4
+        num_warps = 8 if max(m_rows * kc_chunk, tile_s * nbp) >= 8192 else 4
     _topk_route_kernel[(n_prog,)](
         q, khi, klo if klo is not None else khi, words, active, attended, scratch,
         nq, nk - nq, n_kernels, keys.capacity, nwords, nblocks, n_qtiles, total, b * hkv,
         scale_log2, kernel_size, kernel_stride, ratio, lead, init_blocks, local_blocks,
         topk, window,
         q.stride(0), q.stride(1), q.stride(2), hkv,
-        G=g, GP=gp, TQ=tile_q, D=d, DP=dp, C=block_size, NBP=nbp, NBP_BITS=nbp.bit_length() - 1,
+        G=g, GP=gp, TQ=tile_q, TS=tile_s, D=d, DP=dp, C=block_size, NBP=nbp, NBP_BITS=nbp.bit_length() - 1,
         NKP=nkp, KC=kc_chunk,
         W=width, POOL=pool, SPLIT=klo is not None, DOT_MODE=dot_mode(q.dtype),
-        num_warps=num_warps, num_stages=1,
+        PIPELINE=ROUTE_PIPELINE and not interpreting(),
+        num_warps=num_warps, num_stages=ROUTE_STAGES,
         **chained,
     )
     return TopkRoute(words, active, attended)
