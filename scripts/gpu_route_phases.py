@@ -1,0 +1,105 @@
+# ruff: noqa: I001  (the path setup must run before the package imports)
+"""Where the prefill routing of ``nsa`` / ``infllmv2`` spends its time: the routing launch timed whole, then
+with its later phases cut from the kernel's source (in a temporary copy of the module; nothing of the
+package changes):
+
+- ``whole``: as the package runs it;
+- ``no select``: the pooled block scores reduced to one number per query instead of the exact top-k, the
+  bits and the counts;
+- ``scores only``: the two score passes (normaliser, then the group-summed probabilities written to the
+  scratch rows), no pooling and no select.
+
+The differences are the select's and the pooling's share. Outputs of the cut variants are garbage; only
+their time counts.
+
+    python scripts/gpu_route_phases.py [case ...]   # from a checkout, on a CUDA machine
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import sys
+import tempfile
+from pathlib import Path
+
+root = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(root))
+import dash_eval  # noqa: E402
+
+dash_eval.__path__.append(str(root))
+
+import torch  # noqa: E402
+import triton  # noqa: E402
+
+from dash_eval.kernels.bench import SHAPE_SETS, SparseRun, structured_inputs  # noqa: E402
+
+SELECT_START = "            _select_and_store(score, "
+SELECT_END = "NBP_BITS)\n"
+NO_SELECT = """            tl.store(ACTIVE + bh * Nq + qpos, tl.sum(score, 1).to(tl.int32), mask=q_ok)
+"""
+PHASES_START = "        for s in tl.static_range(TQ // TS):\n"
+PHASES_END = "        tile += n_prog\n"
+
+
+def _variant(source: str, name: str, tmp: Path):
+    path = tmp / f"route_variant_{name}.py"
+    path.write_text(source)
+    spec = importlib.util.spec_from_file_location(f"route_variant_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # the module's dataclasses look themselves up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def _cut(source: str, what: str) -> str:
+    head, kernel = source.split("def _topk_route_kernel(", 1)
+    if what == "no select":
+        start = kernel.index(SELECT_START)
+        end = kernel.index(SELECT_END, start) + len(SELECT_END)
+        return head + "def _topk_route_kernel(" + kernel[:start] + NO_SELECT + kernel[end:]
+    start = kernel.index(PHASES_START)
+    end = kernel.index(PHASES_END, start)
+    return head + "def _topk_route_kernel(" + kernel[:start] + kernel[end:]
+
+
+def main() -> int:
+    import dash_eval.kernels.triton_backend  # noqa: F401
+    from dash_eval.kernels._triton import topk_routing
+    from dash_eval.kernels._triton.kernel_keys import kernel_keys_triton
+
+    names = sys.argv[1:] or ["nsa-32k-kv2", "nsa-32k-kv8", "nsa-64k-kv2", "infllmv2-128k-kv2"]
+    cases = {c.name: c for cases in SHAPE_SETS.values() for c in cases}
+    unknown = [n for n in names if n not in cases or cases[n].method not in ("nsa", "infllmv2")]
+    if unknown:
+        raise SystemExit(f"not nsa / infllmv2 cases of dash-eval bench: {unknown}")
+    source = Path(topk_routing.__file__).read_text()
+    print(f"# {torch.cuda.get_device_name()}, torch {torch.__version__}, triton {triton.__version__}")
+    print("case | whole ms | no select ms | scores only ms | select share | pooling share")
+    with tempfile.TemporaryDirectory() as tmp:
+        variants = {"whole": topk_routing}
+        for what in ("no select", "scores only"):
+            variants[what] = _variant(_cut(source, what), what.replace(" ", "_"), Path(tmp))
+        for name in names:
+            case = cases[name]
+            q, k, v = structured_inputs(case, torch.bfloat16, torch.device("cuda"))
+            run = SparseRun(case, q, k, v, case.head_dim**-0.5)
+            p = run.params
+            keys = kernel_keys_triton(k, p.kernel_size, p.kernel_stride)
+            ms = {}
+            for what, module in variants.items():
+                pool = module.POOL_WEIGHTED if case.method == "nsa" else module.POOL_MAX
+                route = functools.partial(
+                    module.topk_route, q, keys, k.shape[2], pool=pool, block_size=p.block_size,
+                    init_blocks=p.init_blocks, local_blocks=p.local_blocks, topk=p.topk, softmax_scale=run.scale,
+                    window=getattr(p, "window", 0),
+                )
+                ms[what] = triton.testing.do_bench(route, warmup=50, rep=300)
+            whole, no_sel, scores = ms["whole"], ms["no select"], ms["scores only"]
+            print(f"{name} | {whole:.3f} | {no_sel:.3f} | {scores:.3f} | {(whole - no_sel) / whole:.2f} | "
+                  f"{(no_sel - scores) / whole:.2f}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
