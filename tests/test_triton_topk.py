@@ -100,8 +100,9 @@ def test_topk_default_geometry_selects_a_strict_subset(method):
     assert torch.equal(stats.active_blocks, ref_stats.active_blocks)
 
 
+@pytest.mark.parametrize("early", [False, True], ids=["all-bits", "early-exit"])
 @pytest.mark.parametrize("values", [3, 1000], ids=["many-ties", "few-ties"])
-def test_exact_topk_select_on_tied_scores(values):
+def test_exact_topk_select_on_tied_scores(values, early):
     """The select launch alone on block scores drawn from ``values`` levels (so many exact ties, -inf and 0
     among them): forced blocks plus the ``topk`` best eligible ones, ties to the more recent block (the radix
     on the score, then on the block index where the last slot is tied)."""
@@ -123,7 +124,7 @@ def test_exact_topk_select_on_tied_scores(values):
     tcount = torch.zeros(1, 1, 1, dtype=torch.int32)
     tr._decode_select_kernel[(1,)](
         scores, words, active, attended, tlist, tcount, nq, q_off, words.shape[-1], nblocks, 1, init_b, local_b,
-        topk, 0, TQ=tq, C=c, NBP=nbp, NBP_BITS=nbp.bit_length() - 1, LIST=True,
+        topk, 0, TQ=tq, C=c, NBP=nbp, NBP_BITS=nbp.bit_length() - 1, LIST=True, EARLY=early,
     )
     ref_list, ref_count = tile_union(words, q_off + nq, block_size=c, tile_q=tq)
     assert torch.equal(tcount, ref_count) and torch.equal(tlist[..., : int(tcount)], ref_list[..., : int(tcount)])
