@@ -139,8 +139,10 @@ def test_fit_lowers_the_loss_on_a_random_llama(captured):
 def test_head_targets_fit_each_head_to_its_own_mass(captured):
     """target="head": each query head's loss is against its own renormalised block mass; when every head
     of a group has the same mass the two targets give the same loss, and the fit lowers it."""
-    cap, settings = captured
+    cap, _ = captured
     head = rf.FitSettings(**{**SETTINGS, "target": "head"})
+    settings = rf.FitSettings(**{**SETTINGS, "target": "group"})
+    assert rf.FitSettings().target == "head"  # the default since session 8
     sel = torch.arange(cap.positions.numel())
     batch = rf.make_batch(cap, sel, head)
     assert batch.head_target.shape == cap.mass[..., sel, :].shape
