@@ -35,7 +35,7 @@ import triton  # noqa: E402
 from dash_eval.kernels.bench import SHAPE_SETS, SparseRun, structured_inputs  # noqa: E402
 
 SELECT_START = "            _select_and_store(score, "
-SELECT_END = "NBP_BITS)\n"
+SELECT_END = ")\n"  # the end of that call
 NO_SELECT = """            tl.store(ACTIVE + bh * Nq + qpos, tl.sum(score, 1).to(tl.int32), mask=q_ok)
 """
 PHASES_START = "        for s in tl.static_range(TQ // TS):\n"
@@ -54,13 +54,15 @@ def _variant(source: str, name: str, tmp: Path):
 
 def _cut(source: str, what: str) -> str:
     head, kernel = source.split("def _topk_route_kernel(", 1)
-    if what == "no select":
-        start = kernel.index(SELECT_START)
-        end = kernel.index(SELECT_END, start) + len(SELECT_END)
-        return head + "def _topk_route_kernel(" + kernel[:start] + NO_SELECT + kernel[end:]
-    start = kernel.index(PHASES_START)
-    end = kernel.index(PHASES_END, start)
-    return head + "def _topk_route_kernel(" + kernel[:start] + kernel[end:]
+    first, last = (SELECT_START, SELECT_END) if what == "no select" else (PHASES_START, PHASES_END)
+    try:
+        start = kernel.index(first)
+        end = kernel.index(last, start) + (len(last) if what == "no select" else 0)
+    except ValueError:
+        raise SystemExit(f"_topk_route_kernel no longer holds {first.strip()!r} ... {last.strip()!r}; "
+                         "update this script's markers") from None
+    middle = NO_SELECT if what == "no select" else ""
+    return head + "def _topk_route_kernel(" + kernel[:start] + middle + kernel[end:]
 
 
 def main() -> int:

@@ -421,12 +421,12 @@ def _decode_select_kernel(
                          TLIST + bh * nblocks, TCOUNT + bh)
 
 
-def route_tile(group: int, nblocks_pow2: int, nq: int, kernels_pow2: int = 1) -> int:
+def route_tile(group: int, nq: int, kernels_pow2: int) -> int:
     """Queries per routing tile: ``ROUTE_ROWS`` rows (the group's heads x queries) share each load of the
     kernel keys, within a scratch row of at most ``ROUTE_SCRATCH`` floats per program; 16 rows at least
     (``tl.dot``)."""
     gp = next_pow2(group)
-    tq = max(1, min(ROUTE_ROWS // gp, ROUTE_SCRATCH // max(kernels_pow2, 1)))
+    tq = max(1, min(ROUTE_ROWS // gp, ROUTE_SCRATCH // kernels_pow2))
     tq = min(tq, next_pow2(nq))
     return max(tq, -(-16 // gp))
 
@@ -482,7 +482,7 @@ def topk_route(
     lead = kernel_size // kernel_stride - 1
     width = lead + ratio  # kernels overlapping one block (compression.block_kernel_index)
     if tile_q is None:
-        tile_q = route_tile(g, nbp, nq, nkp)
+        tile_q = route_tile(g, nq, nkp)
     n_qtiles = -(-nq // tile_q)
     total = n_qtiles * b * hkv
     dev = q.device
