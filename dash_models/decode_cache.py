@@ -76,11 +76,11 @@ class _KernelKeyState:
 
     @staticmethod
     def allocate(key, params):
-        from dash_eval.kernels._triton.kernel_keys import allocate_kernel_keys, complete_kernels
+        from dash_eval.kernels._triton.kernel_keys import allocate_kernel_keys, complete_kernels, split_keys
 
         spare = _GROWTH_BLOCKS * params.block_size // params.kernel_stride
         total = complete_kernels(key.shape[2], params.kernel_size, params.kernel_stride)
-        return allocate_kernel_keys(key, total + spare, params.kernel_size, params.kernel_stride)
+        return allocate_kernel_keys(key, total + spare, params.kernel_size, params.kernel_stride, split_keys(params))
 
     @staticmethod
     def fits(state, nk: int, params) -> bool:

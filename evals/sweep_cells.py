@@ -62,7 +62,7 @@ class Cell:
             "samples": self.samples,
             "seed": self.seed,
             "method": self.method,
-            "params": dict(sorted(self.params.items())),
+            "params": dict(sorted(self.identity_params().items())),
         }
         if self.router is not None:  # only when the entry sets one, so that other cells keep their identity
             spec["router"] = self.router
@@ -78,6 +78,14 @@ class Cell:
             if self.per_layer:  # only when set, so that other cells keep their identity
                 spec["calibrate_per_layer"] = True
         return spec
+
+    def identity_params(self) -> dict[str, Any]:
+        """``params`` less those added after results existed that sit at their default
+        (``registry.IDENTITY_WHEN_SET``), so that older cells keep their identity."""
+        from dash_eval.kernels import get_method
+
+        late = get_method(self.method).params_cls.identity_defaults()
+        return {k: v for k, v in self.params.items() if not (k in late and v == late[k])}
 
     def hash(self, config: SweepConfig) -> str:
         return config_hash(self.spec(config))
@@ -97,7 +105,7 @@ class Cell:
         samples = "nall" if self.samples is None else f"n{self.samples}"
         parts = [f"{self.task}-{length}-{samples}-s{self.seed}", self.series]
         # unset optional parameters (None, e.g. no router) are left out of the name; the hash still has them
-        params = [f"{k}={_value_text(v)}" for k, v in sorted(self.params.items()) if v is not None]
+        params = [f"{k}={_value_text(v)}" for k, v in sorted(self.identity_params().items()) if v is not None]
         if self.target_sparsity is not None:
             params.append(f"target_sparsity={_value_text(self.target_sparsity)}")
             if self.per_layer:

@@ -52,6 +52,8 @@ def _dash(name, n, hkv, sp, flex=False, **kw):
     return Case(name, "dash", n, kv_heads=hkv, target_sparsity=sp, flex=flex, **kw)
 
 
+_INPUT = {"score_precision": "input"}
+
 SHAPE_SETS: dict[str, list[Case]] = {
     # Small shapes: compile and correctness on the GPU in a few seconds.
     "smoke": [
@@ -100,6 +102,19 @@ SHAPE_SETS: dict[str, list[Case]] = {
         Case("nsa-32k-kv8", "nsa", 32768, kv_heads=8),
         Case("infllmv2-32k-kv2", "infllmv2", 32768, kv_heads=2),
         Case("infllmv2-32k-kv8", "infllmv2", 32768, kv_heads=8),
+    ],
+    # nsa and infllmv2 at their defaults with the published kernels' score precision (kernel keys rounded to
+    # bf16, one tensor-core product per kernel score; METHODS.md's float32 keys take two): the targets'
+    # shapes, prefill and decode.
+    "input-precision": [
+        Case("nsa-64k-kv2-input", "nsa", 65536, kv_heads=2, params=_INPUT),
+        Case("infllmv2-128k-kv2-input", "infllmv2", 131072, kv_heads=2, params=_INPUT),
+        Case("nsa-decode-128k-kv2-input", "nsa", 131072, kv_heads=2, queries=1, params=_INPUT),
+        Case("infllmv2-decode-128k-kv2-input", "infllmv2", 131072, kv_heads=2, queries=1, params=_INPUT),
+        Case("nsa-decode-128k-kv8-input", "nsa", 131072, kv_heads=8, queries=1, params=_INPUT),
+        Case("infllmv2-decode-128k-kv8-input", "infllmv2", 131072, kv_heads=8, queries=1, params=_INPUT),
+        Case("nsa-32k-kv8-input", "nsa", 32768, kv_heads=8, params=_INPUT),
+        Case("infllmv2-32k-kv8-input", "infllmv2", 32768, kv_heads=8, params=_INPUT),
     ],
     # PERF.md's table of the authors' kernel: same shapes, our kernel at their densities (1 - sparsity).
     "perf-table": [
@@ -232,9 +247,7 @@ class SparseRun:
         if self.decode and case.method == "dash":
             self._cache_summaries()
         if self.decode and case.method in ("nsa", "infllmv2"):
-            from dash_eval.kernels._triton.kernel_keys import kernel_keys_triton
-
-            self.kernel_keys = kernel_keys_triton(k, self.params.kernel_size, self.params.kernel_stride)
+            self.kernel_keys = _kernel_keys(self)
 
     def _cache_summaries(self) -> None:
         """Decode keeps the block summaries of the cache (``update_summaries`` appends each new block), so a
@@ -334,13 +347,18 @@ def _topk_route(run: SparseRun, keys):
                       window=getattr(p, "window", 0))
 
 
-def _words(run: SparseRun) -> torch.Tensor:
-    from dash_eval.kernels._triton.kernel_keys import kernel_keys_triton
+def _kernel_keys(run: SparseRun):
+    """The kernel keys of ``run``'s keys, in the form its ``score_precision`` scores."""
+    from dash_eval.kernels._triton.kernel_keys import kernel_keys_triton, split_keys
 
     p = run.params
+    return kernel_keys_triton(run.k, p.kernel_size, p.kernel_stride, split=split_keys(p))
+
+
+def _words(run: SparseRun) -> torch.Tensor:
     if run.case.method == "dash":
         return _words_for_flex(run)
-    return _topk_route(run, kernel_keys_triton(run.k, p.kernel_size, p.kernel_stride)).words
+    return _topk_route(run, _kernel_keys(run)).words
 
 
 def _words_for_flex(run: SparseRun) -> torch.Tensor | None:
@@ -356,7 +374,6 @@ def _words_for_flex(run: SparseRun) -> torch.Tensor | None:
 
 
 def _route_time(run: SparseRun) -> float:
-    from dash_eval.kernels._triton.kernel_keys import kernel_keys_triton
     from dash_eval.kernels.dash.triton_attention import _router
     from dash_eval.kernels.dash.triton_routing import block_summaries, dash_route
 
@@ -364,7 +381,7 @@ def _route_time(run: SparseRun) -> float:
     if run.kernel_keys is not None:  # decode: routing against the cached kernel keys, as the step uses them
         return _median_ms(lambda: _topk_route(run, run.kernel_keys), graph=True)
     if run.case.method in ("nsa", "infllmv2"):
-        return _median_ms(lambda: _topk_route(run, kernel_keys_triton(run.k, p.kernel_size, p.kernel_stride)))
+        return _median_ms(lambda: _topk_route(run, _kernel_keys(run)))
     if run.case.method != "dash":
         return float("nan")
     if run.summaries is not None:  # decode: the cached summaries, as the timed call uses

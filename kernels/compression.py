@@ -84,14 +84,18 @@ def kernel_topk_attention(
     local_blocks: int,
     topk: int,
     window: int = 0,
+    score_precision: str = "float32",
     softmax_scale: float | None = None,
     return_stats: bool = False,
 ) -> tuple[torch.Tensor, AttentionStats | None]:
     """The driver of ``nsa`` and ``infllmv2``: kernel keys once, then per query chunk
-    ``select(qg, kc, positions, nk, **selection_params)`` and the fine stage."""
+    ``select(qg, kc, positions, nk, **selection_params)`` and the fine stage. ``score_precision="input"``
+    rounds the float32 kernel keys to the inputs' dtype before they are scored (``_topk_params``)."""
     softmax_scale = q.shape[-1] ** -0.5 if softmax_scale is None else softmax_scale
     nk = k.shape[2]
     kc = kernel_keys(k.float(), kernel_size, kernel_stride)
+    if score_precision == "input":
+        kc = kc.to(k.dtype).float()
     ends = torch.arange(kc.shape[2], device=q.device) * kernel_stride + kernel_size - 1
     scores_per_query = q.shape[1] * q.shape[0]
 

@@ -54,6 +54,11 @@ def check_float(
         raise ValueError(f"{method}: parameter {name}={value!r} must be {accepted}")
 
 
+# Field metadata of a parameter added after results existed: at its default it is left out of a sweep cell's
+# identity (hash and directory name), so that cells computed before the parameter existed are still found.
+IDENTITY_WHEN_SET = {"identity": "when-set"}
+
+
 @dataclasses.dataclass(frozen=True)
 class MethodParams:
     """Base of every method's parameters. Subclasses add fields with METHODS.md defaults."""
@@ -77,6 +82,14 @@ class MethodParams:
                 f"accepted: {', '.join(cls.field_names())}"
             )
         return cls(**kwargs)
+
+    @classmethod
+    def identity_defaults(cls) -> dict[str, Any]:
+        """Parameters (name -> default) that a sweep cell's identity leaves out while at their default."""
+        return {
+            f.name: f.default for f in dataclasses.fields(cls)
+            if f.metadata.get("identity") == "when-set" and f.default is not dataclasses.MISSING
+        }
 
     def to_dict(self) -> dict[str, Any]:
         """Plain (JSON-able) parameters; tensor fields such as a router are left out."""

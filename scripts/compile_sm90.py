@@ -104,6 +104,11 @@ def main() -> int:
                 Case(f"{method}-decode-kv{hkv}", method, 8192, kv_heads=hkv, queries=1),
                 Case(f"{method}-prefill-kv{hkv}", method, 1024, kv_heads=hkv),
             ]
+    for method in ("nsa", "infllmv2"):  # kernel keys without the residual: one product per score
+        cases += [
+            Case(f"{method}-decode-kv2-input", method, 8192, queries=1, params={"score_precision": "input"}),
+            Case(f"{method}-prefill-kv2-input", method, 1024, params={"score_precision": "input"}),
+        ]
     for case in cases:
         print(f"# {case.name}", flush=True)
         decode = case.queries == 1

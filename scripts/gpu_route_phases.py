@@ -32,7 +32,7 @@ dash_eval.__path__.append(str(root))
 import torch  # noqa: E402
 import triton  # noqa: E402
 
-from dash_eval.kernels.bench import SHAPE_SETS, SparseRun, structured_inputs  # noqa: E402
+from dash_eval.kernels.bench import SHAPE_SETS, SparseRun, _kernel_keys, structured_inputs  # noqa: E402
 
 SELECT_START = "            _select_and_store(score, "
 SELECT_END = ")\n"  # the end of that call
@@ -68,7 +68,6 @@ def _cut(source: str, what: str) -> str:
 def main() -> int:
     import dash_eval.kernels.triton_backend  # noqa: F401
     from dash_eval.kernels._triton import topk_routing
-    from dash_eval.kernels._triton.kernel_keys import kernel_keys_triton
 
     names = sys.argv[1:] or ["nsa-32k-kv2", "nsa-32k-kv8", "nsa-64k-kv2", "infllmv2-128k-kv2"]
     cases = {c.name: c for cases in SHAPE_SETS.values() for c in cases}
@@ -87,7 +86,7 @@ def main() -> int:
             q, k, v = structured_inputs(case, torch.bfloat16, torch.device("cuda"))
             run = SparseRun(case, q, k, v, case.head_dim**-0.5)
             p = run.params
-            keys = kernel_keys_triton(k, p.kernel_size, p.kernel_stride)
+            keys = _kernel_keys(run)  # in the form the case's score_precision scores
             ms = {}
             for what, module in variants.items():
                 pool = module.POOL_WEIGHTED if case.method == "nsa" else module.POOL_MAX

@@ -129,6 +129,7 @@ def test_sweep_writes_cells_leaderboard_and_reports(tmp_path):
         "kernel_stride",
         "local_blocks",
         "scale",
+        "score_precision",
         "sigma",
         "topk",
         "window",

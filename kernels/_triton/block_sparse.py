@@ -234,8 +234,10 @@ def default_tile_q(group: int, nq: int, tile_rows: int = 64) -> int:
     return max(tq, -(-16 // gp))  # tl.dot needs at least 16 rows
 
 
-# Decode's split fine stage: at least this many blocks of a tile's visit list per program.
+# Decode's split fine stage: at least this many blocks of a tile's visit list per program, and at most this
+# many programs per SM in all (v15: one per SM was slower for dash at 8 KV heads).
 DECODE_SPLIT_BLOCKS = 2
+DECODE_PROGRAMS_PER_SM = 2
 
 
 def decode_splits(q: torch.Tensor, k: torch.Tensor, block_size: int, visits: int | None = None) -> int:
@@ -249,7 +251,7 @@ def decode_splits(q: torch.Tensor, k: torch.Tensor, block_size: int, visits: int
     blocks = -(-k.shape[2] // block_size)
     if visits is not None:
         blocks = min(blocks, visits)
-    target = 2 * num_sms(q.device.index or 0)
+    target = DECODE_PROGRAMS_PER_SM * num_sms(q.device.index or 0)
     return max(1, min(blocks // DECODE_SPLIT_BLOCKS, target // max(1, b * k.shape[1])))
 
 

@@ -2,8 +2,8 @@
 
 ``kc_m = mean(k[m*stride : m*stride + kernel_size])`` (METHODS.md), computed in float32 and stored as the
 16-bit high part and 16-bit residual that the routing kernels multiply on tensor cores (float32 inputs:
-the float32 keys themselves). A decode step appends only the kernels that became complete, so routing
-never re-reads the whole cache to rebuild them.
+the float32 keys themselves; ``score_precision="input"``: the high part alone). A decode step appends only
+the kernels that became complete, so routing never re-reads the whole cache to rebuild them.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import torch
 import triton
 import triton.language as tl
 from dash_eval.kernels._triton.launch import chain_options, last_dim_contiguous, next_pow2
-from dash_eval.kernels._triton.ops import chain_start, dim_mask
+from dash_eval.kernels._triton.ops import chain_start, dim_mask, round_to
 
 
 @dataclasses.dataclass
@@ -57,18 +57,21 @@ def _kernel_keys_kernel(
                 mask=(t < kernel_size)[:, None] & dmask[None, :], other=0.0)
     kc = tl.sum(x.to(tl.float32), 0) * inv_size
     off = (bh * capacity + m) * D + d
-    hi = kc.to(KHI.dtype.element_ty)
+    hi = round_to(kc, KHI.dtype.element_ty)  # as torch rounds: the reference's keys under score_precision="input"
     tl.store(KHI + off, hi, mask=dmask)
     if SPLIT:
         tl.store(KLO + off, (kc - hi.to(tl.float32)).to(KLO.dtype.element_ty), mask=dmask)
 
 
-def allocate_kernel_keys(k: torch.Tensor, capacity: int, kernel_size: int, kernel_stride: int) -> KernelKeys:
-    """Empty kernel keys for ``k: [B, Hkv, N, D]`` with room for ``capacity`` kernels."""
+def allocate_kernel_keys(
+    k: torch.Tensor, capacity: int, kernel_size: int, kernel_stride: int, split: bool = True
+) -> KernelKeys:
+    """Empty kernel keys for ``k: [B, Hkv, N, D]`` with room for ``capacity`` kernels. ``split=False`` keeps
+    16-bit inputs' kernel keys rounded to their dtype, without the residual (``score_precision="input"``)."""
     b, hkv, _, d = k.shape
     capacity = max(1, capacity)
     hi = torch.zeros(b, hkv, capacity, d, dtype=k.dtype, device=k.device)
-    lo = None if k.dtype == torch.float32 else torch.zeros_like(hi)
+    lo = None if k.dtype == torch.float32 or not split else torch.zeros_like(hi)
     return KernelKeys(hi, lo, 0, kernel_size, kernel_stride)
 
 
@@ -99,7 +102,14 @@ def update_kernel_keys(keys: KernelKeys, k: torch.Tensor) -> KernelKeys:
     return keys
 
 
-def kernel_keys_triton(k: torch.Tensor, kernel_size: int, kernel_stride: int, spare: int = 0) -> KernelKeys:
+def kernel_keys_triton(
+    k: torch.Tensor, kernel_size: int, kernel_stride: int, spare: int = 0, split: bool = True
+) -> KernelKeys:
     """All complete kernels of ``k`` (plus room for ``spare`` more)."""
     total = complete_kernels(k.shape[2], kernel_size, kernel_stride)
-    return update_kernel_keys(allocate_kernel_keys(k, total + spare, kernel_size, kernel_stride), k)
+    return update_kernel_keys(allocate_kernel_keys(k, total + spare, kernel_size, kernel_stride, split), k)
+
+
+def split_keys(params) -> bool:
+    """Whether a top-k method's parameters score with the float32 kernel keys (hi and lo parts)."""
+    return params.score_precision == "float32"

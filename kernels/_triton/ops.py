@@ -39,3 +39,15 @@ def dim_mask(d, D: tl.constexpr, DP: tl.constexpr):
         return tl.full([DP], 1, tl.int1)
     else:
         return d < D
+
+
+@triton.jit
+def round_to(x, DTYPE: tl.constexpr):
+    """float32 ``x`` rounded to ``DTYPE`` to nearest, ties to even, as torch rounds. bfloat16 by integer
+    arithmetic: the CPU interpreter's conversion to bfloat16 truncates, whatever rounding it is asked for."""
+    if DTYPE == tl.bfloat16:
+        bits = x.to(tl.int32, bitcast=True)
+        bits = (bits + (((bits >> 16) & 1) + 0x7FFF)) & -65536  # keep the high 16 bits, rounded
+        return bits.to(tl.float32, bitcast=True).to(tl.bfloat16)
+    else:
+        return x.to(DTYPE)

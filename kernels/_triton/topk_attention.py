@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from dash_eval.kernels._triton.accounting import stats_from_counts
 from dash_eval.kernels._triton.block_sparse import decode_splits, routed_visit_list, sparse_attention_from_words
-from dash_eval.kernels._triton.kernel_keys import KernelKeys, complete_kernels, kernel_keys_triton
+from dash_eval.kernels._triton.kernel_keys import KernelKeys, complete_kernels, kernel_keys_triton, split_keys
 from dash_eval.kernels._triton.launch import kernel_supports
 from dash_eval.kernels._triton.topk_routing import topk_route
 from dash_eval.kernels.registry import get_method
@@ -29,6 +29,11 @@ def check_kernel_keys(method: str, keys: KernelKeys, k: torch.Tensor, params) ->
             f"{method}: kernel_keys were built with kernel_size={keys.kernel_size}, kernel_stride="
             f"{keys.kernel_stride}; the parameters say {params.kernel_size}, {params.kernel_stride}"
         )
+    if k.dtype != torch.float32 and (keys.lo is not None) != split_keys(params):
+        raise ValueError(
+            f"{method}: kernel_keys were built {'with' if keys.lo is not None else 'without'} the float32 residual; "
+            f"score_precision={params.score_precision!r} needs them {'with' if split_keys(params) else 'without'}"
+        )
     if keys.count != want or tuple(keys.hi.shape[:2]) != (b, hkv) or keys.hi.shape[3] != d or keys.hi.dtype != k.dtype:
         raise ValueError(
             f"{method}: kernel_keys hold {keys.count} kernels of shape {tuple(keys.hi.shape)} ({keys.hi.dtype}); "
@@ -46,7 +51,7 @@ def topk_attention_triton(
     b, hq, nq, _ = q.shape
     nk, c = k.shape[2], params.block_size
     if kernel_keys is None:
-        kernel_keys = kernel_keys_triton(k, params.kernel_size, params.kernel_stride)
+        kernel_keys = kernel_keys_triton(k, params.kernel_size, params.kernel_stride, split=split_keys(params))
     else:
         check_kernel_keys(method, kernel_keys, k, params)
     route = topk_route(

@@ -57,11 +57,12 @@ def infllmv2_attention_naive(
     init_blocks: int = 1,
     local_blocks: int = 32,
     topk: int = 63,
+    score_precision: str = "float32",
     softmax_scale: float | None = None,
     return_stats: bool = False,
 ) -> tuple[torch.Tensor, AttentionStats | None]:
     return kernel_topk_attention(
         q, k, v, infllmv2_select, block_size=block_size, kernel_size=kernel_size, kernel_stride=kernel_stride,
-        init_blocks=init_blocks, local_blocks=local_blocks, topk=topk, softmax_scale=softmax_scale,
-        return_stats=return_stats,
+        init_blocks=init_blocks, local_blocks=local_blocks, topk=topk, score_precision=score_precision,
+        softmax_scale=softmax_scale, return_stats=return_stats,
     )

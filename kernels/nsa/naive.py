@@ -30,11 +30,12 @@ def nsa_attention_naive(
     local_blocks: int = 2,
     topk: int = 13,
     window: int = 512,
+    score_precision: str = "float32",
     softmax_scale: float | None = None,
     return_stats: bool = False,
 ) -> tuple[torch.Tensor, AttentionStats | None]:
     return kernel_topk_attention(
         q, k, v, nsa_select, block_size=block_size, kernel_size=kernel_size, kernel_stride=kernel_stride,
-        init_blocks=init_blocks, local_blocks=local_blocks, topk=topk, window=window, softmax_scale=softmax_scale,
-        return_stats=return_stats,
+        init_blocks=init_blocks, local_blocks=local_blocks, topk=topk, window=window,
+        score_precision=score_precision, softmax_scale=softmax_scale, return_stats=return_stats,
     )
