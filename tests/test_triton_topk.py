@@ -64,11 +64,15 @@ def test_topk_triton_matches_reference(method, pi, b, hq, hkv, nq, nk, d, dtype)
     assert torch.equal(stats.active_blocks, ref_stats.active_blocks)
 
 
+@pytest.mark.parametrize("fused", [True, False], ids=["pooled-pass", "pooled-from-kernels"])
 @pytest.mark.parametrize("method", ["infllmv2", "nsa"])
-def test_topk_routing_tile_split_into_select_subtiles(method, monkeypatch):
+def test_topk_routing_tile_split_into_select_subtiles(method, fused, monkeypatch):
     """A routing tile of 32 rows (8 queries x 4 heads) whose select runs on sub-tiles of 2 queries
-    (``SELECT_ELEMENTS`` made small): the same output, selection and stats as the reference."""
+    (``SELECT_ELEMENTS`` made small): the same output, selection and stats as the reference, with the pooling
+    done in the probability pass (the default) or from a scratch row of kernel probabilities."""
     from dash_eval.kernels._triton import topk_routing as tr
+
+    monkeypatch.setattr(tr, "POOL_FUSED", fused)
 
     gen = torch.Generator().manual_seed(5)
     q = torch.randn(1, 8, 37, 64, generator=gen)
@@ -138,3 +142,30 @@ def test_exact_topk_select_on_tied_scores(values, early):
         expect = forced[i] | chosen[i]
         got = unpack_selection(words[0, 0, i], nblocks)
         assert torch.equal(got, expect), (i, torch.nonzero(got ^ expect).flatten().tolist())
+
+
+@pytest.mark.parametrize("method", ["infllmv2", "nsa"])
+def test_topk_blocks_of_one_kernel_stride(method, monkeypatch):
+    """Blocks one kernel stride long (kernels two strides long): a block's own kernel ends a stride past the
+    block, so just after a block completes its only visible kernel is the one it shares with the block
+    before. With 16-kernel score chunks, the last routing tile's queries (up to 286) see at most kernels 0-15
+    (one chunk), and block 16, eligible for queries 272-286 with kernel 15 its only visible one, lies past
+    that chunk: the pooled pass scores it as the tail block. Keys of kernel 15 (tokens 240-271) are made to
+    match those queries, so block 16 is among their best."""
+    from dash_eval.kernels._triton import topk_routing as tr
+
+    monkeypatch.setattr(tr, "ROUTE_TILE_SCORES", 16)  # 16 kernels per score chunk
+    gen = torch.Generator().manual_seed(23)
+    q = torch.randn(1, 4, 287, 64, generator=gen)
+    k, v = (torch.randn(1, 1, 287, 64, generator=gen) for _ in range(2))
+    topic = torch.randn(64, generator=gen)
+    k[:, :, 240:272] += topic
+    q[:, :, 271:287] += topic
+    params = {"block_size": 16, "kernel_size": 32, "kernel_stride": 16, "init_blocks": 0, "local_blocks": 1,
+              "topk": 3}
+    if method == "nsa":
+        params["window"] = 0
+    out, stats = sparse_attention(q, k, v, method, backend="triton", return_stats=True, **params)
+    ref, ref_stats = sparse_attention(q, k, v, method, backend="reference", return_stats=True, **params)
+    assert rel_err(out, ref) < TOL[torch.float32]
+    assert torch.equal(stats.active_blocks, ref_stats.active_blocks)

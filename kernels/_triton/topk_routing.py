@@ -58,7 +58,11 @@ ROUTE_STAGES = 2
 # With one 16-bit key tensor (score_precision="input") a stage holds half the bytes: 3 stages fit and were
 # 2-3% faster than 2 on an H200 (v20; 4 no better).
 ROUTE_STAGES_ONE_KEY = 3
-ROUTE_PROGRAMS_PER_SM = 4  # persistent routing programs per SM (each with a scratch row of queries x kernels)
+ROUTE_PROGRAMS_PER_SM = 4
+# Pooling in the probability pass (v22): each chunk of kernel probabilities is pooled onto its blocks in
+# registers and the scratch row holds block scores; False: the scratch row holds kernel probabilities and
+# each block gathers its ``W`` kernels from it (before v22). Needs ``kernel_size <= 2 * kernel_stride``.
+POOL_FUSED = True  # persistent routing programs per SM (each with a scratch row of queries x kernels)
 # The select's radix stops once every row of the sub-tile has exactly its blocks (the same selection;
 # v19: nsa 64k routing 21.3 -> 16.5 ms on an H200).
 SELECT_EARLY_EXIT = True
@@ -190,16 +194,49 @@ def _probability_chunk(c, q, KHI, KLO, kc_base, nk, d, dmask, scale_log2, nvis_r
 
 
 @triton.jit
+def _pooled_chunk(c, q, KHI, KLO, kc_base, nk, d, dmask, scale_log2, nvis_row, m_i, inv_l, scratch_q, carry,
+                  inner_w, lead_w,
+                  TQ: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, KC: tl.constexpr, R: tl.constexpr,
+                  LEAD: tl.constexpr, POOL: tl.constexpr, SPLIT: tl.constexpr, DOT_MODE: tl.constexpr):
+    """Pass 2 on one chunk, pooled: the group-summed kernel probabilities pooled onto the chunk's ``KC / R``
+    blocks in registers (block ``j`` takes kernels ``j*R .. j*R + R-1`` of this chunk and, with ``LEAD``,
+    kernel ``j*R - 1``, the previous block's last: ``carry`` brings the previous chunk's), and the block
+    scores written to the scratch row. Invisible kernels count 0, which changes neither a max of
+    probabilities nor a weighted sum. Returns this chunk's last kernel probability per query."""
+    NB: tl.constexpr = KC // R
+    x, m = _kernel_scores(q, KHI, KLO, kc_base, c, nk, D, d, dmask, scale_log2, KC, SPLIT, DOT_MODE)
+    p = tl.where(m[None, :] < nvis_row[:, None], tl.exp2(x - m_i[:, None]) * inv_l[:, None], 0.0)
+    ps = tl.reshape(tl.sum(tl.reshape(p, (TQ, GP, KC)), 1), (TQ, NB, R))  # [query, block, kernel of block]
+    if POOL == 0:
+        score = tl.max(ps, 2)
+    else:
+        score = tl.sum(ps * inner_w[None, None, :], 2)
+    if LEAD == 1:
+        last = tl.sum(tl.where((tl.arange(0, R) == R - 1)[None, None, :], ps, 0.0), 2)  # [TQ, NB]
+        jl = tl.arange(0, NB)
+        prev = tl.gather(last, tl.broadcast_to(tl.maximum(jl - 1, 0)[None, :], (TQ, NB)), 1)
+        prev = tl.where(jl[None, :] == 0, carry[:, None], prev)
+        if POOL == 0:
+            score = tl.maximum(score, prev)
+        else:
+            score += prev * lead_w
+        carry = tl.sum(tl.where(jl[None, :] == NB - 1, last, 0.0), 1)
+    tl.store(scratch_q + (c * NB + tl.arange(0, NB))[None, :], score)
+    return carry
+
+
+@triton.jit
 def _topk_route_kernel(
     Q, KHI, KLO, WORDS, ACTIVE, ATTENDED, SCRATCH,
     Nq, q_off, nk, capacity, n_words, nblocks, n_qtiles, total_tiles, n_bh,
     scale_log2, kernel_size, kernel_stride, ratio, lead, init_blocks, local_blocks, topk, window,
     s_qb, s_qh, s_qn, HKV,
     G: tl.constexpr, GP: tl.constexpr, TQ: tl.constexpr, TS: tl.constexpr, D: tl.constexpr, DP: tl.constexpr,
-    C: tl.constexpr, NBP: tl.constexpr, NBP_BITS: tl.constexpr, NKP: tl.constexpr,
+    C: tl.constexpr, NBP: tl.constexpr, NBP_BITS: tl.constexpr, SROW: tl.constexpr,
     KC: tl.constexpr, W: tl.constexpr,
     POOL: tl.constexpr, SPLIT: tl.constexpr, DOT_MODE: tl.constexpr, PIPELINE: tl.constexpr,
-    EARLY: tl.constexpr = False, PDL: tl.constexpr = False,
+    EARLY: tl.constexpr = False, FUSED: tl.constexpr = False, R: tl.constexpr = 1, LEAD: tl.constexpr = 0,
+    PDL: tl.constexpr = False,
 ):
     """Prefill: a tile of ``TQ`` queries x the group's heads per program for the two score passes (the
     kernel keys read once per tile serve ``GP * TQ`` rows), then pooling and the select on sub-tiles of
@@ -215,7 +252,10 @@ def _topk_route_kernel(
     dmask = dim_mask(d, D, DP)
     cols = tl.arange(0, NBP)
     colk = tl.arange(0, KC)
-    scratch_q = SCRATCH + (pid * TQ + tl.arange(0, TQ))[:, None] * NKP
+    scratch_q = SCRATCH + (pid * TQ + tl.arange(0, TQ))[:, None] * SROW
+    # the pooled pass's weights (NSA): kernels j*R .. j*R + R-1 of block j, and kernel j*R - 1
+    inner_w = _overlap(LEAD + tl.arange(0, R), lead, kernel_size, kernel_stride, C)
+    lead_w = _overlap(0, lead, kernel_size, kernel_stride, C)
     tile = pid
     while tile < total_tiles:
         qt = n_qtiles - 1 - tile // n_bh
@@ -249,16 +289,35 @@ def _topk_route_kernel(
         inv_l = tl.where(l_i > 0, 1.0 / tl.where(l_i > 0, l_i, 1.0), 0.0)
         m_i = tl.where(m_i == float("-inf"), 0.0, m_i)
         tl.debug_barrier()  # the previous tile's reads of the scratch row are done
-        if PIPELINE:
-            for c in tl.range(0, n_chunks):
-                _probability_chunk(c, q, KHI, KLO, kc_base, nk, d, dmask, scale_log2, nvis_row, m_i, inv_l,
-                                   scratch_q, colk, TQ, GP, D, KC, SPLIT, DOT_MODE)
+        if FUSED:
+            carry = tl.zeros((TQ,), tl.float32)  # kernel -1 of block 0: none
+            if PIPELINE:
+                for c in tl.range(0, n_chunks):
+                    carry = _pooled_chunk(c, q, KHI, KLO, kc_base, nk, d, dmask, scale_log2, nvis_row, m_i, inv_l,
+                                          scratch_q, carry, inner_w, lead_w, TQ, GP, D, KC, R, LEAD, POOL, SPLIT,
+                                          DOT_MODE)
+            else:
+                c = 0
+                while c < n_chunks:
+                    carry = _pooled_chunk(c, q, KHI, KLO, kc_base, nk, d, dmask, scale_log2, nvis_row, m_i, inv_l,
+                                          scratch_q, carry, inner_w, lead_w, TQ, GP, D, KC, R, LEAD, POOL, SPLIT,
+                                          DOT_MODE)
+                    c += 1
+            # the block after the last chunk, whose only visible kernel can be its lead kernel
+            tail = n_chunks * (KC // R)
+            tail_score = carry if POOL == 0 else carry * lead_w
+            tl.store(scratch_q + tail, tail_score[:, None], mask=tail < SROW)
         else:
-            c = 0
-            while c < n_chunks:
-                _probability_chunk(c, q, KHI, KLO, kc_base, nk, d, dmask, scale_log2, nvis_row, m_i, inv_l,
-                                   scratch_q, colk, TQ, GP, D, KC, SPLIT, DOT_MODE)
-                c += 1
+            if PIPELINE:
+                for c in tl.range(0, n_chunks):
+                    _probability_chunk(c, q, KHI, KLO, kc_base, nk, d, dmask, scale_log2, nvis_row, m_i, inv_l,
+                                       scratch_q, colk, TQ, GP, D, KC, SPLIT, DOT_MODE)
+            else:
+                c = 0
+                while c < n_chunks:
+                    _probability_chunk(c, q, KHI, KLO, kc_base, nk, d, dmask, scale_log2, nvis_row, m_i, inv_l,
+                                       scratch_q, colk, TQ, GP, D, KC, SPLIT, DOT_MODE)
+                    c += 1
         tl.debug_barrier()
 
         for s in tl.static_range(TQ // TS):
@@ -268,19 +327,25 @@ def _topk_route_kernel(
             qabs = qpos + q_off
             nvis_q = tl.where(qabs - kernel_size + 1 >= 0,
                               tl.minimum((qabs - kernel_size + 1) // kernel_stride + 1, nk), 0)
-            scratch_s = SCRATCH + (pid * TQ + lane)[:, None] * NKP
-            if POOL == 0:
-                score = tl.full((TS, NBP), float("-inf"), tl.float32)
-            else:
-                score = tl.zeros((TS, NBP), tl.float32)
-            for o in tl.static_range(W):
-                mk = cols * ratio - lead + o
-                ok = (mk >= 0)[None, :] & (mk[None, :] < nvis_q[:, None])
-                ps = tl.load(scratch_s + mk[None, :], mask=ok, other=0.0, cache_modifier=".cg")
+            scratch_s = SCRATCH + (pid * TQ + lane)[:, None] * SROW
+            if FUSED:  # block scores, written by the pooled pass; a block with no visible kernel was not
+                vis = tl.maximum(cols * ratio - lead, 0)[None, :] < nvis_q[:, None]
+                score = tl.load(scratch_s + cols[None, :], mask=vis, other=0.0, cache_modifier=".cg")
                 if POOL == 0:
-                    score = tl.maximum(score, tl.where(ok, ps, float("-inf")))
+                    score = tl.where(vis, score, float("-inf"))
+            else:
+                if POOL == 0:
+                    score = tl.full((TS, NBP), float("-inf"), tl.float32)
                 else:
-                    score += ps * _overlap(o, lead, kernel_size, kernel_stride, C)
+                    score = tl.zeros((TS, NBP), tl.float32)
+                for o in tl.static_range(W):
+                    mk = cols * ratio - lead + o
+                    ok = (mk >= 0)[None, :] & (mk[None, :] < nvis_q[:, None])
+                    ps = tl.load(scratch_s + mk[None, :], mask=ok, other=0.0, cache_modifier=".cg")
+                    if POOL == 0:
+                        score = tl.maximum(score, tl.where(ok, ps, float("-inf")))
+                    else:
+                        score += ps * _overlap(o, lead, kernel_size, kernel_stride, C)
 
             _select_and_store(score, qpos, q_ok, qabs, cols, bh, Nq, WORDS, ACTIVE, ATTENDED, n_words, nblocks,
                               init_blocks, local_blocks, topk, window, TS, C, NBP, NBP_BITS, EARLY)
@@ -538,7 +603,10 @@ def topk_route(
         return TopkRoute(words, active, attended)
     n_prog = min(total, persistent_programs(dev, ROUTE_PROGRAMS_PER_SM))
     one_key = ROUTE_STAGES_ONE_KEY  # pipeline stages when only 16-bit high parts are read
-    scratch = torch.empty(n_prog, tile_q, nkp, dtype=torch.float32, device=dev)
+    # pooled in the probability pass: whole blocks per score chunk, lead kernels from the previous block only
+    fused = POOL_FUSED and lead <= 1 and ratio & (ratio - 1) == 0 and kc_chunk % ratio == 0
+    srow = max(nkp, nbp)  # a scratch row: kernel probabilities, or (fused) block scores and the tail block
+    scratch = torch.empty(n_prog, tile_q, srow, dtype=torch.float32, device=dev)
     tile_s = select_tile(tile_q, nbp)
     if num_warps is None:
         num_warps = 8 if max(m_rows * kc_chunk, tile_s * nbp) >= 8192 else 4
@@ -549,9 +617,10 @@ def topk_route(
         topk, window,
         q.stride(0), q.stride(1), q.stride(2), hkv,
         G=g, GP=gp, TQ=tile_q, TS=tile_s, D=d, DP=dp, C=block_size, NBP=nbp, NBP_BITS=nbp.bit_length() - 1,
-        NKP=nkp, KC=kc_chunk,
+        SROW=srow, KC=kc_chunk,
         W=width, POOL=pool, SPLIT=klo is not None, DOT_MODE=dot_mode(q.dtype),
         PIPELINE=ROUTE_PIPELINE and not interpreting(), EARLY=SELECT_EARLY_EXIT,
+        FUSED=fused, R=ratio if fused else 1, LEAD=lead if fused else 0,
         num_warps=num_warps, num_stages=ROUTE_STAGES if klo is not None or khi.element_size() > 2 else one_key,
         **chained,
     )
