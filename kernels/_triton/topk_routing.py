@@ -3,9 +3,11 @@
 
 Per tile: (1) the kernel scores ``q . kc * softmax_scale`` of every query head, chunk by chunk on tensor
 cores, reduced to each row's softmax max and normaliser; (2) the same chunks again, turned into
-probabilities and summed over the group's heads, written to the program's scratch row (one float per
-query and kernel, for the tile only); (3) each block pools its overlapping kernels from that row
-(max for InfLLM-V2, overlap-weighted sum for NSA); (4) the exact top-k of every query among its
+probabilities, summed over the group's heads and (3) pooled onto the chunk's blocks in registers (max for
+InfLLM-V2, overlap-weighted sum for NSA; a block's kernel shared with the block before comes from that
+block's group, across chunks by a carried column), the block scores written to the program's scratch row
+(one float per query and block, for the tile only; with ``POOL_FUSED`` off, or kernels longer than two
+strides, the row holds kernel probabilities and each block gathers its kernels from it); (4) the exact top-k of every query among its
 eligible blocks by a radix select on the score's 32-bit order (stopping early once every row's
 threshold admits exactly its blocks), then, where the last slot's score is tied, on the block index, so
 ties go to the more recent block exactly as in the reference; (5) the
