@@ -7,11 +7,11 @@ probabilities, summed over the group's heads and (3) pooled onto the chunk's blo
 InfLLM-V2, overlap-weighted sum for NSA; a block's kernel shared with the block before comes from that
 block's group, across chunks by a carried column), the block scores written to the program's scratch row
 (one float per query and block, for the tile only; with ``POOL_FUSED`` off, or kernels longer than two
-strides, the row holds kernel probabilities and each block gathers its kernels from it); (4) the exact top-k of every query among its
-eligible blocks by a radix select on the score's 32-bit order (stopping early once every row's
-threshold admits exactly its blocks), then, where the last slot's score is tied, on the block index, so
-ties go to the more recent block exactly as in the reference; (5) the
-selection is written as bits with the per-query counts. Each kernel probability is computed once per
+strides, the row holds kernel probabilities and each block gathers its kernels from it); (4) the exact
+top-k of every query among its eligible blocks by a radix select on the score's 32-bit order (stopping
+early once every row's threshold admits exactly its blocks), then, where the last slot's score is tied, on
+the block index, so ties go to the more recent block exactly as in the reference; (5) the selection is
+written as bits with the per-query counts. Each kernel probability is computed once per
 query, so blocks sharing a kernel tie exactly as they do in the reference.
 No float per query head, query and block is stored.
 
@@ -60,11 +60,11 @@ ROUTE_STAGES = 2
 # With one 16-bit key tensor (score_precision="input") a stage holds half the bytes: 3 stages fit and were
 # 2-3% faster than 2 on an H200 (v20; 4 no better).
 ROUTE_STAGES_ONE_KEY = 3
-ROUTE_PROGRAMS_PER_SM = 4
+ROUTE_PROGRAMS_PER_SM = 4  # persistent routing programs per SM (each with a scratch row; 2 vs 4: within 1%)
 # Pooling in the probability pass (v22): each chunk of kernel probabilities is pooled onto its blocks in
 # registers and the scratch row holds block scores; False: the scratch row holds kernel probabilities and
 # each block gathers its ``W`` kernels from it (before v22). Needs ``kernel_size <= 2 * kernel_stride``.
-POOL_FUSED = True  # persistent routing programs per SM (each with a scratch row of queries x kernels)
+POOL_FUSED = True
 # The select's radix stops once every row of the sub-tile has exactly its blocks (the same selection;
 # v19: nsa 64k routing 21.3 -> 16.5 ms on an H200).
 SELECT_EARLY_EXIT = True
