@@ -67,13 +67,13 @@ def _inputs(b, nq):
 @pytest.mark.parametrize("decode", [False, True], ids=["prefill", "decode"])
 @pytest.mark.parametrize("method", ["nsa", "infllmv2"])
 def test_triton_routing_follows_the_score_precision(method, decode, monkeypatch):
-    from dash_eval.kernels._triton import topk_routing
+    from dash_eval.kernels._triton import topk_decode, topk_routing
     from dash_eval.kernels._triton.kernel_keys import kernel_keys_triton
     from dash_eval.kernels._triton.selection import unpack_selection
 
     if decode:  # the decode launches (kernel-parallel scores, chunked pooling, one select per tile)
         monkeypatch.setattr(topk_routing, "kernel_parallel_pays", lambda *args: True)
-        monkeypatch.setattr(topk_routing, "DECODE_CHUNK_MIN", 16)
+        monkeypatch.setattr(topk_decode, "DECODE_CHUNK_MIN", 16)
     q, k = _inputs(*((4, 8) if decode else (1, 640)))
     topk, nk = 3, k.shape[2]
     pool = topk_routing.POOL_WEIGHTED if method == "nsa" else topk_routing.POOL_MAX
@@ -101,11 +101,11 @@ def test_cached_decode_with_input_precision(method, monkeypatch):
     a cache built for the other precision is refused, naming both settings."""
     from dash_eval.dash_models import decode_cache
     from dash_eval.kernels import get_backend, get_method, sparse_attention
-    from dash_eval.kernels._triton import topk_routing
+    from dash_eval.kernels._triton import topk_decode, topk_routing
     from dash_eval.kernels._triton.kernel_keys import kernel_keys_triton
 
     monkeypatch.setattr(topk_routing, "kernel_parallel_pays", lambda *args: True)
-    monkeypatch.setattr(topk_routing, "DECODE_CHUNK_MIN", 16)
+    monkeypatch.setattr(topk_decode, "DECODE_CHUNK_MIN", 16)
     kw = dict(GEOMETRY, init_blocks=1, local_blocks=1, topk=2, score_precision="input")
     gen = torch.Generator().manual_seed(8)
     q = torch.randn(1, 4, 70, 64, generator=gen).to(torch.bfloat16)

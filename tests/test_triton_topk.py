@@ -110,7 +110,7 @@ def test_exact_topk_select_on_tied_scores(values, early):
     """The select launch alone on block scores drawn from ``values`` levels (so many exact ties, -inf and 0
     among them): forced blocks plus the ``topk`` best eligible ones, ties to the more recent block (the radix
     on the score, then on the block index where the last slot is tied)."""
-    from dash_eval.kernels._triton import topk_routing as tr
+    from dash_eval.kernels._triton import topk_decode
     from dash_eval.kernels._triton.launch import next_pow2
     from dash_eval.kernels._triton.selection import tile_union, unpack_selection
     from dash_eval.kernels.common import forced_blocks, topk_recent
@@ -126,7 +126,7 @@ def test_exact_topk_select_on_tied_scores(values, early):
     attended = torch.zeros_like(active)
     tlist = torch.zeros(1, 1, 1, nblocks, dtype=torch.int32)
     tcount = torch.zeros(1, 1, 1, dtype=torch.int32)
-    tr._decode_select_kernel[(1,)](
+    topk_decode._decode_select_kernel[(1,)](
         scores, words, active, attended, tlist, tcount, nq, q_off, words.shape[-1], nblocks, 1, init_b, local_b,
         topk, 0, TQ=tq, C=c, NBP=nbp, NBP_BITS=nbp.bit_length() - 1, LIST=True, EARLY=early,
     )

@@ -18,7 +18,7 @@ pytestmark = [
 if triton_available:
     from dash_eval.dash_models import decode_cache
     from dash_eval.kernels import get_method, sparse_attention
-    from dash_eval.kernels._triton import topk_routing
+    from dash_eval.kernels._triton import topk_decode, topk_routing
     from dash_eval.kernels._triton.kernel_keys import (
         allocate_kernel_keys,
         kernel_keys_triton,
@@ -40,8 +40,8 @@ PARAMS = {
 def kernel_parallel(monkeypatch):
     """Every routing call takes the decode path, with chunks small enough that a short cache spans several."""
     monkeypatch.setattr(topk_routing, "kernel_parallel_pays", lambda *args: True)
-    monkeypatch.setattr(topk_routing, "DECODE_CHUNK_MIN", 16)
-    monkeypatch.setattr(topk_routing, "DECODE_BLOCK_CHUNK", 32)
+    monkeypatch.setattr(topk_decode, "DECODE_CHUNK_MIN", 16)
+    monkeypatch.setattr(topk_decode, "DECODE_BLOCK_CHUNK", 32)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])

@@ -15,17 +15,11 @@ written as bits with the per-query counts. Each kernel probability is computed o
 query, so blocks sharing a kernel tie exactly as they do in the reference.
 No float per query head, query and block is stored.
 
-Decode (too few query tiles to fill the GPU) splits the work over the cached kernels instead: (a) each
-program scores one chunk of kernels for one tile and writes the scores with the chunk's softmax max and
-normaliser; (b) each program of a chunk of blocks combines the chunks' normalisers, turns its kernels'
-scores into group-summed probabilities and pools them onto its blocks; (c) one program per tile runs
-the same exact top-k and writes the bits and counts, and, when one tile holds every query, the fine
-stage's visit list (so no union launch follows).
+Decode (too few query tiles to fill the GPU) splits the work over the cached kernels instead
+(``topk_decode``); the select and the score helpers both paths use are in ``topk_select``.
 """
 
 from __future__ import annotations
-
-import dataclasses
 
 import torch
 import triton
@@ -39,14 +33,12 @@ from dash_eval.kernels._triton.launch import (
     next_pow2,
     persistent_programs,
 )
-from dash_eval.kernels._triton.ops import chain_start, dim_mask, mma
-from dash_eval.kernels._triton.selection import routing_visit_list, store_words, write_visit_list
+from dash_eval.kernels._triton.ops import chain_start, dim_mask
+from dash_eval.kernels._triton.topk_decode import decode_route
+from dash_eval.kernels._triton.topk_select import TopkRoute, _kernel_scores, _overlap, _select_and_store
 
 POOL_MAX = 0
 POOL_WEIGHTED = 1
-DECODE_CHUNK_MIN = 64  # kernels per program of the decode score launch (at least)
-DECODE_BLOCK_CHUNK = 32  # blocks per program of the decode pooling launch (at most)
-DECODE_LIST = True  # decode's select launch writes the fine stage's visit list (False: a union launch does)
 # Prefill geometry (module switches, so that scripts/gpu_variants.py can time variants; v17 in
 # docs/perf-notes.md): rows (query heads x queries) per routing program, which share each load of the kernel
 # keys; the largest scratch row (queries x kernels, float32) a program keeps; rows x kernels of one score
@@ -68,108 +60,6 @@ POOL_FUSED = True
 # The select's radix stops once every row of the sub-tile has exactly its blocks (the same selection;
 # v19: nsa 64k routing 21.3 -> 16.5 ms on an H200).
 SELECT_EARLY_EXIT = True
-
-
-@dataclasses.dataclass
-class TopkRoute:
-    words: torch.Tensor  # [B, Hkv, Nq, nwords] int32
-    active: torch.Tensor  # [B, Hkv, Nq] int32
-    attended: torch.Tensor  # [B, Hkv, Nq] int32
-    # Decode (all queries in one tile): the fine stage's visit list, written by the select launch in the
-    # layout of ``selection.tile_union`` for tiles of ``tile_q`` queries, so no union launch is needed.
-    tiles: tuple[torch.Tensor, torch.Tensor] | None = None
-    tile_q: int | None = None
-
-
-@triton.jit
-def _kernel_scores(q, KHI, KLO, kc_base, c, nk, s_m, d, dmask, scale_log2,
-                   KC: tl.constexpr, SPLIT: tl.constexpr, DOT_MODE: tl.constexpr):
-    m = c * KC + tl.arange(0, KC)
-    kmask = (m < nk)[:, None] & dmask[None, :]
-    kh = tl.load(KHI + kc_base + m[:, None] * s_m + d[None, :], mask=kmask, other=0.0)
-    x = mma(q, tl.trans(kh), DOT_MODE)
-    if SPLIT:
-        kl = tl.load(KLO + kc_base + m[:, None] * s_m + d[None, :], mask=kmask, other=0.0)
-        x += mma(q, tl.trans(kl), DOT_MODE)
-    return x * scale_log2, m
-
-
-@triton.jit
-def _overlap(o, lead, kernel_size, kernel_stride, C: tl.constexpr):
-    """Tokens that kernel ``j*r - lead + o`` shares with block ``j``, in strides (NSA's pooling weight)."""
-    start = (o - lead) * kernel_stride
-    return ((tl.minimum(start + kernel_size, C) - tl.maximum(start, 0)) // kernel_stride).to(tl.float32)
-
-
-@triton.jit
-def _select_and_store(score, qpos, q_ok, qabs, cols, bh, Nq, WORDS, ACTIVE, ATTENDED, n_words, nblocks,
-                      init_blocks, local_blocks, topk, window,
-                      TQ: tl.constexpr, C: tl.constexpr, NBP: tl.constexpr, NBP_BITS: tl.constexpr,
-                      EARLY: tl.constexpr = False):
-    """Forced blocks plus the exact top-k of ``score [TQ, NBP]`` per query; bits and counts written.
-    ``EARLY``: the radix stops once every row's threshold prefix admits exactly the blocks wanted (the
-    lower bits would only move the threshold between the want-th score and the next one below it, which
-    selects the same blocks)."""
-    cur = qabs // C
-    forced = (cols[None, :] <= cur[:, None]) & (
-        (cols[None, :] < init_blocks) | (cols[None, :] > cur[:, None] - local_blocks)
-    )
-    eligible = (cols[None, :] < cur[:, None]) & (~forced) & q_ok[:, None]
-    bits = score.to(tl.int32, bitcast=True)
-    order = tl.where(bits >= 0, bits, bits ^ 0x7FFFFFFF)  # integer order == float order (-inf lowest)
-    want = tl.minimum(tl.sum(eligible.to(tl.int32), 1), topk)  # [TQ]
-    # The want-th largest score by a radix select on its order as a 32-bit unsigned integer (ineligible
-    # blocks sit at 0, below every float), then, only where that score is tied past the slots left, the
-    # most recent of the tied blocks by a second radix on the block index: the same set as the 64-bit
-    # (score, block) key selects, with 32-bit compares and usually 32 steps instead of 48.
-    u = tl.where(eligible, (order ^ -2147483648).to(tl.uint32, bitcast=True), 0)
-    one = tl.full((TQ,), 1, tl.uint32)
-    thr = tl.zeros((TQ,), tl.uint32)
-    if EARLY:
-        # count(u >= thr) >= want holds throughout; once it is == want in every row, the set is final
-        n_thr = tl.full((TQ,), NBP, tl.int32)
-        shift = tl.full((TQ,), 31, tl.uint32)  # the bit tried, the same in every row (a name of its own:
-        # the other branch's loop variable is a compile-time int)
-        steps = 0
-        while (steps < 32) & (tl.max(n_thr - want, 0) > 0):
-            cand = thr | (one << shift)
-            cnt = tl.sum((u >= cand[:, None]).to(tl.int32), 1)
-            take = cnt >= want
-            thr = tl.where(take, cand, thr)
-            n_thr = tl.where(take, cnt, n_thr)
-            shift = shift - 1
-            steps += 1
-    else:
-        for bit in tl.static_range(31, -1, -1):
-            cand = thr | (one << bit)
-            cnt = tl.sum((u >= cand[:, None]).to(tl.int32), 1)
-            thr = tl.where(cnt >= want, cand, thr)
-    above = eligible & (u > thr[:, None])
-    tie = eligible & (u == thr[:, None])
-    need = want - tl.sum(above.to(tl.int32), 1)  # >= 1 where want >= 1
-    pick = tie
-    if tl.max(tl.sum(tie.to(tl.int32), 1) - need, 0) > 0:
-        ci = tl.where(tie, cols[None, :], -1)
-        ct = tl.zeros((TQ,), tl.int32)
-        for bit in tl.static_range(NBP_BITS - 1, -1, -1):
-            c_cand = ct | (1 << bit)  # names of their own: the loop above's are uint32
-            c_cnt = tl.sum((ci >= c_cand[:, None]).to(tl.int32), 1)
-            ct = tl.where(c_cnt >= need, c_cand, ct)
-        pick = tie & (cols[None, :] >= ct[:, None])
-    chosen = (above | pick) & (want > 0)[:, None]
-    sel = (forced | chosen) & q_ok[:, None]
-
-    store_words(sel, WORDS, bh, Nq, qpos, q_ok, n_words, 0, TQ, NBP)
-    start = cols[None, :] * C
-    sel_keys = tl.minimum(C, qabs[:, None] - start + 1)
-    win_lo = tl.maximum(qabs[:, None] - window + 1, start)
-    win_hi = tl.minimum(qabs[:, None], start + C - 1)
-    win_keys = tl.where(window > 0, tl.maximum(win_hi - win_lo + 1, 0), 0)
-    keys = tl.where(sel, sel_keys, win_keys)
-    keys = tl.where(cols[None, :] < nblocks, keys, 0)
-    tl.store(ACTIVE + bh * Nq + qpos, tl.sum((keys > 0).to(tl.int32), 1), mask=q_ok)
-    tl.store(ATTENDED + bh * Nq + qpos, tl.sum(keys, 1), mask=q_ok)
-    return sel
 
 
 @triton.jit
@@ -354,144 +244,6 @@ def _topk_route_kernel(
         tile += n_prog
 
 
-@triton.jit
-def _query_rows(Q, tile, n_qtiles, Nq, q_off, kernel_size, kernel_stride, nk, s_qb, s_qh, s_qn, HKV,
-                G: tl.constexpr, GP: tl.constexpr, TQ: tl.constexpr, D: tl.constexpr, DP: tl.constexpr):
-    """The tile's rows (query heads x queries): loaded queries and the kernels each row sees."""
-    M: tl.constexpr = GP * TQ
-    bh = tile // n_qtiles
-    qt = tile % n_qtiles
-    b = bh // HKV
-    h = bh % HKV
-    r = tl.arange(0, M)
-    tq = r // GP
-    g = r % GP
-    pos = qt * TQ + tq
-    row_ok = (g < G) & (pos < Nq)
-    abs_i = pos + q_off
-    nvis_row = tl.where(row_ok & (abs_i - kernel_size + 1 >= 0),
-                        tl.minimum((abs_i - kernel_size + 1) // kernel_stride + 1, nk), 0)
-    d = tl.arange(0, DP)
-    dmask = dim_mask(d, D, DP)
-    q = tl.load(
-        Q + b * s_qb + (h * G + g)[:, None] * s_qh + pos[:, None] * s_qn + d[None, :],
-        mask=row_ok[:, None] & dmask[None, :], other=0.0,
-    )
-    return q, nvis_row, bh, qt, d, dmask
-
-
-@triton.jit
-def _decode_scores_kernel(
-    Q, KHI, KLO, XS, PM, PL,
-    Nq, q_off, nk, capacity, n_chunks, n_qtiles, row_len, scale_log2, kernel_size, kernel_stride,
-    s_qb, s_qh, s_qn, HKV,
-    G: tl.constexpr, GP: tl.constexpr, TQ: tl.constexpr, D: tl.constexpr, DP: tl.constexpr,
-    KC: tl.constexpr, SPLIT: tl.constexpr, DOT_MODE: tl.constexpr,
-    PDL: tl.constexpr = False,
-):
-    """Stage (a): scores of one chunk of kernels for one tile, with the chunk's max and normaliser."""
-    chain_start(PDL)
-    M: tl.constexpr = GP * TQ
-    c = tl.program_id(0)
-    tile = tl.program_id(1)
-    q, nvis_row, bh, qt, d, dmask = _query_rows(Q, tile, n_qtiles, Nq, q_off, kernel_size, kernel_stride, nk,
-                                                s_qb, s_qh, s_qn, HKV, G, GP, TQ, D, DP)
-    r = tl.arange(0, M)
-    part = (tile * n_chunks + c) * M + r
-    if c * KC < tl.max(nvis_row, 0):
-        x, m = _kernel_scores(q, KHI, KLO, bh * capacity * D, c, nk, D, d, dmask, scale_log2, KC, SPLIT, DOT_MODE)
-        x = tl.where(m[None, :] < nvis_row[:, None], x, float("-inf"))
-        tl.store(XS + (tile * M + r)[:, None] * row_len + m[None, :], x)
-        m_c = tl.max(x, 1)
-        m_use = tl.where(m_c == float("-inf"), 0.0, m_c)
-        tl.store(PM + part, m_c)
-        tl.store(PL + part, tl.sum(tl.exp2(x - m_use[:, None]), 1))
-    else:
-        tl.store(PM + part, tl.full((M,), float("-inf"), tl.float32))
-        tl.store(PL + part, tl.zeros((M,), tl.float32))
-
-
-@triton.jit
-def _decode_pool_kernel(
-    XS, PM, PL, BS,
-    Nq, q_off, nk, n_chunks, n_qtiles, row_len, kernel_size, kernel_stride, ratio, lead,
-    G: tl.constexpr, GP: tl.constexpr, TQ: tl.constexpr, NCP: tl.constexpr, CB: tl.constexpr,
-    NBP: tl.constexpr, C: tl.constexpr, W: tl.constexpr, POOL: tl.constexpr,
-    PDL: tl.constexpr = False,
-):
-    """Stage (b): the chunks' normalisers combined, group-summed kernel probabilities pooled onto a chunk
-    of blocks."""
-    chain_start(PDL)
-    M: tl.constexpr = GP * TQ
-    cb = tl.program_id(0)
-    tile = tl.program_id(1)
-    qt = tile % n_qtiles
-    r = tl.arange(0, M)
-    g = r % GP
-    pos = qt * TQ + r // GP
-    row_ok = (g < G) & (pos < Nq)
-    abs_i = pos + q_off
-    nvis_row = tl.where(row_ok & (abs_i - kernel_size + 1 >= 0),
-                        tl.minimum((abs_i - kernel_size + 1) // kernel_stride + 1, nk), 0)
-    ch = tl.arange(0, NCP)
-    part = (tile * n_chunks + ch)[:, None] * M + r[None, :]
-    pm = tl.load(PM + part, mask=(ch < n_chunks)[:, None], other=float("-inf"))
-    pl = tl.load(PL + part, mask=(ch < n_chunks)[:, None], other=0.0)
-    m_i = tl.max(pm, 0)
-    m_i = tl.where(m_i == float("-inf"), 0.0, m_i)
-    l_i = tl.sum(pl * tl.exp2(pm - m_i[None, :]), 0)
-    inv_l = tl.where(l_i > 0, 1.0 / tl.where(l_i > 0, l_i, 1.0), 0.0)
-
-    lane = tl.arange(0, TQ)
-    qabs = qt * TQ + lane + q_off
-    nvis_q = tl.where(qabs - kernel_size + 1 >= 0, tl.minimum((qabs - kernel_size + 1) // kernel_stride + 1, nk), 0)
-    cols = cb * CB + tl.arange(0, CB)
-    xs_row = XS + (tile * M + r)[:, None] * row_len
-    if POOL == 0:
-        score = tl.full((TQ, CB), float("-inf"), tl.float32)
-    else:
-        score = tl.zeros((TQ, CB), tl.float32)
-    for o in tl.static_range(W):
-        mk = cols * ratio - lead + o
-        ok_row = (mk >= 0)[None, :] & (mk[None, :] < nvis_row[:, None])
-        x = tl.load(xs_row + mk[None, :], mask=ok_row, other=float("-inf"))
-        p = tl.where(ok_row, tl.exp2(x - m_i[:, None]) * inv_l[:, None], 0.0)
-        ps = tl.sum(tl.reshape(p, (TQ, GP, CB)), 1)  # summed over the group's heads
-        ok = (mk >= 0)[None, :] & (mk[None, :] < nvis_q[:, None])
-        if POOL == 0:
-            score = tl.maximum(score, tl.where(ok, ps, float("-inf")))
-        else:
-            score += ps * _overlap(o, lead, kernel_size, kernel_stride, C)
-    tl.store(BS + (tile * TQ + lane)[:, None] * NBP + cols[None, :], score)
-
-
-@triton.jit
-def _decode_select_kernel(
-    BS, WORDS, ACTIVE, ATTENDED, TLIST, TCOUNT,
-    Nq, q_off, n_words, nblocks, n_qtiles, init_blocks, local_blocks, topk, window,
-    TQ: tl.constexpr, C: tl.constexpr, NBP: tl.constexpr, NBP_BITS: tl.constexpr, LIST: tl.constexpr,
-    EARLY: tl.constexpr = False, PDL: tl.constexpr = False,
-):
-    """Stage (c): the exact top-k of the pooled block scores of one tile (and, with ``LIST``, when the
-    tile holds every query, the fine stage's visit list)."""
-    chain_start(PDL)
-    tile = tl.program_id(0)
-    bh = tile // n_qtiles
-    qt = tile % n_qtiles
-    lane = tl.arange(0, TQ)
-    cols = tl.arange(0, NBP)
-    qpos = qt * TQ + lane
-    q_ok = qpos < Nq
-    score = tl.load(BS + (tile * TQ + lane)[:, None] * NBP + cols[None, :])
-    sel = _select_and_store(score, qpos, q_ok, qpos + q_off, cols, bh, Nq, WORDS, ACTIVE, ATTENDED, n_words,
-                            nblocks, init_blocks, local_blocks, topk, window, TQ, C, NBP, NBP_BITS, EARLY)
-    if LIST:  # the tile's visit list, as selection.tile_union writes it (one tile: every query in it)
-        union = tl.max(sel.to(tl.int32), 0) != 0
-        common = tl.min(tl.where(q_ok[:, None], sel.to(tl.int32), 1), 0) != 0
-        write_visit_list(union, common, cols, q_off, tl.minimum(TQ, Nq) - 1 + q_off, window, nblocks, C,
-                         TLIST + bh * nblocks, TCOUNT + bh)
-
-
 def route_tile(group: int, nq: int, kernels_pow2: int) -> int:
     """Queries per routing tile: ``ROUTE_ROWS`` rows (the group's heads x queries) share each load of the
     kernel keys, within a scratch row of at most ``ROUTE_SCRATCH`` floats per program; 16 rows at least
@@ -568,43 +320,12 @@ def topk_route(
     if kernel_parallel is None:
         kernel_parallel = kernel_parallel_pays(dev, total, nkp)
     if kernel_parallel:
-        kc_dec = max(DECODE_CHUNK_MIN, next_pow2(nkp // 256))
-        n_chunks = max(1, -(-n_kernels // kc_dec))
-        row_len = n_chunks * kc_dec
-        cb = min(nbp, DECODE_BLOCK_CHUNK)
-        xs = torch.empty(total, m_rows, row_len, dtype=torch.float32, device=dev)
-        pm = torch.empty(total, n_chunks, m_rows, dtype=torch.float32, device=dev)
-        pl = torch.empty_like(pm)
-        bs = torch.empty(total, tile_q, nbp, dtype=torch.float32, device=dev)
-        _decode_scores_kernel[(n_chunks, total)](
-            q, khi, klo if klo is not None else khi, xs, pm, pl,
-            nq, nk - nq, n_kernels, keys.capacity, n_chunks, n_qtiles, row_len, scale_log2, kernel_size,
-            kernel_stride, q.stride(0), q.stride(1), q.stride(2), hkv,
-            G=g, GP=gp, TQ=tile_q, D=d, DP=dp, KC=kc_dec, SPLIT=klo is not None, DOT_MODE=dot_mode(q.dtype),
-            num_warps=4,
-            **chained,
-        )
-        _decode_pool_kernel[(nbp // cb, total)](
-            xs, pm, pl, bs,
-            nq, nk - nq, n_kernels, n_chunks, n_qtiles, row_len, kernel_size, kernel_stride, ratio, lead,
-            G=g, GP=gp, TQ=tile_q, NCP=next_pow2(n_chunks), CB=cb, NBP=nbp, C=block_size, W=width, POOL=pool,
-            num_warps=4,
-            **chained,
-        )
-        listed = DECODE_LIST and n_qtiles == 1  # every query in one tile: the visit list is written here
-        tlist, tcount = routing_visit_list(words, nblocks, listed)
-        _decode_select_kernel[(total,)](
-            bs, words, active, attended, tlist, tcount,
-            nq, nk - nq, nwords, nblocks, n_qtiles, init_blocks, local_blocks, topk, window,
-            TQ=tile_q, C=block_size, NBP=nbp, NBP_BITS=nbp.bit_length() - 1, LIST=listed, EARLY=SELECT_EARLY_EXIT,
-            num_warps=4 if tile_q * nbp <= 4096 else 8,
-            **chained,
-        )
-        if listed:
-            return TopkRoute(words, active, attended, (tlist, tcount), tile_q)
-        return TopkRoute(words, active, attended)
+        return decode_route(q, keys, nk, words, active, attended, pool=pool, block_size=block_size,
+                            init_blocks=init_blocks, local_blocks=local_blocks, topk=topk, window=window,
+                            tile_q=tile_q, nbp=nbp, nkp=nkp, scale_log2=scale_log2, early=SELECT_EARLY_EXIT)
     n_prog = min(total, persistent_programs(dev, ROUTE_PROGRAMS_PER_SM))
-    one_key = ROUTE_STAGES_ONE_KEY  # pipeline stages when only 16-bit high parts are read
+    # pipeline stages: a stage holds half the bytes when only the 16-bit high parts are read
+    stages = ROUTE_STAGES if klo is not None or khi.element_size() > 2 else ROUTE_STAGES_ONE_KEY
     # pooled in the probability pass: whole blocks per score chunk, lead kernels from the previous block only
     fused = POOL_FUSED and lead <= 1 and ratio & (ratio - 1) == 0 and kc_chunk % ratio == 0
     srow = max(nkp, nbp)  # a scratch row: kernel probabilities, or (fused) block scores and the tail block
@@ -623,7 +344,7 @@ def topk_route(
         W=width, POOL=pool, SPLIT=klo is not None, DOT_MODE=dot_mode(q.dtype),
         PIPELINE=ROUTE_PIPELINE and not interpreting(), EARLY=SELECT_EARLY_EXIT,
         FUSED=fused, R=ratio if fused else 1, LEAD=lead if fused else 0,
-        num_warps=num_warps, num_stages=ROUTE_STAGES if klo is not None or khi.element_size() > 2 else one_key,
+        num_warps=num_warps, num_stages=stages,
         **chained,
     )
     return TopkRoute(words, active, attended)
