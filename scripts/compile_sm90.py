@@ -97,7 +97,8 @@ def main() -> int:
     for hkv in (2, 8):
         cases += [
             Case(f"dash-decode-kv{hkv}", "dash", 8192, kv_heads=hkv, queries=1, params={"scale": 1.0}),
-            Case(f"dash-prefill-kv{hkv}", "dash", 1024, kv_heads=hkv, params={"scale": 1.0}),
+            # 32k: the routing in launches by causal width, rows of 512 blocks (scratch) down to 64
+            Case(f"dash-prefill-kv{hkv}", "dash", 32768, kv_heads=hkv, params={"scale": 1.0}),
         ]
         for method in ("nsa", "infllmv2"):
             cases += [

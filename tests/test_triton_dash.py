@@ -88,6 +88,55 @@ def test_dash_routing_selects_the_reference_blocks(alpha, chunk):
     assert torch.equal(mine, selected)
 
 
+def test_width_segments_cover_every_query_once():
+    from dash_eval.kernels.dash.triton_routing import width_segments
+
+    assert width_segments(1100, 1100, 16, 128, 4) == [(1024, 1100, 128), (512, 1024, 64), (0, 512, 32)]
+    assert width_segments(1100, 1100, 16, 128, 1) == [(0, 1100, 128)]
+    assert width_segments(100, 1100, 16, 128, 4) == [(24, 100, 128), (0, 24, 64)]  # a chunk of late queries
+    for nq, nk, c, most in ((32768, 32768, 64, 4), (700, 4000, 16, 3), (5, 5, 16, 4)):
+        nbp = max(32, 1 << (-(-nk // c) - 1).bit_length())
+        segs = width_segments(nq, nk, c, nbp, most)
+        assert len(segs) <= most and segs[0][1] == nq and segs[-1][0] == 0
+        assert all(a[0] == b[1] for a, b in zip(segs, segs[1:]))  # contiguous, latest first
+        # every query's own block (the widest column it needs) lies inside its segment's row
+        assert all((nk - nq + hi - 1) // c < width for lo, hi, width in segs)
+
+
+@pytest.mark.parametrize("chunk", [32, 256], ids=["scratch-rows", "one-chunk"])
+def test_dash_routing_by_causal_width_matches_one_launch(chunk, monkeypatch):
+    """1,100 keys = 69 blocks of 16: prefill routed in three launches (rows of 128, 64 and 32 blocks) gives
+    the selection, thresholds and per-query stats of one 128-wide launch, and the reference's selection."""
+    import dash_eval.kernels.dash.triton_routing as tr
+
+    gen = torch.Generator().manual_seed(23)
+    b, hq, hkv, nk, d, c = 1, 8, 2, 1100, 64, 16
+    q = torch.randn(b, hq, nk, d, generator=gen)
+    k = torch.randn(b, hkv, nk, d, generator=gen)
+    sm = d**-0.5
+    kw = dict(alpha=1.5, scale=8.0, softmax_scale=sm, init_blocks=1, local_blocks=1, block_size=c,
+              chunk_blocks=chunk)
+    summ = block_summaries(k, None, c, sm)
+    monkeypatch.setattr(tr, "ROUTE_WIDTHS", 1)
+    whole = dash_route(q, summ, nk, **kw)
+    monkeypatch.setattr(tr, "ROUTE_WIDTHS", 4)
+    assert len(tr.width_segments(nk, nk, c, 128, tr.ROUTE_WIDTHS)) == 3
+    parts = dash_route(q, summ, nk, **kw)
+    for name in ("words", "active", "attended"):
+        assert torch.equal(getattr(parts, name), getattr(whole, name)), name
+    # a narrower row sums in another order: thresholds agree to float rounding, and log pbar of blocks just
+    # above the threshold (pbar ~ (x - tau)^2) moves the mean log-probability by a little more
+    torch.testing.assert_close(parts.tau, whole.tau, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(parts.mean_log, whole.mean_log, rtol=0, atol=1e-3)
+    torch.testing.assert_close(parts.max_beta, whole.max_beta, rtol=1e-3, atol=1e-9)
+    selected, _, _ = reference_route(
+        q.view(b, hkv, hq // hkv, nk, d), dash_block_summaries(k, None, c, sm), torch.arange(nk),
+        num_blocks(nk, c), alpha=1.5, scale=8.0, sigma=1e6, init_blocks=1, local_blocks=1, block_size=c,
+        softmax_scale=sm,
+    )
+    assert torch.equal(unpack_selection(parts.words, num_blocks(nk, c)), selected)
+
+
 def test_dash_triton_falls_back_on_unsupported_block_size():
     gen = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(1, h, 30, 32, generator=gen) for h in (4, 2, 2))

@@ -13,6 +13,11 @@ in one step on equal scores, and typically in 3-6 steps on real rows; the loop r
 step is below float resolution (a bound on iterations only guards against a stall). Each iteration is
 one pass over the row held in registers.
 
+Prefill runs in up to ``ROUTE_WIDTHS`` launches by causal width (``width_segments``): the latest queries
+over a register row of every block, earlier ones over rows of half, a quarter, ... as many, so the scores,
+the Newton passes and the selection of a query cover little more than its causal range (v23: routing -33%
+at 32k).
+
 Decode (a few queries, too few tiles to fill the GPU): three launches instead of one program per query
 tile: the scores, block-parallel, into a scratch row per (head, query); the threshold, one program per real
 (batch, query head, query) row, so that each row's Newton loop stops with that row and no padding row of a
@@ -49,6 +54,10 @@ _ROUTE_TILE_ELEMENTS = 16384  # rows x blocks held in registers per program (64 
 _DECODE_TAU_ROWS = True
 _DECODE_TAU_WARPS = 8  # H200 sweep, 131k tokens: 1 / 2 / 4 / 8 warps 5.7 / 5.3 / 4.1 / 3.7 us (2 KV heads)
 _DECODE_LIST = True  # the decode selection's last program writes the fine stage's visit list (False: a union launch)
+# Prefill: the queries routed in up to this many launches, each over a register row as wide as its queries'
+# causal range (``width_segments``); 1: one launch over every block.
+ROUTE_WIDTHS = 4
+ROUTE_PROGRAMS_PER_SM = 4  # prefill routing programs in flight per SM (persistent grid)
 _DECODE_SELECT_CHUNK = 512  # 128 / 256 / 512 blocks: 3.4 / 3.7 / 3.9 us at 2 KV heads, 6.2 / 5.0 / 3.8 at 8
 
 
@@ -181,7 +190,7 @@ def _entmax_newton(x, tau, ent_exp, tol, has_rows, ENT_SQUARE: tl.constexpr, MAX
 @triton.jit
 def _dash_route_kernel(
     Q, KHI, KLO, WORDS, TAU, MEANLOG, MAXBETA, ACTIVE, ATTENDED, SCRATCH,
-    Nq, q_off, nc, capacity, n_words, n_qtiles, total_tiles, n_bh,
+    Nq, q_off, q_lo, q_hi, nc, capacity, n_words, n_qtiles, total_tiles, n_bh,
     zscale, ent_exp, tol, init_blocks, local_blocks, inv_sigma,
     s_qb, s_qh, s_qn, HKV,
     G: tl.constexpr, GP: tl.constexpr, TQ: tl.constexpr, D: tl.constexpr, DP: tl.constexpr,
@@ -209,8 +218,8 @@ def _dash_route_kernel(
         bh = tile % n_bh
         b = bh // HKV
         h = bh % HKV
-        pos = qt * TQ + tq
-        row_ok = (g < G) & (pos < Nq)
+        pos = q_lo + qt * TQ + tq
+        row_ok = (g < G) & (pos < q_hi)
         head = h * G + g
         abs_i = pos + q_off
         ncand_row = tl.where(row_ok, tl.minimum(abs_i // C, nc), 0)  # candidates: complete blocks j < b(i)
@@ -249,8 +258,8 @@ def _dash_route_kernel(
         has = ncand_row > 0
         tau = tl.where(has, tl.max(x, 1) - 1.0, 0.0)
         tau = _entmax_newton(x, tau, ent_exp, tol, ncand > 0, ENT_SQUARE, MAX_ITERS)
-        qpos = qt * TQ + lane
-        q_ok = qpos < Nq
+        qpos = q_lo + qt * TQ + lane
+        q_ok = qpos < q_hi
         routed, forced, sel, log_p = _group_selection(x, tau, row_ok, qpos, q_ok, cols, q_off, ent_exp,
                                                       init_blocks, local_blocks, G, GP, TQ, NBP, C, ENT_SQUARE)
         n_routed = tl.sum(routed.to(tl.int32), 1)
@@ -464,12 +473,11 @@ def dash_route(
     nbp = max(32, next_pow2(nblocks))
     nwords = -(-nblocks // 32)
     q = last_dim_contiguous(q)
+    tile_q_given = tile_q is not None
     if tile_q is None:
         tile_q = route_tile(g, nbp, nq)
-    ch = min(nbp, chunk_blocks)
     n_qtiles = -(-nq // tile_q)
     total = n_qtiles * b * hkv
-    n_prog = min(total, persistent_programs(q.device))
     m_rows = gp * tile_q
     dev = q.device
     chained = chain_options(dev)  # the launch keywords of programmatic dependent launch, for every launch below
@@ -497,10 +505,6 @@ def dash_route(
             **chained,
         )
         n_prog = total
-    elif nbp > ch:
-        scratch = torch.empty(n_prog, m_rows, nbp, dtype=torch.float32, device=dev)
-    else:
-        scratch = torch.empty(1, dtype=torch.float32, device=dev)
     ent_exp = 1.0 / (alpha - 1.0)
     zscale = (alpha - 1.0) * scale * softmax_scale
     tol = 2.0**-21
@@ -527,17 +531,52 @@ def dash_route(
         if listed:
             return DashRoute(words, tau, mean_log, max_beta, active, attended, (tlist, tcount), tile_q)
         return DashRoute(words, tau, mean_log, max_beta, active, attended)
-    if num_warps is None:
-        num_warps = 8 if m_rows * nbp > 16384 else 4
-    _dash_route_kernel[(n_prog,)](
-        q, summ.hi, summ.lo if summ.lo is not None else summ.hi, words, tau, mean_log, max_beta, active, attended,
-        scratch,
-        nq, nk - nq, summ.count, summ.kbar.shape[2], nwords, n_qtiles, total, b * hkv,
-        zscale, ent_exp, tol, init_blocks, local_blocks, 1.0 / sigma,
-        q.stride(0), q.stride(1), q.stride(2), hkv,
-        G=g, GP=gp, TQ=tile_q, D=d, DP=dp, C=block_size, NBP=nbp, CH=ch,
-        ENT_SQUARE=ent_exp == 2.0, SPLIT=summ.lo is not None, DOT_MODE=dot_mode(q.dtype),
-        MAX_ITERS=_MAX_NEWTON_ITERS, PRECOMPUTED=precomputed, num_warps=num_warps, num_stages=1,
-        **chained,
-    )
+    segments = [(0, nq, nbp)] if precomputed else width_segments(nq, nk, block_size, nbp, ROUTE_WIDTHS)
+    if len(segments) > 1:  # a narrower segment writes only its own words; the later ones stay zero
+        words.zero_()
+    for q_lo, q_hi, width in segments:
+        seg_tq = tile_q if tile_q_given else route_tile(g, width, q_hi - q_lo)
+        seg_ch = min(width, chunk_blocks)
+        seg_tiles = -(-(q_hi - q_lo) // seg_tq)
+        seg_total = seg_tiles * b * hkv
+        if not precomputed:
+            n_prog = min(seg_total, persistent_programs(dev, ROUTE_PROGRAMS_PER_SM))
+            rows = gp * seg_tq
+            if width > seg_ch:
+                scratch = torch.empty(n_prog, rows, width, dtype=torch.float32, device=dev)
+            else:
+                scratch = torch.empty(1, dtype=torch.float32, device=dev)
+        warps = num_warps if num_warps is not None else (8 if gp * seg_tq * width > 16384 else 4)
+        _dash_route_kernel[(n_prog,)](
+            q, summ.hi, summ.lo if summ.lo is not None else summ.hi, words, tau, mean_log, max_beta, active,
+            attended, scratch,
+            nq, nk - nq, q_lo, q_hi, summ.count, summ.kbar.shape[2], nwords, seg_tiles, seg_total, b * hkv,
+            zscale, ent_exp, tol, init_blocks, local_blocks, 1.0 / sigma,
+            q.stride(0), q.stride(1), q.stride(2), hkv,
+            G=g, GP=gp, TQ=seg_tq, D=d, DP=dp, C=block_size, NBP=width, CH=seg_ch,
+            ENT_SQUARE=ent_exp == 2.0, SPLIT=summ.lo is not None, DOT_MODE=dot_mode(q.dtype),
+            MAX_ITERS=_MAX_NEWTON_ITERS, PRECOMPUTED=precomputed, num_warps=warps, num_stages=1,
+            **chained,
+        )
     return DashRoute(words, tau, mean_log, max_beta, active, attended)
+
+
+def width_segments(nq: int, nk: int, block_size: int, nbp: int, most: int) -> list[tuple[int, int, int]]:
+    """Prefill routing in up to ``most`` launches by causal width: ``(q_lo, q_hi, width)``, queries
+    ``q_lo..q_hi-1`` (of the last ``nq`` of ``nk`` positions) routed over a register row of ``width`` blocks.
+    A query at position ``i`` sees blocks ``0 .. i // block_size`` (its candidates and its own block), so
+    ``width`` blocks serve every ``i < width * block_size``; halving the width for the earlier queries keeps
+    the scores, the Newton passes and the selection on the causal part of each row (about 2/3 of the work
+    of one full-width launch at 4 segments)."""
+    q_off = nk - nq
+    segments = []
+    hi = nk
+    width = nbp
+    while hi > q_off:
+        narrower = width // 2
+        last = len(segments) + 1 >= most or narrower < 32
+        lo = q_off if last else max(q_off, min(hi, narrower * block_size))
+        if lo < hi:
+            segments.append((lo - q_off, hi - q_off, width))
+        hi, width = lo, narrower
+    return segments
