@@ -47,9 +47,10 @@ def unpack_selection(words: torch.Tensor, nblocks: int) -> torch.Tensor:
 
 @triton.jit
 def store_words(sel, WORDS, bh, Nq, qpos, q_ok, n_words, first_word, TQ: tl.constexpr, N: tl.constexpr):
-    """Pack ``sel [TQ, N]`` (blocks ``32 * first_word ..`` of queries ``qpos``) into their selection words."""
-    bits = tl.reshape(sel.to(tl.int64), (TQ, N // 32, 32))
-    words = tl.sum(bits << tl.arange(0, 32).to(tl.int64)[None, None, :], 2).to(tl.int32)
+    """Pack ``sel [TQ, N]`` (blocks ``32 * first_word ..`` of queries ``qpos``) into their selection words:
+    32-bit shifts OR-reduced, bit 31 being the sign bit (v24; a 64-bit sum before, 3-6% slower routing)."""
+    bits = tl.reshape(sel.to(tl.int32), (TQ, N // 32, 32))
+    words = tl.reduce(bits << tl.arange(0, 32)[None, None, :], 2, _bit_or)
     wcol = first_word + tl.arange(0, N // 32)
     tl.store(WORDS + (bh * Nq + qpos)[:, None] * n_words + wcol[None, :], words,
              mask=q_ok[:, None] & (wcol < n_words)[None, :])
