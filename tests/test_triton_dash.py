@@ -103,6 +103,21 @@ def test_width_segments_cover_every_query_once():
         assert all((nk - nq + hi - 1) // c < width for lo, hi, width in segs)
 
 
+def test_route_tile_bounds_rows_and_selection():
+    """Queries per routing program: rows x blocks within the register budget, queries x blocks within the
+    selection's, at least the 16 rows a tensor-core product needs, at most the queries there are."""
+    from dash_eval.kernels.dash import triton_routing as tr
+
+    assert [tr.route_tile(16, w, 32768) for w in (64, 256, 512, 1024)] == [4, 4, 2, 1]  # rows bind
+    assert [tr.route_tile(4, w, 32768) for w in (64, 256, 512, 1024)] == [16, 8, 4, 4]  # selection binds
+    assert tr.route_tile(4, 512, 3) == 4 and tr.route_tile(16, 512, 1) == 1
+    for g in (1, 3, 4, 8, 16):
+        for w in (32, 128, 512, 2048):
+            tq = tr.route_tile(g, w, 1 << 20)
+            gp = 1 << (g - 1).bit_length()
+            assert gp * tq >= 16 and (tq * w <= tr.ROUTE_SELECT_ELEMENTS or gp * tq == 16)
+
+
 @pytest.mark.parametrize("chunk", [32, 256], ids=["scratch-rows", "one-chunk"])
 def test_dash_routing_by_causal_width_matches_one_launch(chunk, monkeypatch):
     """1,100 keys = 69 blocks of 16: prefill routed in three launches (rows of 128, 64 and 32 blocks) gives

@@ -58,6 +58,11 @@ _DECODE_LIST = True  # the decode selection's last program writes the fine stage
 # causal range (``width_segments``); 1: one launch over every block.
 ROUTE_WIDTHS = 4
 ROUTE_PROGRAMS_PER_SM = 4  # prefill routing programs in flight per SM (persistent grid)
+ROUTE_WARPS = 0  # warps per prefill routing program (0: 4, or 8 above 16,384 scores a tile)
+# The selection (pbar over the group, bits, per-query stats) works on ``queries x blocks`` of a tile, a chain
+# of reductions that latency bounds: at most this many per tile. H200, 32k, 8 KV heads (4 heads a group, where
+# it binds: 8 queries a tile -> 4): routing 4.64 -> 4.26 ms; 16 heads a group (2 KV heads) are under it.
+ROUTE_SELECT_ELEMENTS = 2048
 _DECODE_SELECT_CHUNK = 512  # 128 / 256 / 512 blocks: 3.4 / 3.7 / 3.9 us at 2 KV heads, 6.2 / 5.0 / 3.8 at 8
 
 
@@ -440,9 +445,10 @@ def _dash_select_kernel(
 
 
 def route_tile(group: int, nblocks_pow2: int, nq: int) -> int:
-    """Queries per routing program: as many as keep ``rows x blocks`` within the register budget."""
+    """Queries per routing program: as many as keep ``rows x blocks`` within the register budget and the
+    selection's ``queries x blocks`` within ``ROUTE_SELECT_ELEMENTS``."""
     gp = next_pow2(group)
-    tq = max(1, _ROUTE_TILE_ELEMENTS // (gp * nblocks_pow2))
+    tq = max(1, min(_ROUTE_TILE_ELEMENTS // gp, ROUTE_SELECT_ELEMENTS) // nblocks_pow2)
     tq = min(tq, max(1, 64 // gp), next_pow2(nq))
     return max(tq, -(-16 // gp))  # tl.dot needs 16 rows
 
@@ -546,7 +552,7 @@ def dash_route(
                 scratch = torch.empty(n_prog, rows, width, dtype=torch.float32, device=dev)
             else:
                 scratch = torch.empty(1, dtype=torch.float32, device=dev)
-        warps = num_warps if num_warps is not None else (8 if gp * seg_tq * width > 16384 else 4)
+        warps = num_warps or ROUTE_WARPS or (8 if gp * seg_tq * width > 16384 else 4)
         _dash_route_kernel[(n_prog,)](
             q, summ.hi, summ.lo if summ.lo is not None else summ.hi, words, tau, mean_log, max_beta, active,
             attended, scratch,
