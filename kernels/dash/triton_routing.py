@@ -470,7 +470,15 @@ def dash_route(
     num_warps: int | None = None,
     precompute: bool | None = None,
 ) -> DashRoute:
-    """Route the queries ``q: [B, Hq, Nq, D]`` (the last ``Nq`` of ``nk`` positions) onto blocks."""
+    """Route the queries ``q: [B, Hq, Nq, D]`` (the last ``Nq`` of ``nk`` positions) onto blocks.
+
+    Launch settings (``dash-eval bench --sweep`` varies them; ``None`` chooses): ``tile_q`` queries per routing
+    program, the same in every launch by causal width when given (else ``route_tile`` per width);
+    ``chunk_blocks`` blocks of scores per tensor-core product, rows wider than it going through the
+    per-program scratch row; ``num_warps`` per program; ``precompute`` the decode path (a block-parallel score
+    launch, then one threshold program per row and the chunked selection), chosen when too few query tiles
+    would fill the GPU.
+    """
     b, hq, nq, d = q.shape
     hkv = summ.kbar.shape[1]
     g = hq // hkv
