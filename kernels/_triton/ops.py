@@ -32,6 +32,21 @@ def mma(a, b, DOT_MODE: tl.constexpr):
 
 
 @triton.jit
+def split_scores(q, HI, LO, base, j, n_valid, s_j, d, dmask, SPLIT: tl.constexpr, DOT_MODE: tl.constexpr):
+    """Scores of the rows ``q`` against keys ``j`` (rows ``base + j * s_j`` of ``HI``; keys ``j >= n_valid``
+    count as zero): ``q @ hi^T``, plus ``q @ lo^T`` with ``SPLIT`` (a float32 key held as a 16-bit high part
+    and a 16-bit residual, so that the tensor-core products stay exact and the sum keeps about 16 mantissa
+    bits of the key)."""
+    kmask = (j < n_valid)[:, None] & dmask[None, :]
+    kh = tl.load(HI + base + j[:, None] * s_j + d[None, :], mask=kmask, other=0.0)
+    x = mma(q, tl.trans(kh), DOT_MODE)
+    if SPLIT:
+        kl = tl.load(LO + base + j[:, None] * s_j + d[None, :], mask=kmask, other=0.0)
+        x += mma(q, tl.trans(kl), DOT_MODE)
+    return x
+
+
+@triton.jit
 def dim_mask(d, D: tl.constexpr, DP: tl.constexpr):
     """``d < D`` over the padded head dim; a compile-time all-true mask when ``D == DP``, so that masked
     loads and stores along the head dim stay 16-byte vectors."""

@@ -9,7 +9,7 @@ import dataclasses
 import torch
 import triton
 import triton.language as tl
-from dash_eval.kernels._triton.ops import mma
+from dash_eval.kernels._triton.ops import split_scores
 from dash_eval.kernels._triton.selection import store_words
 
 
@@ -28,12 +28,7 @@ class TopkRoute:
 def _kernel_scores(q, KHI, KLO, kc_base, c, nk, s_m, d, dmask, scale_log2,
                    KC: tl.constexpr, SPLIT: tl.constexpr, DOT_MODE: tl.constexpr):
     m = c * KC + tl.arange(0, KC)
-    kmask = (m < nk)[:, None] & dmask[None, :]
-    kh = tl.load(KHI + kc_base + m[:, None] * s_m + d[None, :], mask=kmask, other=0.0)
-    x = mma(q, tl.trans(kh), DOT_MODE)
-    if SPLIT:
-        kl = tl.load(KLO + kc_base + m[:, None] * s_m + d[None, :], mask=kmask, other=0.0)
-        x += mma(q, tl.trans(kl), DOT_MODE)
+    x = split_scores(q, KHI, KLO, kc_base, m, nk, s_m, d, dmask, SPLIT, DOT_MODE)
     return x * scale_log2, m
 
 

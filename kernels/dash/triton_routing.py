@@ -43,7 +43,7 @@ from dash_eval.kernels._triton.launch import (
     next_pow2,
     persistent_programs,
 )
-from dash_eval.kernels._triton.ops import chain_start, dim_mask, mma
+from dash_eval.kernels._triton.ops import chain_start, dim_mask, split_scores
 from dash_eval.kernels._triton.selection import routing_visit_list, store_words, tile_visit_list
 
 _MAX_NEWTON_ITERS = 60
@@ -238,23 +238,13 @@ def _dash_route_kernel(
             pre_rows = SCRATCH + ((bh * n_qtiles + qt) * M + r)[:, None] * NBP
             x = tl.load(pre_rows + cols[None, :], mask=cols[None, :] < ncand, other=0.0)
         elif NCH == 1:
-            kmask = (cols < nc)[:, None] & dmask[None, :]
-            kh = tl.load(KHI + kb_base + cols[:, None] * D + d[None, :], mask=kmask, other=0.0)
-            x = mma(q, tl.trans(kh), DOT_MODE)
-            if SPLIT:
-                kl = tl.load(KLO + kb_base + cols[:, None] * D + d[None, :], mask=kmask, other=0.0)
-                x += mma(q, tl.trans(kl), DOT_MODE)
+            x = split_scores(q, KHI, KLO, kb_base, cols, nc, D, d, dmask, SPLIT, DOT_MODE)
         else:
             tl.debug_barrier()  # the previous tile's reads of the scratch rows are done
             for c in range(0, NCH):
                 if c * CH < ncand:
                     jc = c * CH + colc
-                    kmask = (jc < nc)[:, None] & dmask[None, :]
-                    kh = tl.load(KHI + kb_base + jc[:, None] * D + d[None, :], mask=kmask, other=0.0)
-                    xc = mma(q, tl.trans(kh), DOT_MODE)
-                    if SPLIT:
-                        kl = tl.load(KLO + kb_base + jc[:, None] * D + d[None, :], mask=kmask, other=0.0)
-                        xc += mma(q, tl.trans(kl), DOT_MODE)
+                    xc = split_scores(q, KHI, KLO, kb_base, jc, nc, D, d, dmask, SPLIT, DOT_MODE)
                     tl.store(scratch_rows + jc[None, :], xc)
             tl.debug_barrier()
             x = tl.load(scratch_rows + cols[None, :], mask=cols[None, :] < ncand, other=0.0, cache_modifier=".cg")
@@ -341,12 +331,7 @@ def _dash_scores_kernel(
     )
     jc = c * CH + tl.arange(0, CH)
     kb_base = (bh * capacity) * D
-    kmask = (jc < nc)[:, None] & dmask[None, :]
-    kh = tl.load(KHI + kb_base + jc[:, None] * D + d[None, :], mask=kmask, other=0.0)
-    x = mma(q, tl.trans(kh), DOT_MODE)
-    if SPLIT:
-        kl = tl.load(KLO + kb_base + jc[:, None] * D + d[None, :], mask=kmask, other=0.0)
-        x += mma(q, tl.trans(kl), DOT_MODE)
+    x = split_scores(q, KHI, KLO, kb_base, jc, nc, D, d, dmask, SPLIT, DOT_MODE)
     tl.store(SCORES + (tile * M + r)[:, None] * NBP + jc[None, :], x)
     if ZERO_COUNT:  # the selection launch's arrival counter of this tile (that launch runs after this one)
         if c == 0:
