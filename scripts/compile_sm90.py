@@ -31,7 +31,8 @@ import torch  # noqa: E402
 import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
-from triton.runtime.jit import JITFunction  # noqa: E402
+from triton.runtime.jit import JITFunction, mangle_type  # noqa: E402
+from triton.tools.tensor_descriptor import TensorDescriptor  # noqa: E402
 
 TARGET = GPUTarget("cuda", 90, 64)
 OPTIONS = ("num_warps", "num_stages", "num_ctas", "launch_pdl", "maxnreg")
@@ -50,6 +51,8 @@ class CompileFailed(Exception):
 def _arg_type(name: str, value) -> str:
     if isinstance(value, torch.Tensor):
         return _TENSOR_TYPES[value.dtype]
+    if isinstance(value, TensorDescriptor):
+        return mangle_type(value)  # "tensordesc<bf16[1, 1, 64, 128]>"
     if isinstance(value, bool):
         return "i1"
     if isinstance(value, int):
@@ -91,7 +94,7 @@ def main() -> int:
     from dash_eval.kernels.dash import triton_attention, triton_routing
 
     JITFunction.run = _compile_instead
-    launch.chained = lambda device: True  # as on an sm_90 device
+    launch.hopper = lambda device: True  # as on an sm_90 device: chained launches, TMA descriptors
     dash_route = triton_routing.dash_route
     cases = []
     for hkv in (2, 8):

@@ -14,6 +14,7 @@ pytestmark = [
 ]
 
 if triton_available:
+    from dash_eval.kernels._triton import block_sparse
     from dash_eval.kernels._triton.block_sparse import sparse_attention_from_words
     from dash_eval.kernels._triton.selection import FULL_MASK, pack_selection, tile_union, unpack_selection
     from dash_eval.kernels.common import block_sparse_attention, forced_blocks
@@ -50,16 +51,27 @@ def _inputs(case, dtype, seed=0):
     return q, k, v, sel, bias
 
 
+@pytest.mark.parametrize("loads", ["tma", "pointers"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("case", CASES, ids=[_case_id(c) for c in CASES])
-def test_fine_stage_matches_reference(case, dtype):
+def test_fine_stage_matches_reference(case, dtype, loads, monkeypatch):
+    """Both ways of loading K and V tiles: tensor descriptors (Hopper's TMA, where the head dim is a power
+    of two) and masked pointer loads (other GPUs, other head dims)."""
     q, k, v, sel, bias = _inputs(case, dtype)
     bs, window, splits = case[6], case[7], case[9]
     scale = q.shape[-1] ** -0.5
+    monkeypatch.setattr(block_sparse, "FINE_TMA", loads == "tma")
+    descriptors = []
+    make = block_sparse.tma_descriptor
+    monkeypatch.setattr(block_sparse, "tma_descriptor", lambda t, shape: descriptors.append(make(t, shape)) or
+                        descriptors[-1])
     ref = block_sparse_attention(q.float(), k.float(), v.float(), sel, bias, block_size=bs, softmax_scale=scale,
                                  window=window)
     out = sparse_attention_from_words(q, k, v, pack_selection(sel), block_size=bs, softmax_scale=scale,
                                       window=window, bias=bias, splits=splits)
+    power_of_two = q.shape[-1] & (q.shape[-1] - 1) == 0
+    assert len(descriptors) == (2 if loads == "tma" and power_of_two and splits == 1 else 0)
+    assert all(desc is not None for desc in descriptors)
     assert out.dtype == dtype
     assert not torch.isnan(out).any()
     assert rel_err(out, ref) < TOL[dtype]
@@ -101,3 +113,24 @@ def test_decode_splits_fill_the_gpu_within_the_visit_bound(monkeypatch):
     assert splits(1, 2, 100, visits=1) == 1
     assert splits(64, 2, 131072) == 1  # prefill
     assert splits(1, 2, 131072, device="cpu") == 1
+
+
+def test_tma_descriptor_follows_the_hardware_rules():
+    """Descriptors only where TMA can take the tensor; elsewhere the fine stage falls back to pointer loads
+    and gives the same output."""
+    from dash_eval.kernels._triton.launch import tma_descriptor
+
+    base = torch.randn(1, 2, 40, 65)
+    assert tma_descriptor(base[..., :64].contiguous(), [1, 1, 16, 64]) is not None
+    assert tma_descriptor(base[..., 1:], [1, 1, 16, 64]) is None  # base 4 bytes past a 16-byte boundary
+    assert tma_descriptor(base[..., :64], [1, 1, 16, 64]) is None  # row stride 260 bytes
+    assert tma_descriptor(base[..., :64].contiguous(), [1, 1, 24, 64]) is None  # block not a power of two
+    q, k, v, sel, _ = _inputs(CASES[0], torch.float32)
+    scale = q.shape[-1] ** -0.5
+    padded = torch.zeros(*k.shape[:-1], k.shape[-1] + 1)
+    padded[..., 1:] = k
+    shifted = padded[..., 1:]  # the same keys, misaligned
+    words = pack_selection(sel)
+    out = sparse_attention_from_words(q, shifted, v, words, block_size=16, softmax_scale=scale)
+    same = sparse_attention_from_words(q, k, v, words, block_size=16, softmax_scale=scale)
+    assert torch.allclose(out, same, atol=1e-6)

@@ -29,11 +29,19 @@ from dash_eval.kernels._triton.launch import (
     last_dim_contiguous,
     next_pow2,
     num_sms,
+    tma_descriptor,
 )
 from dash_eval.kernels._triton.ops import chain_start, dim_mask, mma
 from dash_eval.kernels._triton.selection import FULL_FLAG, FULL_MASK, tile_union
 
 LOG2E = 1.4426950408889634
+# K and V tiles loaded through tensor descriptors (Hopper's TMA) where ``launch.tma_descriptor`` allows, in
+# prefill (v29: dash 32k -4% to -8% on an H200; the split decode fine stage measured -5% at 2 KV heads but +5%
+# at 8, so it keeps pointer loads). A module switch, so that scripts/gpu_variants.py can time both; the
+# interpreter runs both paths.
+FINE_TMA = True
+# Software-pipeline stages of the fine stage's block loop (K and V tiles in flight; v2's sweep: 3 best).
+FINE_STAGES = 3
 
 
 @dataclasses.dataclass
@@ -56,15 +64,18 @@ def _attend_block(
     li, list_base, q, m_i, l_i, acc, K, V, BIAS, KBAR, word_rows, use_bias, tau, mean_log_rows,
     b, h, bh, pos, abs_i, row_ok, d, dmask, qk_scale, Nq, Nk, nblocks, nc, window,
     route_scale, ent_exp, inv_sigma, init_blocks, local_blocks, s_kb, s_kh, s_kn, s_vb, s_vh, s_vn,
-    G: tl.constexpr, GP: tl.constexpr, TQ: tl.constexpr, D: tl.constexpr, BLOCK_N: tl.constexpr,
-    BIAS_MODE: tl.constexpr, ENT_SQUARE: tl.constexpr, DOT_MODE: tl.constexpr,
+    G: tl.constexpr, GP: tl.constexpr, TQ: tl.constexpr, D: tl.constexpr, DP: tl.constexpr,
+    BLOCK_N: tl.constexpr, BIAS_MODE: tl.constexpr, ENT_SQUARE: tl.constexpr, DOT_MODE: tl.constexpr, TMA: tl.constexpr,
 ):
     M: tl.constexpr = GP * TQ
     entry = tl.load(list_base + li)
     j = entry & FULL_MASK
     offs_n = j * BLOCK_N + tl.arange(0, BLOCK_N)
-    kv_ok = (offs_n < Nk)[:, None] & dmask[None, :]
-    k = tl.load(K + b * s_kb + h * s_kh + offs_n[:, None] * s_kn + d[None, :], mask=kv_ok, other=0.0)
+    if TMA:  # K and V are tensor descriptors; rows past Nk read as zeros
+        k = tl.reshape(K.load([b, h, j * BLOCK_N, 0]), (BLOCK_N, DP))
+    else:
+        kv_ok = (offs_n < Nk)[:, None] & dmask[None, :]
+        k = tl.load(K + b * s_kb + h * s_kh + offs_n[:, None] * s_kn + d[None, :], mask=kv_ok, other=0.0)
     s = mma(q, tl.trans(k), DOT_MODE) * qk_scale
     if entry < FULL_FLAG:  # some query of the tile skips this block, or it reaches the diagonal
         word = tl.load(word_rows + j // 32, mask=row_ok, other=0)
@@ -99,7 +110,10 @@ def _attend_block(
     p_att = tl.exp2(s - m_use[:, None])
     l_i = l_i * rescale + tl.sum(p_att, 1)
     acc = acc * rescale[:, None]
-    v = tl.load(V + b * s_vb + h * s_vh + offs_n[:, None] * s_vn + d[None, :], mask=kv_ok, other=0.0)
+    if TMA:
+        v = tl.reshape(V.load([b, h, j * BLOCK_N, 0]), (BLOCK_N, DP))
+    else:
+        v = tl.load(V + b * s_vb + h * s_vh + offs_n[:, None] * s_vn + d[None, :], mask=kv_ok, other=0.0)
     acc += mma(p_att.to(v.dtype), v, DOT_MODE)
     return m_new, l_i, acc
 
@@ -116,7 +130,7 @@ def _sparse_attn_fwd_kernel(
     G: tl.constexpr, GP: tl.constexpr, TQ: tl.constexpr, D: tl.constexpr, DP: tl.constexpr,
     BLOCK_N: tl.constexpr, BIAS_MODE: tl.constexpr, SPLITS: tl.constexpr, ENT_SQUARE: tl.constexpr,
     DOT_MODE: tl.constexpr, PIPELINE: tl.constexpr,
-    PDL: tl.constexpr = False,
+    PDL: tl.constexpr = False, TMA: tl.constexpr = False,
 ):
     chain_start(PDL)
     M: tl.constexpr = GP * TQ
@@ -169,7 +183,7 @@ def _sparse_attn_fwd_kernel(
                 li, list_base, q, m_i, l_i, acc, K, V, BIAS, KBAR, word_rows, use_bias, tau, mean_log_rows,
                 b, h, bh, pos, abs_i, row_ok, d, dmask, qk_scale, Nq, Nk, nblocks, nc, window,
                 route_scale, ent_exp, inv_sigma, init_blocks, local_blocks, s_kb, s_kh, s_kn, s_vb, s_vh, s_vn,
-                G, GP, TQ, D, BLOCK_N, BIAS_MODE, ENT_SQUARE, DOT_MODE,
+                G, GP, TQ, D, DP, BLOCK_N, BIAS_MODE, ENT_SQUARE, DOT_MODE, TMA,
             )
     else:  # the CPU interpreter cannot take a loaded loop bound in range()
         li = lo
@@ -178,7 +192,7 @@ def _sparse_attn_fwd_kernel(
                 li, list_base, q, m_i, l_i, acc, K, V, BIAS, KBAR, word_rows, use_bias, tau, mean_log_rows,
                 b, h, bh, pos, abs_i, row_ok, d, dmask, qk_scale, Nq, Nk, nblocks, nc, window,
                 route_scale, ent_exp, inv_sigma, init_blocks, local_blocks, s_kb, s_kh, s_kn, s_vb, s_vh, s_vn,
-                G, GP, TQ, D, BLOCK_N, BIAS_MODE, ENT_SQUARE, DOT_MODE,
+                G, GP, TQ, D, DP, BLOCK_N, BIAS_MODE, ENT_SQUARE, DOT_MODE, TMA,
             )
             li += 1
 
@@ -333,11 +347,16 @@ def sparse_attention_from_words(
     if num_warps is None:
         num_warps = 4 if m_rows * dp <= 64 * 128 else 8
     if num_stages is None:
-        num_stages = 3
+        num_stages = FINE_STAGES
     grid = (n_tiles, b * hkv, splits)
     chained = chain_options(q.device)  # programmatic dependent launch, for both launches
+    k_in, v_in = k, v
+    if FINE_TMA and splits == 1 and d == dp:
+        k_desc, v_desc = tma_descriptor(k, [1, 1, block_size, dp]), tma_descriptor(v, [1, 1, block_size, dp])
+        if k_desc is not None and v_desc is not None:
+            k_in, v_in = k_desc, v_desc
     _sparse_attn_fwd_kernel[grid](
-        q, k, v, out, words, tlist, tcount,
+        q, k_in, v_in, out, words, tlist, tcount,
         bias if bias is not None else dummy, kbar, tau, mean_log, max_beta,
         po, pm, pl,
         softmax_scale * LOG2E, nq, nk, n_tiles, nk - nq, words.shape[-1], nblocks, nc, window, b * hq * nq,
@@ -346,7 +365,7 @@ def sparse_attention_from_words(
         v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2),
         hkv,
         G=g, GP=gp, TQ=tile_q, D=d, DP=dp, BLOCK_N=block_size, BIAS_MODE=bias_mode, SPLITS=splits,
-        ENT_SQUARE=ent_exp == 2.0, DOT_MODE=dot_mode(q.dtype), PIPELINE=not interpreting(),
+        ENT_SQUARE=ent_exp == 2.0, DOT_MODE=dot_mode(q.dtype), PIPELINE=not interpreting(), TMA=k_in is not k,
         num_warps=num_warps, num_stages=num_stages,
         **chained,
     )

@@ -47,14 +47,37 @@ def _capability(device_index: int) -> tuple[int, int]:
     return torch.cuda.get_device_capability(device_index)
 
 
-def chained(device: torch.device) -> bool:
-    """Whether kernels on ``device`` launch with programmatic dependent launch (``PDL=`` and
-    ``launch_pdl=`` of every launch in this package): NVIDIA devices of compute capability 9.0 and later,
-    never the interpreter or ROCm (whose capabilities also reach 9)."""
-    if not USE_PDL or interpreting() or device.type != "cuda" or torch.version.hip is not None:
+def hopper(device: torch.device) -> bool:
+    """Whether ``device`` is an NVIDIA GPU of compute capability 9.0 or later (never the interpreter or
+    ROCm, whose capabilities also reach 9). ``scripts/compile_sm90.py`` replaces it to compile for sm_90."""
+    if interpreting() or device.type != "cuda" or torch.version.hip is not None:
         return False
     index = device.index if device.index is not None else torch.cuda.current_device()
     return _capability(index) >= (9, 0)
+
+
+def chained(device: torch.device) -> bool:
+    """Whether kernels on ``device`` launch with programmatic dependent launch (``PDL=`` and
+    ``launch_pdl=`` of every launch in this package): Hopper and later."""
+    return USE_PDL and hopper(device)
+
+
+def tma_descriptor(t: torch.Tensor, block_shape: list[int]):
+    """A host-side tensor descriptor of ``t`` (Hopper's tensor memory accelerator: a load of ``block_shape``
+    at any offset, rows past the tensor's end read as zeros), or ``None`` where the hardware's rules do not
+    hold: the last dimension contiguous, the base and every other stride a multiple of 16 bytes, each block
+    dimension at most 256 and a power of two. Only for ``hopper`` devices and the interpreter (which runs
+    descriptor loads too, so the CPU tests cover the path the GPU takes)."""
+    if not (interpreting() or hopper(t.device)):
+        return None
+    from triton.tools.tensor_descriptor import TensorDescriptor
+
+    size = t.element_size()
+    if t.stride(-1) != 1 or t.data_ptr() % 16 or any(s * size % 16 for s in t.stride()[:-1]):
+        return None
+    if any(b > 256 or b & (b - 1) for b in block_shape) or block_shape[-1] * size < 16:
+        return None
+    return TensorDescriptor(t, list(t.shape), list(t.stride()), list(block_shape))
 
 
 def chain_options(device: torch.device) -> dict:
