@@ -118,11 +118,18 @@ def test_route_tile_bounds_rows_and_selection():
             assert gp * tq >= 16 and (tq * w <= tr.ROUTE_SELECT_ELEMENTS or gp * tq == 16)
 
 
+@pytest.mark.parametrize("loads", ["tma", "pointers"])
 @pytest.mark.parametrize("chunk", [32, 256], ids=["scratch-rows", "one-chunk"])
-def test_dash_routing_by_causal_width_matches_one_launch(chunk, monkeypatch):
+def test_dash_routing_by_causal_width_matches_one_launch(chunk, loads, monkeypatch):
     """1,100 keys = 69 blocks of 16: prefill routed in three launches (rows of 128, 64 and 32 blocks) gives
-    the selection, thresholds and per-query stats of one 128-wide launch, and the reference's selection."""
+    the selection, thresholds and per-query stats of one 128-wide launch, and the reference's selection;
+    the block summaries loaded through tensor descriptors (Hopper's TMA) or pointers."""
     import dash_eval.kernels.dash.triton_routing as tr
+
+    monkeypatch.setattr(tr, "ROUTE_TMA", loads == "tma")
+    made = []
+    make = tr.tma_descriptor
+    monkeypatch.setattr(tr, "tma_descriptor", lambda t, shape: made.append(shape) or make(t, shape))
 
     gen = torch.Generator().manual_seed(23)
     b, hq, hkv, nk, d, c = 1, 8, 2, 1100, 64, 16
@@ -150,6 +157,7 @@ def test_dash_routing_by_causal_width_matches_one_launch(chunk, monkeypatch):
         softmax_scale=sm,
     )
     assert torch.equal(unpack_selection(parts.words, num_blocks(nk, c)), selected)
+    assert len(made) == (8 if loads == "tma" else 0)  # hi and its stand-in residual, for 1 + 3 launches
 
 
 def test_dash_triton_falls_back_on_unsupported_block_size():

@@ -64,15 +64,21 @@ def test_topk_triton_matches_reference(method, pi, b, hq, hkv, nq, nk, d, dtype)
     assert torch.equal(stats.active_blocks, ref_stats.active_blocks)
 
 
+@pytest.mark.parametrize("loads", ["tma", "pointers"])
 @pytest.mark.parametrize("fused", [True, False], ids=["pooled-pass", "pooled-from-kernels"])
 @pytest.mark.parametrize("method", ["infllmv2", "nsa"])
-def test_topk_routing_tile_split_into_select_subtiles(method, fused, monkeypatch):
+def test_topk_routing_tile_split_into_select_subtiles(method, fused, loads, monkeypatch):
     """A routing tile of 32 rows (8 queries x 4 heads) whose select runs on sub-tiles of 2 queries
     (``SELECT_ELEMENTS`` made small): the same output, selection and stats as the reference, with the pooling
-    done in the probability pass (the default) or from a scratch row of kernel probabilities."""
+    done in the probability pass (the default) or from a scratch row of kernel probabilities, and the kernel
+    keys loaded through tensor descriptors (Hopper's TMA) or pointers."""
     from dash_eval.kernels._triton import topk_routing as tr
 
     monkeypatch.setattr(tr, "POOL_FUSED", fused)
+    monkeypatch.setattr(tr, "ROUTE_TMA", loads == "tma")
+    made = []
+    make = tr.tma_descriptor
+    monkeypatch.setattr(tr, "tma_descriptor", lambda t, shape: made.append(shape) or make(t, shape))
 
     gen = torch.Generator().manual_seed(5)
     q = torch.randn(1, 8, 37, 64, generator=gen)
@@ -87,6 +93,7 @@ def test_topk_routing_tile_split_into_select_subtiles(method, fused, monkeypatch
     assert rel_err(out, ref) < TOL[torch.float32]
     assert torch.equal(stats.active_blocks, ref_stats.active_blocks)
     assert stats.attended_pairs == ref_stats.attended_pairs
+    assert len(made) == (2 if loads == "tma" else 0)  # hi and the residual's stand-in
 
 
 @pytest.mark.parametrize("method", ["infllmv2", "nsa"])

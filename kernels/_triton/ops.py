@@ -32,16 +32,24 @@ def mma(a, b, DOT_MODE: tl.constexpr):
 
 
 @triton.jit
-def split_scores(q, HI, LO, base, j, n_valid, s_j, d, dmask, SPLIT: tl.constexpr, DOT_MODE: tl.constexpr):
+def split_scores(q, HI, LO, base, j, n_valid, s_j, d, dmask, SPLIT: tl.constexpr, DOT_MODE: tl.constexpr,
+                 TMA: tl.constexpr = False, row=0, j0=0):
     """Scores of the rows ``q`` against keys ``j`` (rows ``base + j * s_j`` of ``HI``; keys ``j >= n_valid``
     count as zero): ``q @ hi^T``, plus ``q @ lo^T`` with ``SPLIT`` (a float32 key held as a 16-bit high part
     and a 16-bit residual, so that the tensor-core products stay exact and the sum keeps about 16 mantissa
-    bits of the key)."""
-    kmask = (j < n_valid)[:, None] & dmask[None, :]
-    kh = tl.load(HI + base + j[:, None] * s_j + d[None, :], mask=kmask, other=0.0)
+    bits of the key). With ``TMA``, ``HI`` and ``LO`` are ``[rows, n_valid, D]`` tensor descriptors and the
+    keys are ``j0 ..`` of descriptor row ``row`` (``base``, ``j`` and ``s_j`` unused)."""
+    if TMA:
+        kh = tl.reshape(HI.load([row, j0, 0]), (j.shape[0], d.shape[0]))
+    else:
+        kmask = (j < n_valid)[:, None] & dmask[None, :]
+        kh = tl.load(HI + base + j[:, None] * s_j + d[None, :], mask=kmask, other=0.0)
     x = mma(q, tl.trans(kh), DOT_MODE)
     if SPLIT:
-        kl = tl.load(LO + base + j[:, None] * s_j + d[None, :], mask=kmask, other=0.0)
+        if TMA:
+            kl = tl.reshape(LO.load([row, j0, 0]), (j.shape[0], d.shape[0]))
+        else:
+            kl = tl.load(LO + base + j[:, None] * s_j + d[None, :], mask=kmask, other=0.0)
         x += mma(q, tl.trans(kl), DOT_MODE)
     return x
 

@@ -32,6 +32,7 @@ from dash_eval.kernels._triton.launch import (
     last_dim_contiguous,
     next_pow2,
     persistent_programs,
+    tma_descriptor,
 )
 from dash_eval.kernels._triton.ops import chain_start, dim_mask
 from dash_eval.kernels._triton.topk_decode import decode_route
@@ -60,13 +61,17 @@ POOL_FUSED = True
 # The select's radix stops once every row of the sub-tile has exactly its blocks (the same selection;
 # v19: nsa 64k routing 21.3 -> 16.5 ms on an H200).
 SELECT_EARLY_EXIT = True
+# The kernel keys of the two score passes loaded through tensor descriptors (Hopper's TMA), where
+# ``launch.tma_descriptor`` allows; the interpreter runs both paths.
+ROUTE_TMA = True
 
 
 @triton.jit
 def _normaliser_chunk(c, q, KHI, KLO, kc_base, nk, d, dmask, scale_log2, nvis_row, m_i, l_i,
-                      D: tl.constexpr, KC: tl.constexpr, SPLIT: tl.constexpr, DOT_MODE: tl.constexpr):
+                      D: tl.constexpr, KC: tl.constexpr, SPLIT: tl.constexpr, DOT_MODE: tl.constexpr,
+                      TMA: tl.constexpr, bh):
     """Pass 1 on one chunk of kernels: each row's running softmax max and normaliser."""
-    x, m = _kernel_scores(q, KHI, KLO, kc_base, c, nk, D, d, dmask, scale_log2, KC, SPLIT, DOT_MODE)
+    x, m = _kernel_scores(q, KHI, KLO, kc_base, c, nk, D, d, dmask, scale_log2, KC, SPLIT, DOT_MODE, TMA, bh)
     x = tl.where(m[None, :] < nvis_row[:, None], x, float("-inf"))
     m_new = tl.maximum(m_i, tl.max(x, 1))
     m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
@@ -77,9 +82,10 @@ def _normaliser_chunk(c, q, KHI, KLO, kc_base, nk, d, dmask, scale_log2, nvis_ro
 @triton.jit
 def _probability_chunk(c, q, KHI, KLO, kc_base, nk, d, dmask, scale_log2, nvis_row, m_i, inv_l, scratch_q, colk,
                        TQ: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, KC: tl.constexpr,
-                       SPLIT: tl.constexpr, DOT_MODE: tl.constexpr):
+                       SPLIT: tl.constexpr, DOT_MODE: tl.constexpr,
+                      TMA: tl.constexpr, bh):
     """Pass 2 on one chunk: kernel probabilities summed over the group's heads, to the scratch row."""
-    x, m = _kernel_scores(q, KHI, KLO, kc_base, c, nk, D, d, dmask, scale_log2, KC, SPLIT, DOT_MODE)
+    x, m = _kernel_scores(q, KHI, KLO, kc_base, c, nk, D, d, dmask, scale_log2, KC, SPLIT, DOT_MODE, TMA, bh)
     p = tl.where(m[None, :] < nvis_row[:, None], tl.exp2(x - m_i[:, None]) * inv_l[:, None], 0.0)
     ps = tl.sum(tl.reshape(p, (TQ, GP, KC)), 1)  # summed over the group's heads
     tl.store(scratch_q + (c * KC + colk)[None, :], ps)
@@ -89,14 +95,15 @@ def _probability_chunk(c, q, KHI, KLO, kc_base, nk, d, dmask, scale_log2, nvis_r
 def _pooled_chunk(c, q, KHI, KLO, kc_base, nk, d, dmask, scale_log2, nvis_row, m_i, inv_l, scratch_q, carry,
                   inner_w, lead_w,
                   TQ: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, KC: tl.constexpr, R: tl.constexpr,
-                  LEAD: tl.constexpr, POOL: tl.constexpr, SPLIT: tl.constexpr, DOT_MODE: tl.constexpr):
+                  LEAD: tl.constexpr, POOL: tl.constexpr, SPLIT: tl.constexpr, DOT_MODE: tl.constexpr,
+                      TMA: tl.constexpr, bh):
     """Pass 2 on one chunk, pooled: the group-summed kernel probabilities pooled onto the chunk's ``KC / R``
     blocks in registers (block ``j`` takes kernels ``j*R .. j*R + R-1`` of this chunk and, with ``LEAD``,
     kernel ``j*R - 1``, the previous block's last: ``carry`` brings the previous chunk's), and the block
     scores written to the scratch row. Invisible kernels count 0, which changes neither a max of
     probabilities nor a weighted sum. Returns this chunk's last kernel probability per query."""
     NB: tl.constexpr = KC // R
-    x, m = _kernel_scores(q, KHI, KLO, kc_base, c, nk, D, d, dmask, scale_log2, KC, SPLIT, DOT_MODE)
+    x, m = _kernel_scores(q, KHI, KLO, kc_base, c, nk, D, d, dmask, scale_log2, KC, SPLIT, DOT_MODE, TMA, bh)
     p = tl.where(m[None, :] < nvis_row[:, None], tl.exp2(x - m_i[:, None]) * inv_l[:, None], 0.0)
     ps = tl.reshape(tl.sum(tl.reshape(p, (TQ, GP, KC)), 1), (TQ, NB, R))  # [query, block, kernel of block]
     if POOL == 0:
@@ -128,7 +135,7 @@ def _topk_route_kernel(
     KC: tl.constexpr, W: tl.constexpr,
     POOL: tl.constexpr, SPLIT: tl.constexpr, DOT_MODE: tl.constexpr, PIPELINE: tl.constexpr,
     EARLY: tl.constexpr = False, FUSED: tl.constexpr = False, R: tl.constexpr = 1, LEAD: tl.constexpr = 0,
-    PDL: tl.constexpr = False,
+    PDL: tl.constexpr = False, TMA: tl.constexpr = False,
 ):
     """Prefill: a tile of ``TQ`` queries x the group's heads per program for the two score passes (the
     kernel keys read once per tile serve ``GP * TQ`` rows), then pooling and the select on sub-tiles of
@@ -171,12 +178,12 @@ def _topk_route_kernel(
         if PIPELINE:
             for c in tl.range(0, n_chunks):
                 m_i, l_i = _normaliser_chunk(c, q, KHI, KLO, kc_base, nk, d, dmask, scale_log2, nvis_row, m_i, l_i,
-                                             D, KC, SPLIT, DOT_MODE)
+                                             D, KC, SPLIT, DOT_MODE, TMA, bh)
         else:  # the CPU interpreter cannot take a computed loop bound in range()
             c = 0
             while c < n_chunks:
                 m_i, l_i = _normaliser_chunk(c, q, KHI, KLO, kc_base, nk, d, dmask, scale_log2, nvis_row, m_i, l_i,
-                                             D, KC, SPLIT, DOT_MODE)
+                                             D, KC, SPLIT, DOT_MODE, TMA, bh)
                 c += 1
         inv_l = tl.where(l_i > 0, 1.0 / tl.where(l_i > 0, l_i, 1.0), 0.0)
         m_i = tl.where(m_i == float("-inf"), 0.0, m_i)
@@ -187,13 +194,13 @@ def _topk_route_kernel(
                 for c in tl.range(0, n_chunks):
                     carry = _pooled_chunk(c, q, KHI, KLO, kc_base, nk, d, dmask, scale_log2, nvis_row, m_i, inv_l,
                                           scratch_q, carry, inner_w, lead_w, TQ, GP, D, KC, R, LEAD, POOL, SPLIT,
-                                          DOT_MODE)
+                                          DOT_MODE, TMA, bh)
             else:
                 c = 0
                 while c < n_chunks:
                     carry = _pooled_chunk(c, q, KHI, KLO, kc_base, nk, d, dmask, scale_log2, nvis_row, m_i, inv_l,
                                           scratch_q, carry, inner_w, lead_w, TQ, GP, D, KC, R, LEAD, POOL, SPLIT,
-                                          DOT_MODE)
+                                          DOT_MODE, TMA, bh)
                     c += 1
             # the block after the last chunk, whose only visible kernel can be its lead kernel
             tail = n_chunks * (KC // R)
@@ -203,12 +210,12 @@ def _topk_route_kernel(
             if PIPELINE:
                 for c in tl.range(0, n_chunks):
                     _probability_chunk(c, q, KHI, KLO, kc_base, nk, d, dmask, scale_log2, nvis_row, m_i, inv_l,
-                                       scratch_q, colk, TQ, GP, D, KC, SPLIT, DOT_MODE)
+                                       scratch_q, colk, TQ, GP, D, KC, SPLIT, DOT_MODE, TMA, bh)
             else:
                 c = 0
                 while c < n_chunks:
                     _probability_chunk(c, q, KHI, KLO, kc_base, nk, d, dmask, scale_log2, nvis_row, m_i, inv_l,
-                                       scratch_q, colk, TQ, GP, D, KC, SPLIT, DOT_MODE)
+                                       scratch_q, colk, TQ, GP, D, KC, SPLIT, DOT_MODE, TMA, bh)
                     c += 1
         tl.debug_barrier()
 
@@ -333,8 +340,13 @@ def topk_route(
     tile_s = select_tile(tile_q, nbp)
     if num_warps is None:
         num_warps = 8 if max(m_rows * kc_chunk, tile_s * nbp) >= 8192 else 4
+    khi_in, klo_in = khi, klo if klo is not None else khi
+    if ROUTE_TMA and d == dp and n_kernels > 0:  # over the first n_kernels kernels of each (batch, KV head)
+        descs = [tma_descriptor(t.flatten(0, 1)[:, :n_kernels], [1, kc_chunk, dp]) for t in (khi_in, klo_in)]
+        if all(desc is not None for desc in descs):
+            khi_in, klo_in = descs
     _topk_route_kernel[(n_prog,)](
-        q, khi, klo if klo is not None else khi, words, active, attended, scratch,
+        q, khi_in, klo_in, words, active, attended, scratch,
         nq, nk - nq, n_kernels, keys.capacity, nwords, nblocks, n_qtiles, total, b * hkv,
         scale_log2, kernel_size, kernel_stride, ratio, lead, init_blocks, local_blocks,
         topk, window,
@@ -344,7 +356,7 @@ def topk_route(
         W=width, POOL=pool, SPLIT=klo is not None, DOT_MODE=dot_mode(q.dtype),
         PIPELINE=ROUTE_PIPELINE and not interpreting(), EARLY=SELECT_EARLY_EXIT,
         FUSED=fused, R=ratio if fused else 1, LEAD=lead if fused else 0,
-        num_warps=num_warps, num_stages=stages,
+        num_warps=num_warps, num_stages=stages, TMA=khi_in is not khi,
         **chained,
     )
     return TopkRoute(words, active, attended)

@@ -26,9 +26,10 @@ class TopkRoute:
 
 @triton.jit
 def _kernel_scores(q, KHI, KLO, kc_base, c, nk, s_m, d, dmask, scale_log2,
-                   KC: tl.constexpr, SPLIT: tl.constexpr, DOT_MODE: tl.constexpr):
+                   KC: tl.constexpr, SPLIT: tl.constexpr, DOT_MODE: tl.constexpr, TMA: tl.constexpr = False,
+                   bh=0):
     m = c * KC + tl.arange(0, KC)
-    x = split_scores(q, KHI, KLO, kc_base, m, nk, s_m, d, dmask, SPLIT, DOT_MODE)
+    x = split_scores(q, KHI, KLO, kc_base, m, nk, s_m, d, dmask, SPLIT, DOT_MODE, TMA, bh, c * KC)
     return x * scale_log2, m
 
 

@@ -42,6 +42,7 @@ from dash_eval.kernels._triton.launch import (
     last_dim_contiguous,
     next_pow2,
     persistent_programs,
+    tma_descriptor,
 )
 from dash_eval.kernels._triton.ops import chain_start, dim_mask, split_scores
 from dash_eval.kernels._triton.selection import routing_visit_list, store_words, tile_visit_list
@@ -63,6 +64,9 @@ ROUTE_WARPS = 0  # warps per prefill routing program (0: 4, or 8 above 16,384 sc
 # of reductions that latency bounds: at most this many per tile. H200, 32k, 8 KV heads (4 heads a group, where
 # it binds: 8 queries a tile -> 4): routing 4.64 -> 4.26 ms; 16 heads a group (2 KV heads) are under it.
 ROUTE_SELECT_ELEMENTS = 2048
+# The block summaries of the prefill score products loaded through tensor descriptors (Hopper's TMA), where
+# ``launch.tma_descriptor`` allows (chunks of at most 256 blocks); the interpreter runs both paths.
+ROUTE_TMA = True
 _DECODE_SELECT_CHUNK = 512  # 128 / 256 / 512 blocks: 3.4 / 3.7 / 3.9 us at 2 KV heads, 6.2 / 5.0 / 3.8 at 8
 
 
@@ -201,7 +205,7 @@ def _dash_route_kernel(
     G: tl.constexpr, GP: tl.constexpr, TQ: tl.constexpr, D: tl.constexpr, DP: tl.constexpr,
     C: tl.constexpr, NBP: tl.constexpr, CH: tl.constexpr, ENT_SQUARE: tl.constexpr, SPLIT: tl.constexpr,
     DOT_MODE: tl.constexpr, MAX_ITERS: tl.constexpr, PRECOMPUTED: tl.constexpr,
-    PDL: tl.constexpr = False,
+    PDL: tl.constexpr = False, TMA: tl.constexpr = False,
 ):
     chain_start(PDL)
     M: tl.constexpr = GP * TQ
@@ -238,13 +242,13 @@ def _dash_route_kernel(
             pre_rows = SCRATCH + ((bh * n_qtiles + qt) * M + r)[:, None] * NBP
             x = tl.load(pre_rows + cols[None, :], mask=cols[None, :] < ncand, other=0.0)
         elif NCH == 1:
-            x = split_scores(q, KHI, KLO, kb_base, cols, nc, D, d, dmask, SPLIT, DOT_MODE)
+            x = split_scores(q, KHI, KLO, kb_base, cols, nc, D, d, dmask, SPLIT, DOT_MODE, TMA, bh, 0)
         else:
             tl.debug_barrier()  # the previous tile's reads of the scratch rows are done
             for c in range(0, NCH):
                 if c * CH < ncand:
                     jc = c * CH + colc
-                    xc = split_scores(q, KHI, KLO, kb_base, jc, nc, D, d, dmask, SPLIT, DOT_MODE)
+                    xc = split_scores(q, KHI, KLO, kb_base, jc, nc, D, d, dmask, SPLIT, DOT_MODE, TMA, bh, c * CH)
                     tl.store(scratch_rows + jc[None, :], xc)
             tl.debug_barrier()
             x = tl.load(scratch_rows + cols[None, :], mask=cols[None, :] < ncand, other=0.0, cache_modifier=".cg")
@@ -546,8 +550,13 @@ def dash_route(
             else:
                 scratch = torch.empty(1, dtype=torch.float32, device=dev)
         warps = num_warps or ROUTE_WARPS or (8 if gp * seg_tq * width > 16384 else 4)
+        khi, klo = summ.hi, summ.lo if summ.lo is not None else summ.hi
+        if ROUTE_TMA and not precomputed and d == dp and summ.count > 0:
+            descs = [tma_descriptor(t.flatten(0, 1)[:, : summ.count], [1, seg_ch, dp]) for t in (khi, klo)]
+            if all(desc is not None for desc in descs):
+                khi, klo = descs
         _dash_route_kernel[(n_prog,)](
-            q, summ.hi, summ.lo if summ.lo is not None else summ.hi, words, tau, mean_log, max_beta, active,
+            q, khi, klo, words, tau, mean_log, max_beta, active,
             attended, scratch,
             nq, nk - nq, q_lo, q_hi, summ.count, summ.kbar.shape[2], nwords, seg_tiles, seg_total, b * hkv,
             zscale, ent_exp, tol, init_blocks, local_blocks, 1.0 / sigma,
@@ -555,7 +564,7 @@ def dash_route(
             G=g, GP=gp, TQ=seg_tq, D=d, DP=dp, C=block_size, NBP=width, CH=seg_ch,
             ENT_SQUARE=ent_exp == 2.0, SPLIT=summ.lo is not None, DOT_MODE=dot_mode(q.dtype),
             MAX_ITERS=_MAX_NEWTON_ITERS, PRECOMPUTED=precomputed, num_warps=warps, num_stages=1,
-            **chained,
+            TMA=khi is not summ.hi, **chained,
         )
     return DashRoute(words, tau, mean_log, max_beta, active, attended)
 
