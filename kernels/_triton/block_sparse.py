@@ -13,6 +13,9 @@ per query and block is ever stored.
 
 With ``splits > 1`` each program takes a slice of the visit list and writes an unnormalised partial
 (flash-decoding); ``combine_partials`` merges them.
+
+On Hopper (and the interpreter) a one-program-per-tile launch reads its K and V tiles through tensor
+descriptors (TMA) where ``launch.tma_descriptor`` allows; otherwise, masked pointer loads.
 """
 
 from __future__ import annotations
