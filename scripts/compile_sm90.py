@@ -95,6 +95,8 @@ def main() -> int:
 
     JITFunction.run = _compile_instead
     launch.hopper = lambda device: True  # as on an sm_90 device: chained launches, TMA descriptors
+    launch.num_sms = lambda index: 132  # an H200's, for the launch choices that depend on the GPU's fill
+    tma_min = launch.TMA_MIN_PROGRAMS_PER_SM
     dash_route = triton_routing.dash_route
     cases = []
     for hkv in (2, 8):
@@ -122,12 +124,16 @@ def main() -> int:
         for module in (triton_attention, topk_attention):
             module.decode_splits = lambda q, k, c, visits=None, decode=decode: 8 if decode else 1
         q, k, v = structured_inputs(case, torch.bfloat16, torch.device("cpu"))
-        try:
-            SparseRun(case, q, k, v, case.head_dim**-0.5).forward()
-        except CompileFailed as e:
-            print(f"FAILED: {case.name}\n{e}")
-        except Exception as e:  # noqa: BLE001  (the skipped launches leave garbage behind; only compiling counts)
-            print(f"  (after the compiled launches: {type(e).__name__}: {str(e)[:120]})")
+        # decode's score launches read through TMA only when they fill the GPU (launch.tma_pays): both ways
+        for min_per_sm in (tma_min, 0) if decode else (tma_min,):
+            launch.TMA_MIN_PROGRAMS_PER_SM = min_per_sm
+            try:
+                SparseRun(case, q, k, v, case.head_dim**-0.5).forward()
+            except CompileFailed as e:
+                print(f"FAILED: {case.name}\n{e}")
+            except Exception as e:  # noqa: BLE001  (the skipped launches leave garbage; only compiling counts)
+                print(f"  (after the compiled launches: {type(e).__name__}: {str(e)[:120]})")
+        launch.TMA_MIN_PROGRAMS_PER_SM = tma_min
     if failed:
         print(f"{len(failed)} kernel(s) failed to compile for sm_90")
         return 1

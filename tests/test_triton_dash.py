@@ -125,11 +125,12 @@ def test_dash_routing_by_causal_width_matches_one_launch(chunk, loads, monkeypat
     the selection, thresholds and per-query stats of one 128-wide launch, and the reference's selection;
     the block summaries loaded through tensor descriptors (Hopper's TMA) or pointers."""
     import dash_eval.kernels.dash.triton_routing as tr
+    from dash_eval.kernels._triton import launch
 
     monkeypatch.setattr(tr, "ROUTE_TMA", loads == "tma")
     made = []
-    make = tr.tma_descriptor
-    monkeypatch.setattr(tr, "tma_descriptor", lambda t, shape: made.append(shape) or make(t, shape))
+    make = launch.tma_descriptor
+    monkeypatch.setattr(launch, "tma_descriptor", lambda t, shape: made.append(shape) or make(t, shape))
 
     gen = torch.Generator().manual_seed(23)
     b, hq, hkv, nk, d, c = 1, 8, 2, 1100, 64, 16
@@ -215,6 +216,7 @@ def test_dash_decode_path_matches_reference(case, mode, monkeypatch):
     import dash_eval.kernels.dash.triton_routing as tr
 
     monkeypatch.setattr(tr, "_DECODE_TAU_ROWS", mode != "v8")
+    monkeypatch.setattr(tr, "DECODE_TMA", mode != "v8")  # v8 mode: the score launch's pointer loads
     if mode == "chunks-32":
         monkeypatch.setattr(tr, "_DECODE_SELECT_CHUNK", 32)
     b, hq, hkv, nq, nk, d, c, dtype, pi = case

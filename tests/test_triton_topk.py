@@ -72,13 +72,14 @@ def test_topk_routing_tile_split_into_select_subtiles(method, fused, loads, monk
     (``SELECT_ELEMENTS`` made small): the same output, selection and stats as the reference, with the pooling
     done in the probability pass (the default) or from a scratch row of kernel probabilities, and the kernel
     keys loaded through tensor descriptors (Hopper's TMA) or pointers."""
+    from dash_eval.kernels._triton import launch
     from dash_eval.kernels._triton import topk_routing as tr
 
     monkeypatch.setattr(tr, "POOL_FUSED", fused)
     monkeypatch.setattr(tr, "ROUTE_TMA", loads == "tma")
     made = []
-    make = tr.tma_descriptor
-    monkeypatch.setattr(tr, "tma_descriptor", lambda t, shape: made.append(shape) or make(t, shape))
+    make = launch.tma_descriptor
+    monkeypatch.setattr(launch, "tma_descriptor", lambda t, shape: made.append(shape) or make(t, shape))
 
     gen = torch.Generator().manual_seed(5)
     q = torch.randn(1, 8, 37, 64, generator=gen)

@@ -61,9 +61,13 @@ def test_kernel_keys_appended_equal_recomputed(dtype):
         update_kernel_keys(keys, torch.randn(2, 3, 100, 64).to(dtype))
 
 
+@pytest.mark.parametrize("loads", ["tma", "pointers"])
 @pytest.mark.parametrize("method", ["infllmv2", "nsa"])
-def test_kernel_parallel_route_equals_fused(method, kernel_parallel):
-    """Same selection and counts, bit for bit, from the decode launches and the fused per-tile kernel."""
+def test_kernel_parallel_route_equals_fused(method, loads, kernel_parallel, monkeypatch):
+    """Same selection and counts, bit for bit, from the decode launches and the fused per-tile kernel, with the
+    kernel keys read through tensor descriptors (Hopper's TMA) or pointers."""
+    monkeypatch.setattr(topk_decode, "DECODE_TMA", loads == "tma")
+    monkeypatch.setattr(topk_routing, "ROUTE_TMA", loads == "tma")
     gen = torch.Generator().manual_seed(5)
     b, hq, hkv, nq, nk, d = 2, 6, 2, 3, 700, 64
     q = torch.randn(b, hq, nq, d, generator=gen).to(torch.bfloat16)

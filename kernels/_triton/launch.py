@@ -80,6 +80,36 @@ def tma_descriptor(t: torch.Tensor, block_shape: list[int]):
     return TensorDescriptor(t, list(t.shape), list(t.stride()), list(block_shape))
 
 
+# One-load-per-program launches (decode's block-parallel score launches) read through TMA only with at least
+# this many programs per SM: a 1,024-program top-k score launch at 8 KV heads gained 2.5-4 us a step (v31),
+# while 64-256 programs (2 KV heads, and dash's score launch) lost up to 0.9 us.
+TMA_MIN_PROGRAMS_PER_SM = 4
+
+
+def tma_pays(device: torch.device, programs: int) -> bool:
+    """Whether a launch of ``programs`` programs that each issue one load keeps enough of them in flight for
+    TMA's longer issue latency to pay (the interpreter: always, so that the CPU tests run the path)."""
+    if interpreting():
+        return True
+    if not hopper(device):
+        return False
+    return programs >= TMA_MIN_PROGRAMS_PER_SM * num_sms(device.index or 0)
+
+
+def key_descriptors(hi: torch.Tensor, lo: torch.Tensor | None, count: int, box_rows: int, enabled: bool = True):
+    """The arguments ``KHI, KLO`` and ``TMA`` of a kernel that scores rows against cached keys
+    (``ops.split_scores``): ``hi`` and ``lo`` (``[B, Hkv, capacity, D]``, of which the first ``count`` rows are
+    valid; ``lo`` ``None`` passes ``hi`` in its place) as ``[B * Hkv, count, D]`` descriptors with a box of
+    ``box_rows`` keys, or the tensors themselves with ``TMA = False`` where descriptors are off or not allowed."""
+    lo_arg = lo if lo is not None else hi
+    d = hi.shape[-1]
+    if enabled and count > 0 and d == next_pow2(d):
+        descs = [tma_descriptor(t.flatten(0, 1)[:, :count], [1, box_rows, d]) for t in (hi, lo_arg)]
+        if all(desc is not None for desc in descs):
+            return descs[0], descs[1], True
+    return hi, lo_arg, False
+
+
 def chain_options(device: torch.device) -> dict:
     """The launch keywords of programmatic dependent launch for a kernel taking ``PDL: tl.constexpr``."""
     on = chained(device)

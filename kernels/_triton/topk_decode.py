@@ -14,7 +14,7 @@ import torch
 import triton
 import triton.language as tl
 from dash_eval.kernels._triton.kernel_keys import KernelKeys
-from dash_eval.kernels._triton.launch import chain_options, dot_mode, next_pow2
+from dash_eval.kernels._triton.launch import chain_options, dot_mode, key_descriptors, next_pow2, tma_pays
 from dash_eval.kernels._triton.ops import chain_start, dim_mask
 from dash_eval.kernels._triton.selection import routing_visit_list, write_visit_list
 from dash_eval.kernels._triton.topk_select import TopkRoute, _kernel_scores, _overlap, _select_and_store
@@ -22,6 +22,7 @@ from dash_eval.kernels._triton.topk_select import TopkRoute, _kernel_scores, _ov
 DECODE_CHUNK_MIN = 64  # kernels per program of the score launch (at least)
 DECODE_BLOCK_CHUNK = 32  # blocks per program of the pooling launch (at most)
 DECODE_LIST = True  # the select launch writes the fine stage's visit list (False: a union launch does)
+DECODE_TMA = True  # the score launch reads the kernel keys through tensor descriptors (Hopper's TMA), if it pays
 
 
 @triton.jit
@@ -57,7 +58,7 @@ def _decode_scores_kernel(
     s_qb, s_qh, s_qn, HKV,
     G: tl.constexpr, GP: tl.constexpr, TQ: tl.constexpr, D: tl.constexpr, DP: tl.constexpr,
     KC: tl.constexpr, SPLIT: tl.constexpr, DOT_MODE: tl.constexpr,
-    PDL: tl.constexpr = False,
+    PDL: tl.constexpr = False, TMA: tl.constexpr = False,
 ):
     """Stage (a): scores of one chunk of kernels for one tile, with the chunk's max and normaliser."""
     chain_start(PDL)
@@ -69,7 +70,8 @@ def _decode_scores_kernel(
     r = tl.arange(0, M)
     part = (tile * n_chunks + c) * M + r
     if c * KC < tl.max(nvis_row, 0):
-        x, m = _kernel_scores(q, KHI, KLO, bh * capacity * D, c, nk, D, d, dmask, scale_log2, KC, SPLIT, DOT_MODE)
+        x, m = _kernel_scores(q, KHI, KLO, bh * capacity * D, c, nk, D, d, dmask, scale_log2, KC, SPLIT, DOT_MODE,
+                              TMA, bh)
         x = tl.where(m[None, :] < nvis_row[:, None], x, float("-inf"))
         tl.store(XS + (tile * M + r)[:, None] * row_len + m[None, :], x)
         m_c = tl.max(x, 1)
@@ -196,11 +198,13 @@ def decode_route(
     pm = torch.empty(total, n_chunks, m_rows, dtype=torch.float32, device=dev)
     pl = torch.empty_like(pm)
     bs = torch.empty(total, tile_q, nbp, dtype=torch.float32, device=dev)
+    tma = DECODE_TMA and tma_pays(dev, n_chunks * total)
+    khi_in, klo_in, tma = key_descriptors(khi, klo, n_kernels, kc_dec, tma)
     _decode_scores_kernel[(n_chunks, total)](
-        q, khi, klo if klo is not None else khi, xs, pm, pl,
+        q, khi_in, klo_in, xs, pm, pl,
         nq, nk - nq, n_kernels, keys.capacity, n_chunks, n_qtiles, row_len, scale_log2, kernel_size,
         kernel_stride, q.stride(0), q.stride(1), q.stride(2), hkv,
-        G=g, GP=gp, TQ=tile_q, D=d, DP=dp, KC=kc_dec, SPLIT=klo is not None, DOT_MODE=dot_mode(q.dtype),
+        G=g, GP=gp, TQ=tile_q, D=d, DP=dp, KC=kc_dec, SPLIT=klo is not None, DOT_MODE=dot_mode(q.dtype), TMA=tma,
         num_warps=4,
         **chained,
     )

@@ -29,10 +29,10 @@ from dash_eval.kernels._triton.launch import (
     chain_options,
     dot_mode,
     interpreting,
+    key_descriptors,
     last_dim_contiguous,
     next_pow2,
     persistent_programs,
-    tma_descriptor,
 )
 from dash_eval.kernels._triton.ops import chain_start, dim_mask
 from dash_eval.kernels._triton.topk_decode import decode_route
@@ -340,11 +340,7 @@ def topk_route(
     tile_s = select_tile(tile_q, nbp)
     if num_warps is None:
         num_warps = 8 if max(m_rows * kc_chunk, tile_s * nbp) >= 8192 else 4
-    khi_in, klo_in = khi, klo if klo is not None else khi
-    if ROUTE_TMA and d == dp and n_kernels > 0:  # over the first n_kernels kernels of each (batch, KV head)
-        descs = [tma_descriptor(t.flatten(0, 1)[:, :n_kernels], [1, kc_chunk, dp]) for t in (khi_in, klo_in)]
-        if all(desc is not None for desc in descs):
-            khi_in, klo_in = descs
+    khi_in, klo_in, tma = key_descriptors(khi, klo, n_kernels, kc_chunk, ROUTE_TMA)
     _topk_route_kernel[(n_prog,)](
         q, khi_in, klo_in, words, active, attended, scratch,
         nq, nk - nq, n_kernels, keys.capacity, nwords, nblocks, n_qtiles, total, b * hkv,
@@ -356,7 +352,7 @@ def topk_route(
         W=width, POOL=pool, SPLIT=klo is not None, DOT_MODE=dot_mode(q.dtype),
         PIPELINE=ROUTE_PIPELINE and not interpreting(), EARLY=SELECT_EARLY_EXIT,
         FUSED=fused, R=ratio if fused else 1, LEAD=lead if fused else 0,
-        num_warps=num_warps, num_stages=stages, TMA=khi_in is not khi,
+        num_warps=num_warps, num_stages=stages, TMA=tma,
         **chained,
     )
     return TopkRoute(words, active, attended)

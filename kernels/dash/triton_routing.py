@@ -39,10 +39,11 @@ import triton.language as tl
 from dash_eval.kernels._triton.launch import (
     chain_options,
     dot_mode,
+    key_descriptors,
     last_dim_contiguous,
     next_pow2,
     persistent_programs,
-    tma_descriptor,
+    tma_pays,
 )
 from dash_eval.kernels._triton.ops import chain_start, dim_mask, split_scores
 from dash_eval.kernels._triton.selection import routing_visit_list, store_words, tile_visit_list
@@ -67,6 +68,7 @@ ROUTE_SELECT_ELEMENTS = 2048
 # The block summaries of the prefill score products loaded through tensor descriptors (Hopper's TMA), where
 # ``launch.tma_descriptor`` allows (chunks of at most 256 blocks); the interpreter runs both paths.
 ROUTE_TMA = True
+DECODE_TMA = True  # the same for decode's block-parallel score launch, where it pays (launch.tma_pays)
 _DECODE_SELECT_CHUNK = 512  # 128 / 256 / 512 blocks: 3.4 / 3.7 / 3.9 us at 2 KV heads, 6.2 / 5.0 / 3.8 at 8
 
 
@@ -318,7 +320,7 @@ def _dash_scores_kernel(
     s_qb, s_qh, s_qn, HKV,
     G: tl.constexpr, GP: tl.constexpr, TQ: tl.constexpr, D: tl.constexpr, DP: tl.constexpr,
     NBP: tl.constexpr, CH: tl.constexpr, SPLIT: tl.constexpr, DOT_MODE: tl.constexpr, ZERO_COUNT: tl.constexpr,
-    PDL: tl.constexpr = False,
+    PDL: tl.constexpr = False, TMA: tl.constexpr = False,
 ):
     """Routing scores of one chunk of blocks for one query tile: the decode path's first stage, which
     spreads reading the summaries over many programs (one query tile alone cannot fill the GPU)."""
@@ -335,7 +337,7 @@ def _dash_scores_kernel(
     )
     jc = c * CH + tl.arange(0, CH)
     kb_base = (bh * capacity) * D
-    x = split_scores(q, KHI, KLO, kb_base, jc, nc, D, d, dmask, SPLIT, DOT_MODE)
+    x = split_scores(q, KHI, KLO, kb_base, jc, nc, D, d, dmask, SPLIT, DOT_MODE, TMA, bh, c * CH)
     tl.store(SCORES + (tile * M + r)[:, None] * NBP + jc[None, :], x)
     if ZERO_COUNT:  # the selection launch's arrival counter of this tile (that launch runs after this one)
         if c == 0:
@@ -500,11 +502,13 @@ def dash_route(
         scratch = torch.empty(total, m_rows, nbp, dtype=torch.float32, device=dev)
         count = torch.empty(total if split_select else 1, dtype=torch.int32, device=dev)
         ch_pre = min(64, nbp)
+        tma = DECODE_TMA and tma_pays(dev, (nbp // ch_pre) * total)
+        khi, klo, tma = key_descriptors(summ.hi, summ.lo, summ.count, ch_pre, tma)
         _dash_scores_kernel[(nbp // ch_pre, total)](
-            q, summ.hi, summ.lo if summ.lo is not None else summ.hi, scratch, count, nq, nk - nq, summ.count,
+            q, khi, klo, scratch, count, nq, nk - nq, summ.count,
             summ.kbar.shape[2], n_qtiles, q.stride(0), q.stride(1), q.stride(2), hkv,
             G=g, GP=gp, TQ=tile_q, D=d, DP=dp, NBP=nbp, CH=ch_pre, SPLIT=summ.lo is not None,
-            DOT_MODE=dot_mode(q.dtype), ZERO_COUNT=split_select, num_warps=4,
+            DOT_MODE=dot_mode(q.dtype), ZERO_COUNT=split_select, TMA=tma, num_warps=4,
             **chained,
         )
         n_prog = total
@@ -550,11 +554,7 @@ def dash_route(
             else:
                 scratch = torch.empty(1, dtype=torch.float32, device=dev)
         warps = num_warps or ROUTE_WARPS or (8 if gp * seg_tq * width > 16384 else 4)
-        khi, klo = summ.hi, summ.lo if summ.lo is not None else summ.hi
-        if ROUTE_TMA and not precomputed and d == dp and summ.count > 0:
-            descs = [tma_descriptor(t.flatten(0, 1)[:, : summ.count], [1, seg_ch, dp]) for t in (khi, klo)]
-            if all(desc is not None for desc in descs):
-                khi, klo = descs
+        khi, klo, tma = key_descriptors(summ.hi, summ.lo, summ.count, seg_ch, ROUTE_TMA and not precomputed)
         _dash_route_kernel[(n_prog,)](
             q, khi, klo, words, tau, mean_log, max_beta, active,
             attended, scratch,
@@ -564,7 +564,7 @@ def dash_route(
             G=g, GP=gp, TQ=seg_tq, D=d, DP=dp, C=block_size, NBP=width, CH=seg_ch,
             ENT_SQUARE=ent_exp == 2.0, SPLIT=summ.lo is not None, DOT_MODE=dot_mode(q.dtype),
             MAX_ITERS=_MAX_NEWTON_ITERS, PRECOMPUTED=precomputed, num_warps=warps, num_stages=1,
-            TMA=khi is not summ.hi, **chained,
+            TMA=tma, **chained,
         )
     return DashRoute(words, tau, mean_log, max_beta, active, attended)
 
