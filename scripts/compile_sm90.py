@@ -121,12 +121,13 @@ def main() -> int:
         # the launch paths a GPU takes: block-parallel decode routing, a split fine stage in decode
         triton_attention.dash_route = functools.partial(dash_route, precompute=decode)
         topk_routing.kernel_parallel_pays = lambda *args, decode=decode: decode
-        for module in (triton_attention, topk_attention):
-            module.decode_splits = lambda q, k, c, visits=None, decode=decode: 8 if decode else 1
         q, k, v = structured_inputs(case, torch.bfloat16, torch.device("cpu"))
-        # decode's score launches read through TMA only when they fill the GPU (launch.tma_pays): both ways
-        for min_per_sm in (tma_min, 0) if decode else (tma_min,):
+        # decode's score launches read through TMA only when they fill the GPU (launch.tma_pays), and its fine
+        # stage is split (pointer loads) unless the batch alone fills the GPU (one program a tile, TMA): both ways
+        for min_per_sm, splits in ((tma_min, 8), (0, 1)) if decode else ((tma_min, 1),):
             launch.TMA_MIN_PROGRAMS_PER_SM = min_per_sm
+            for module in (triton_attention, topk_attention):
+                module.decode_splits = lambda q, k, c, visits=None, splits=splits: splits
             try:
                 SparseRun(case, q, k, v, case.head_dim**-0.5).forward()
             except CompileFailed as e:

@@ -130,7 +130,7 @@ def test_dash_routing_by_causal_width_matches_one_launch(chunk, loads, monkeypat
     monkeypatch.setattr(tr, "ROUTE_TMA", loads == "tma")
     made = []
     make = launch.tma_descriptor
-    monkeypatch.setattr(launch, "tma_descriptor", lambda t, shape: made.append(shape) or make(t, shape))
+    monkeypatch.setattr(launch, "tma_descriptor", lambda t, shape: made.append(make(t, shape)) or made[-1])
 
     gen = torch.Generator().manual_seed(23)
     b, hq, hkv, nk, d, c = 1, 8, 2, 1100, 64, 16
@@ -159,6 +159,7 @@ def test_dash_routing_by_causal_width_matches_one_launch(chunk, loads, monkeypat
     )
     assert torch.equal(unpack_selection(parts.words, num_blocks(nk, c)), selected)
     assert len(made) == (8 if loads == "tma" else 0)  # hi and its stand-in residual, for 1 + 3 launches
+    assert all(desc is not None for desc in made)
 
 
 def test_dash_triton_falls_back_on_unsupported_block_size():

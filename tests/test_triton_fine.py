@@ -125,6 +125,7 @@ def test_tma_descriptor_follows_the_hardware_rules():
     assert tma_descriptor(base[..., 1:], [1, 1, 16, 64]) is None  # base 4 bytes past a 16-byte boundary
     assert tma_descriptor(base[..., :64], [1, 1, 16, 64]) is None  # row stride 260 bytes
     assert tma_descriptor(base[..., :64].contiguous(), [1, 1, 24, 64]) is None  # block not a power of two
+    assert tma_descriptor(torch.zeros(1, 0, 16, 64), [1, 1, 16, 64]) is None  # empty
     q, k, v, sel, _ = _inputs(CASES[0], torch.float32)
     scale = q.shape[-1] ** -0.5
     padded = torch.zeros(*k.shape[:-1], k.shape[-1] + 1)

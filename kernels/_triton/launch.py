@@ -73,7 +73,7 @@ def tma_descriptor(t: torch.Tensor, block_shape: list[int]):
     from triton.tools.tensor_descriptor import TensorDescriptor
 
     size = t.element_size()
-    if t.stride(-1) != 1 or t.data_ptr() % 16 or any(s * size % 16 for s in t.stride()[:-1]):
+    if t.numel() == 0 or t.stride(-1) != 1 or t.data_ptr() % 16 or any(s * size % 16 for s in t.stride()[:-1]):
         return None
     if any(b > 256 or b & (b - 1) for b in block_shape) or block_shape[-1] * size < 16:
         return None
@@ -103,7 +103,7 @@ def key_descriptors(hi: torch.Tensor, lo: torch.Tensor | None, count: int, box_r
     ``box_rows`` keys, or the tensors themselves with ``TMA = False`` where descriptors are off or not allowed."""
     lo_arg = lo if lo is not None else hi
     d = hi.shape[-1]
-    if enabled and count > 0 and d == next_pow2(d):
+    if enabled and count > 0 and d == next_pow2(max(d, 16)):  # the kernels' padded head dim, DP
         descs = [tma_descriptor(t.flatten(0, 1)[:, :count], [1, box_rows, d]) for t in (hi, lo_arg)]
         if all(desc is not None for desc in descs):
             return descs[0], descs[1], True
