@@ -95,7 +95,8 @@ def test_pack_roundtrip_and_tile_union():
 
 def test_decode_splits_fill_the_gpu_within_the_visit_bound(monkeypatch):
     """Decode's split count (``decode_splits``) on a stand-in 132-SM CUDA device: prefill and the CPU take one
-    program per tile; decode at most two programs per SM in all, at least two blocks of the visit bound each."""
+    program per tile; decode at most two programs per SM in all, at least two blocks of the visit bound each, and
+    eight (a full pipeline) where that still gives half a program per SM."""
     from types import SimpleNamespace
 
     from dash_eval.kernels._triton import block_sparse
@@ -109,7 +110,9 @@ def test_decode_splits_fill_the_gpu_within_the_visit_bound(monkeypatch):
     assert splits(1, 2, 131072) == 132  # dash: every block counts, 2 x 132 programs over 2 KV heads
     assert splits(1, 8, 131072) == 33
     assert splits(1, 2, 131072, visits=25) == 12  # nsa's bound: topk 13 + 3 forced + 9 window blocks
-    assert splits(1, 8, 131072, visits=96) == 33  # infllmv2's 96: capped by the programs per KV head
+    assert splits(1, 8, 131072, visits=96) == 12  # infllmv2's 96 at 8 KV heads: 96 programs of 8 blocks
+    assert splits(1, 2, 131072, visits=96) == 48  # at 2 KV heads 8-block programs would be 24: 2 blocks each
+    assert splits(1, 8, 131072, visits=25) == 12  # nsa at 8 KV heads: 3 x 8 deep programs are too few
     assert splits(1, 2, 100, visits=1) == 1
     assert splits(64, 2, 131072) == 1  # prefill
     assert splits(1, 2, 131072, device="cpu") == 1

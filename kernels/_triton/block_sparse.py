@@ -255,21 +255,30 @@ def default_tile_q(group: int, nq: int, tile_rows: int = 64) -> int:
 # many programs per SM in all (v15: one per SM was slower for dash at 8 KV heads).
 DECODE_SPLIT_BLOCKS = 2
 DECODE_PROGRAMS_PER_SM = 2
+# Programs of DECODE_DEEP_BLOCKS blocks, long enough loops for the 3-stage pipeline to reach its steady state,
+# wherever they still number DECODE_DEEP_PER_SM per SM (v32: infllmv2 8 KV heads, 96 blocks a tile: 2 / 4 / 8
+# blocks a program 44.7 / 42.8 / 41.3 us a step; with fewer programs than that, 2-block programs won).
+DECODE_DEEP_BLOCKS = 8
+DECODE_DEEP_PER_SM = 0.5
 
 
 def decode_splits(q: torch.Tensor, k: torch.Tensor, block_size: int, visits: int | None = None) -> int:
     """Programs per query tile for the fine stage: 1 in prefill; in decode, enough to fill the GPU, with
-    at least ``DECODE_SPLIT_BLOCKS`` of the blocks a tile can visit each. ``visits``: an upper bound of
-    a tile's visit list when the method has one (top-k methods: ``topk`` plus the forced and window
-    blocks per query), else every block counts."""
+    at least ``DECODE_SPLIT_BLOCKS`` of the blocks a tile can visit each (``DECODE_DEEP_BLOCKS`` where the
+    work is large enough). ``visits``: an upper bound of a tile's visit list when the method has one (top-k
+    methods: ``topk`` plus the forced and window blocks per query), else every block counts."""
     b, hq, nq, _ = q.shape
     if nq > 16 or q.device.type != "cuda":
         return 1
     blocks = -(-k.shape[2] // block_size)
     if visits is not None:
         blocks = min(blocks, visits)
-    target = DECODE_PROGRAMS_PER_SM * num_sms(q.device.index or 0)
-    return max(1, min(blocks // DECODE_SPLIT_BLOCKS, target // max(1, b * k.shape[1])))
+    sms = num_sms(q.device.index or 0)
+    tiles = max(1, b * k.shape[1])
+    per = DECODE_SPLIT_BLOCKS
+    if (blocks // DECODE_DEEP_BLOCKS) * tiles >= DECODE_DEEP_PER_SM * sms:
+        per = DECODE_DEEP_BLOCKS
+    return max(1, min(blocks // per, DECODE_PROGRAMS_PER_SM * sms // tiles))
 
 
 def routed_visit_list(route, tile_q: int | None) -> tuple[tuple[torch.Tensor, torch.Tensor] | None, int | None]:
