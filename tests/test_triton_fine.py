@@ -14,7 +14,7 @@ pytestmark = [
 ]
 
 if triton_available:
-    from dash_eval.kernels._triton import block_sparse
+    from dash_eval.kernels._triton import block_sparse, launch
     from dash_eval.kernels._triton.block_sparse import sparse_attention_from_words
     from dash_eval.kernels._triton.selection import FULL_MASK, pack_selection, tile_union, unpack_selection
     from dash_eval.kernels.common import block_sparse_attention, forced_blocks
@@ -62,8 +62,8 @@ def test_fine_stage_matches_reference(case, dtype, loads, monkeypatch):
     scale = q.shape[-1] ** -0.5
     monkeypatch.setattr(block_sparse, "FINE_TMA", loads == "tma")
     descriptors = []
-    make = block_sparse.tma_descriptor
-    monkeypatch.setattr(block_sparse, "tma_descriptor", lambda t, shape: descriptors.append(make(t, shape)) or
+    make = launch.tma_descriptor
+    monkeypatch.setattr(launch, "tma_descriptor", lambda t, shape: descriptors.append(make(t, shape)) or
                         descriptors[-1])
     ref = block_sparse_attention(q.float(), k.float(), v.float(), sel, bias, block_size=bs, softmax_scale=scale,
                                  window=window)

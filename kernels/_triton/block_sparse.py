@@ -15,7 +15,7 @@ With ``splits > 1`` each program takes a slice of the visit list and writes an u
 (flash-decoding); ``combine_partials`` merges them.
 
 On Hopper (and the interpreter) a one-program-per-tile launch reads its K and V tiles through tensor
-descriptors (TMA) where ``launch.tma_descriptor`` allows; otherwise, masked pointer loads.
+descriptors (TMA) where ``launch.tma_descriptor`` allows both; otherwise, masked pointer loads.
 """
 
 from __future__ import annotations
@@ -27,12 +27,12 @@ import triton
 import triton.language as tl
 from dash_eval.kernels._triton.launch import (
     chain_options,
+    descriptor_pair,
     dot_mode,
     interpreting,
     last_dim_contiguous,
     next_pow2,
     num_sms,
-    tma_descriptor,
 )
 from dash_eval.kernels._triton.ops import chain_start, dim_mask, mma
 from dash_eval.kernels._triton.selection import FULL_FLAG, FULL_MASK, tile_union
@@ -362,11 +362,7 @@ def sparse_attention_from_words(
         num_stages = FINE_STAGES
     grid = (n_tiles, b * hkv, splits)
     chained = chain_options(q.device)  # programmatic dependent launch, for both launches
-    k_in, v_in = k, v
-    if FINE_TMA and splits == 1 and d == dp:
-        k_desc, v_desc = tma_descriptor(k, [1, 1, block_size, dp]), tma_descriptor(v, [1, 1, block_size, dp])
-        if k_desc is not None and v_desc is not None:
-            k_in, v_in = k_desc, v_desc
+    k_in, v_in, tma = descriptor_pair(k, v, [1, 1, block_size, dp], FINE_TMA and splits == 1 and d == dp)
     _sparse_attn_fwd_kernel[grid](
         q, k_in, v_in, out, words, tlist, tcount,
         bias if bias is not None else dummy, kbar, tau, mean_log, max_beta,
@@ -377,7 +373,7 @@ def sparse_attention_from_words(
         v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2),
         hkv,
         G=g, GP=gp, TQ=tile_q, D=d, DP=dp, BLOCK_N=block_size, BIAS_MODE=bias_mode, SPLITS=splits,
-        ENT_SQUARE=ent_exp == 2.0, DOT_MODE=dot_mode(q.dtype), PIPELINE=not interpreting(), TMA=k_in is not k,
+        ENT_SQUARE=ent_exp == 2.0, DOT_MODE=dot_mode(q.dtype), PIPELINE=not interpreting(), TMA=tma,
         num_warps=num_warps, num_stages=num_stages,
         **chained,
     )

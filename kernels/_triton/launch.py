@@ -96,6 +96,17 @@ def tma_pays(device: torch.device, programs: int) -> bool:
     return programs >= TMA_MIN_PROGRAMS_PER_SM * num_sms(device.index or 0)
 
 
+def descriptor_pair(a: torch.Tensor, b: torch.Tensor, block_shape: list[int], enabled: bool = True):
+    """Two tensors a kernel reads with the same box (K and V, or a key's high part and residual) as
+    ``(a, b, TMA)``: both as tensor descriptors and ``True``, or, where descriptors are off or either is not
+    allowed (``tma_descriptor``), both tensors themselves and ``False``."""
+    if enabled:
+        da, db = tma_descriptor(a, block_shape), tma_descriptor(b, block_shape)
+        if da is not None and db is not None:
+            return da, db, True
+    return a, b, False
+
+
 def key_descriptors(hi: torch.Tensor, lo: torch.Tensor | None, count: int, box_rows: int, enabled: bool = True):
     """The arguments ``KHI, KLO`` and ``TMA`` of a kernel that scores rows against cached keys
     (``ops.split_scores``): ``hi`` and ``lo`` (``[B, Hkv, capacity, D]``, of which the first ``count`` rows are
@@ -104,9 +115,9 @@ def key_descriptors(hi: torch.Tensor, lo: torch.Tensor | None, count: int, box_r
     lo_arg = lo if lo is not None else hi
     d = hi.shape[-1]
     if enabled and count > 0 and d == next_pow2(max(d, 16)):  # the kernels' padded head dim, DP
-        descs = [tma_descriptor(t.flatten(0, 1)[:, :count], [1, box_rows, d]) for t in (hi, lo_arg)]
-        if all(desc is not None for desc in descs):
-            return descs[0], descs[1], True
+        descs = descriptor_pair(hi.flatten(0, 1)[:, :count], lo_arg.flatten(0, 1)[:, :count], [1, box_rows, d])
+        if descs[2]:
+            return descs
     return hi, lo_arg, False
 
 
