@@ -43,8 +43,8 @@ def _cases():
     for pi in range(len(PARAMS)):
         for b, hq, hkv, nq, nk, d in SHAPES:
             for dtype, tag in ((torch.float32, "fp32"), (torch.bfloat16, "bf16")):
-                if dtype == torch.bfloat16 and pi != 0:
-                    continue
+                if dtype == torch.bfloat16 and pi != 0 and (pi, nq, hq) != (2, 100, 8):
+                    continue  # bf16 with a prior that moves outputs: one shape
                 case_id = f"p{pi}-B{b}-Nq{nq}-Nk{nk}-Hq{hq}-Hkv{hkv}-D{d}-{tag}"
                 yield pytest.param(pi, b, hq, hkv, nq, nk, d, dtype, id=case_id)
 

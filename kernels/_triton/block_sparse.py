@@ -97,7 +97,7 @@ def _attend_block(
             if ENT_SQUARE:
                 p = tt * tt
             else:
-                p = tl.where(tt > 0, tl.exp2(ent_exp * tl.log2(tl.maximum(tt, 1e-38))), 0.0)
+                p = tl.where(tt > 0, tl.exp2(ent_exp * tl.log2(tl.maximum(tt, 1e-30))), 0.0)
             p = tl.where(row_ok, p, 0.0)
             pbar_q = tl.sum(tl.reshape(p, (TQ, GP)), 1) / G
             pbar = tl.reshape(tl.broadcast_to(pbar_q[:, None], (TQ, GP)), (M,))
