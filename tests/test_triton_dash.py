@@ -67,6 +67,18 @@ def test_dash_triton_matches_reference(pi, b, hq, hkv, nq, nk, d, dtype):
     assert torch.equal(stats.active_blocks, ref_stats.active_blocks)
 
 
+def test_prior_is_dropped_only_where_it_cannot_move_an_output():
+    """|beta| <= -ln(float32's smallest normal) / sigma (the kernels clamp pbar there before the log)."""
+    import math
+
+    from dash_eval.kernels._triton.block_sparse import PRIOR_LOG_RANGE, negligible_logit, prior_matters
+
+    assert PRIOR_LOG_RANGE >= -math.log(torch.finfo(torch.float32).tiny)
+    assert not prior_matters(1e6, torch.bfloat16) and not prior_matters(1e6, torch.float16)
+    assert prior_matters(1e6, torch.float32) and prior_matters(1e4, torch.bfloat16)
+    assert prior_matters(0.999 * PRIOR_LOG_RANGE / negligible_logit(torch.bfloat16), torch.bfloat16)
+
+
 @pytest.mark.parametrize("alpha", [1.5, 2.0, 1.75])
 @pytest.mark.parametrize("chunk", [32, 256], ids=["scratch-rows", "one-chunk"])
 def test_dash_routing_selects_the_reference_blocks(alpha, chunk):

@@ -45,6 +45,9 @@ LOG2E = 1.4426950408889634
 FINE_TMA = True
 # Software-pipeline stages of the fine stage's block loop (K and V tiles in flight; v2's sweep: 3 best).
 FINE_STAGES = 3
+# |beta| <= (max log pbar - min log pbar) / sigma, and the kernels clamp pbar at float32's smallest normal
+# before the log, so a prior with sigma >= PRIOR_LOG_RANGE / negligible_logit(dtype) never moves an output.
+PRIOR_LOG_RANGE = 87.34  # -ln(1.1754943508222875e-38) = 87.3365
 
 
 @dataclasses.dataclass
@@ -244,6 +247,13 @@ def negligible_logit(dtype: torch.dtype) -> float:
     return {torch.float32: 2.0**-26, torch.float16: 2.0**-13}.get(dtype, 2.0**-10)
 
 
+def prior_matters(sigma: float, dtype: torch.dtype) -> bool:
+    """Whether DashAttention's prior can move an output of ``dtype`` at all: ``|beta| <= PRIOR_LOG_RANGE /
+    sigma`` for every query and block, so with the default ``sigma=1e6`` it cannot in bf16 or fp16 and the
+    fine stage runs without it (elsewhere the routing's per-query bound ``max_beta`` gates it per tile)."""
+    return PRIOR_LOG_RANGE / sigma > negligible_logit(dtype)
+
+
 def default_tile_q(group: int, nq: int, tile_rows: int = 64) -> int:
     """Query positions per tile so that the group's heads fill ``tile_rows`` rows (at least 16)."""
     gp = next_pow2(group)
@@ -340,7 +350,7 @@ def sparse_attention_from_words(
     if bias is not None:
         bias_mode = 1
         bias = bias.to(f32).contiguous()
-    elif prior is not None:
+    elif prior is not None and prior_matters(prior.sigma, q.dtype):
         bias_mode = 2
         kbar, tau, mean_log = prior.kbar.contiguous(), prior.tau.contiguous(), prior.mean_log.contiguous()
         max_beta = prior.max_beta.contiguous()
