@@ -123,7 +123,7 @@ def main() -> int:
         topk_routing.kernel_parallel_pays = lambda *args, decode=decode: decode
         q, k, v = structured_inputs(case, torch.bfloat16, torch.device("cpu"))
         # decode's score launches read through TMA only when they fill the GPU (launch.tma_pays), and its fine
-        # stage is split (pointer loads) unless the batch alone fills the GPU (one program a tile, TMA): both ways
+        # stage is split (4 pipeline stages) unless the batch alone fills the GPU (one program a tile): both ways
         for min_per_sm, splits in ((tma_min, 8), (0, 1)) if decode else ((tma_min, 1),):
             launch.TMA_MIN_PROGRAMS_PER_SM = min_per_sm
             for module in (triton_attention, topk_attention):

@@ -14,8 +14,8 @@ per query and block is ever stored.
 With ``splits > 1`` each program takes a slice of the visit list and writes an unnormalised partial
 (flash-decoding); ``combine_partials`` merges them.
 
-On Hopper (and the interpreter) a one-program-per-tile launch reads its K and V tiles through tensor
-descriptors (TMA) where ``launch.tma_descriptor`` allows both; otherwise, masked pointer loads.
+On Hopper (and the interpreter) the kernel reads its K and V tiles through tensor descriptors (TMA) where
+``launch.tma_descriptor`` allows both; otherwise, masked pointer loads.
 """
 
 from __future__ import annotations
@@ -38,13 +38,15 @@ from dash_eval.kernels._triton.ops import chain_start, dim_mask, mma
 from dash_eval.kernels._triton.selection import FULL_FLAG, FULL_MASK, tile_union
 
 LOG2E = 1.4426950408889634
-# K and V tiles loaded through tensor descriptors (Hopper's TMA) where ``launch.tma_descriptor`` allows, in
-# prefill (v29: dash 32k -4% to -8% on an H200; the split decode fine stage measured -5% at 2 KV heads but +5%
-# at 8, so it keeps pointer loads). A module switch, so that scripts/gpu_variants.py can time both; the
-# interpreter runs both paths.
+# K and V tiles loaded through tensor descriptors (Hopper's TMA) where ``launch.tma_descriptor`` allows (v29:
+# dash 32k prefill -4% to -8% on an H200; v35: decode's split launch too, with DECODE_STAGES). A module switch,
+# so that scripts/gpu_variants.py can time both; the interpreter runs both paths.
 FINE_TMA = True
-# Software-pipeline stages of the fine stage's block loop (K and V tiles in flight; v2's sweep: 3 best).
+# Software-pipeline stages of the fine stage's block loop (K and V tiles in flight; v2's sweep: 3 best; v29: 2,
+# 4, 5 slower in prefill), and of decode's split launch (v35, 1 / 2 / 3 / 4 stages with TMA, the six 128k
+# decode cases: 4 best or within 0.1 us of the best, dash 8 KV heads 56.4 -> 55.1 us).
 FINE_STAGES = 3
+DECODE_STAGES = 4
 # |beta| <= (max log pbar - min log pbar) / sigma, and the kernels clamp pbar at float32's smallest normal
 # before the log, so a prior with sigma >= PRIOR_LOG_RANGE / negligible_logit(dtype) never moves an output.
 PRIOR_LOG_RANGE = 87.34  # -ln(1.1754943508222875e-38) = 87.3365
@@ -369,10 +371,10 @@ def sparse_attention_from_words(
     if num_warps is None:
         num_warps = 4 if m_rows * dp <= 64 * 128 else 8
     if num_stages is None:
-        num_stages = FINE_STAGES
+        num_stages = FINE_STAGES if splits == 1 else DECODE_STAGES
     grid = (n_tiles, b * hkv, splits)
     chained = chain_options(q.device)  # programmatic dependent launch, for both launches
-    k_in, v_in, tma = descriptor_pair(k, v, [1, 1, block_size, dp], FINE_TMA and splits == 1 and d == dp)
+    k_in, v_in, tma = descriptor_pair(k, v, [1, 1, block_size, dp], FINE_TMA and d == dp)
     _sparse_attn_fwd_kernel[grid](
         q, k_in, v_in, out, words, tlist, tcount,
         bias if bias is not None else dummy, kbar, tau, mean_log, max_beta,
