@@ -6,7 +6,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.triton_interp import interpret_env, rel_err, triton_available  # noqa: F401  (fixture)
+from tests.triton_interp import (  # noqa: F401  (fixture)
+    assert_triton_matches_reference,
+    interpret_env,
+    rel_err,
+    triton_available,
+)
 
 pytestmark = [
     pytest.mark.skipif(not triton_available, reason="triton is not importable"),
@@ -57,14 +62,7 @@ def test_dash_triton_matches_reference(pi, b, hq, hkv, nq, nk, d, dtype):
     params = dict(PARAMS[pi], block_size=16)
     if params.pop("router", False):
         params["router"] = torch.randn(hkv * d, generator=gen)
-    out, stats = sparse_attention(q, k, v, "dash", backend="triton", return_stats=True, **params)
-    ref, ref_stats = sparse_attention(q, k, v, "dash", backend="reference", return_stats=True, **params)
-    assert out.dtype == dtype and not torch.isnan(out).any()
-    assert rel_err(out, ref) < TOL[dtype]
-    assert stats.attended_pairs == ref_stats.attended_pairs
-    assert stats.causal_pairs == ref_stats.causal_pairs
-    assert stats.routing_scores == ref_stats.routing_scores
-    assert torch.equal(stats.active_blocks, ref_stats.active_blocks)
+    assert_triton_matches_reference(q, k, v, "dash", TOL[dtype], **params)
 
 
 def test_prior_is_dropped_only_where_it_cannot_move_an_output():

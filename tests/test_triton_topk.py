@@ -6,7 +6,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.triton_interp import interpret_env, rel_err, triton_available  # noqa: F401  (fixture)
+from tests.triton_interp import (  # noqa: F401  (fixture)
+    assert_triton_matches_reference,
+    interpret_env,
+    rel_err,
+    triton_available,
+)
 
 pytestmark = [
     pytest.mark.skipif(not triton_available, reason="triton is not importable"),
@@ -54,14 +59,7 @@ def test_topk_triton_matches_reference(method, pi, b, hq, hkv, nq, nk, d, dtype)
     q = torch.randn(b, hq, nq, d, generator=gen).to(dtype)
     k, v = (torch.randn(b, hkv, nk, d, generator=gen).to(dtype) for _ in range(2))
     params = dict(PARAMS[method][pi], block_size=16)
-    out, stats = sparse_attention(q, k, v, method, backend="triton", return_stats=True, **params)
-    ref, ref_stats = sparse_attention(q, k, v, method, backend="reference", return_stats=True, **params)
-    assert out.dtype == dtype and not torch.isnan(out).any()
-    assert rel_err(out, ref) < TOL[dtype]
-    assert stats.attended_pairs == ref_stats.attended_pairs
-    assert stats.causal_pairs == ref_stats.causal_pairs
-    assert stats.routing_scores == ref_stats.routing_scores
-    assert torch.equal(stats.active_blocks, ref_stats.active_blocks)
+    assert_triton_matches_reference(q, k, v, method, TOL[dtype], **params)
 
 
 @pytest.mark.parametrize("loads", ["tma", "pointers"])

@@ -11,6 +11,7 @@ import importlib
 import os
 
 import pytest
+import torch
 
 _MODULES = (
     "dash_eval.kernels._triton.selection",
@@ -56,3 +57,18 @@ def rel_err(out, ref) -> float:
 def interpret_env(monkeypatch):
     """Keep ``TRITON_INTERPRET=1`` while a kernel test runs (Triton consults it lazily too)."""
     monkeypatch.setenv("TRITON_INTERPRET", "1")
+
+
+def assert_triton_matches_reference(q, k, v, method: str, tol: float, **params) -> None:
+    """The Triton backend against the reference on the same inputs: the output (dtype, no NaN, relative
+    error below ``tol``) and the stats (attended and causal pairs, routing scores, active blocks)."""
+    from dash_eval.kernels import sparse_attention
+
+    out, stats = sparse_attention(q, k, v, method, backend="triton", return_stats=True, **params)
+    ref, ref_stats = sparse_attention(q, k, v, method, backend="reference", return_stats=True, **params)
+    assert out.dtype == q.dtype and not torch.isnan(out).any()
+    assert rel_err(out, ref) < tol
+    assert stats.attended_pairs == ref_stats.attended_pairs
+    assert stats.causal_pairs == ref_stats.causal_pairs
+    assert stats.routing_scores == ref_stats.routing_scores
+    assert torch.equal(stats.active_blocks, ref_stats.active_blocks)
