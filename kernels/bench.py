@@ -404,7 +404,7 @@ def _route_time(run: SparseRun) -> float:
 def sweep_configs(run: SparseRun, log) -> None:
     """dash: time the routing and the fine stage alone over launch configurations (tile rows, warps,
     pipeline stages, routing chunk), on this call's inputs and selection; prints a table."""
-    from dash_eval.kernels._triton.block_sparse import DashPrior, sparse_attention_from_words
+    from dash_eval.kernels._triton.block_sparse import DashPrior, prior_matters, sparse_attention_from_words
     from dash_eval.kernels._triton.launch import next_pow2
     from dash_eval.kernels.dash.triton_attention import _router
     from dash_eval.kernels.dash.triton_routing import block_summaries, dash_route
@@ -439,7 +439,7 @@ def sweep_configs(run: SparseRun, log) -> None:
     for rows in fine_rows:
         for warps in (4, 8):
             for stages in (2, 3):
-                for with_prior in (True,):
+                for with_prior in (prior_matters(prior.sigma, q.dtype),):  # as the fine stage decides
                     tq = max(1, rows // gp)
                     kw = dict(block_size=p.block_size, softmax_scale=run.scale, prior=prior if with_prior else None,
                               tile_q=tq, num_warps=warps, num_stages=stages)

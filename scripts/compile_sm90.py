@@ -110,6 +110,12 @@ def main() -> int:
                 Case(f"{method}-decode-kv{hkv}", method, 8192, kv_heads=hkv, queries=1),
                 Case(f"{method}-prefill-kv{hkv}", method, 1024, kv_heads=hkv),
             ]
+    # the prior rebuilt in the fine stage (a sigma at which it can move bf16 outputs), with alpha's general power
+    prior = {"scale": 1.0, "alpha": 1.25, "sigma": 1.0}
+    cases += [
+        Case("dash-decode-kv2-prior", "dash", 8192, queries=1, params=prior),
+        Case("dash-prefill-kv2-prior", "dash", 32768, params=prior),
+    ]
     for method in ("nsa", "infllmv2"):  # kernel keys without the residual: one product per score
         cases += [
             Case(f"{method}-decode-kv2-input", method, 8192, queries=1, params={"score_precision": "input"}),

@@ -16,6 +16,9 @@ if not torch.cuda.is_available():
 
 import pytest  # noqa: E402 - after the interpreter switch above
 
+# The shared kernel assertions (tests/triton_interp.py) report their values on failure, as test modules do.
+pytest.register_assert_rewrite("tests.triton_interp")
+
 
 @pytest.fixture(scope="module")
 def tiny():

@@ -77,6 +77,24 @@ def test_prior_is_dropped_only_where_it_cannot_move_an_output():
     assert prior_matters(0.999 * PRIOR_LOG_RANGE / negligible_logit(torch.bfloat16), torch.bfloat16)
 
 
+@pytest.mark.parametrize("nq", [90, 1], ids=["prefill", "decode-3-splits"])
+def test_dropping_the_prior_on_the_host_changes_no_output_bit(nq, monkeypatch):
+    """bf16 at the default sigma: the fine stage without the prior (the host's rule) against the fine stage
+    with it, gated per tile by the routing's own bound (the rule switched off)."""
+    import dash_eval.kernels.dash.triton_attention as ta
+    from dash_eval.kernels._triton import block_sparse
+
+    monkeypatch.setattr(ta, "decode_splits", lambda q, k, c, visits=None: 3 if nq == 1 else 1)
+    gen = torch.Generator().manual_seed(11)
+    q = torch.randn(1, 8, nq, 64, generator=gen).to(torch.bfloat16)
+    k, v = (torch.randn(1, 2, 200, 64, generator=gen).to(torch.bfloat16) for _ in range(2))
+    params = {"alpha": 1.25, "scale": 4.0, "block_size": 16}
+    dropped = sparse_attention(q, k, v, "dash", backend="triton", **params)
+    monkeypatch.setattr(block_sparse, "PRIOR_LOG_RANGE", 1e30)
+    gated = sparse_attention(q, k, v, "dash", backend="triton", **params)
+    assert torch.equal(dropped, gated)
+
+
 @pytest.mark.parametrize("alpha", [1.5, 2.0, 1.75])
 @pytest.mark.parametrize("chunk", [32, 256], ids=["scratch-rows", "one-chunk"])
 def test_dash_routing_selects_the_reference_blocks(alpha, chunk):
@@ -206,6 +224,7 @@ DECODE_CASES = [
     (2, 8, 2, 1, 250, 128, 16, torch.bfloat16, 0),
     (1, 3, 1, 1, 520, 64, 32, torch.bfloat16, 0),
     (1, 16, 1, 5, 400, 64, 16, torch.float32, 0),
+    (1, 8, 2, 1, 700, 64, 16, torch.bfloat16, 2),  # bf16 with a prior that moves outputs
 ]
 
 
@@ -220,7 +239,8 @@ def test_dash_decode_path_matches_reference(case, mode, monkeypatch):
     """The decode path end to end (``precompute=True``, as a CUDA decode step takes it) against the reference:
     output, routed selection and stats; and every routing output against the fused kernel's. Modes: the
     thresholds one row per program and the selection split over chunks of 32 blocks (several per row here) or
-    of the default 512 (one); v8: both in the routing kernel, one program per query tile."""
+    of the default 512 (one); v8: both in the routing kernel, one program per query tile. The first two also split
+    the fine stage over 3 programs a tile, as a GPU's decode step does (the CPU takes one)."""
     import functools
 
     import dash_eval.kernels.dash.triton_attention as ta
@@ -230,6 +250,8 @@ def test_dash_decode_path_matches_reference(case, mode, monkeypatch):
     monkeypatch.setattr(tr, "DECODE_TMA", mode != "v8")  # v8 mode: the score launch's pointer loads
     if mode == "chunks-32":
         monkeypatch.setattr(tr, "_DECODE_SELECT_CHUNK", 32)
+    if mode != "v8":
+        monkeypatch.setattr(ta, "decode_splits", lambda q, k, c, visits=None: 3)
     b, hq, hkv, nq, nk, d, c, dtype, pi = case
     gen = torch.Generator().manual_seed(nk + 7 * hq + pi)
     q = torch.randn(b, hq, nq, d, generator=gen).to(dtype)

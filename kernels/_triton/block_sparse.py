@@ -267,7 +267,7 @@ def default_tile_q(group: int, nq: int, tile_rows: int = 64) -> int:
 # many programs per SM in all (v15: one per SM was slower for dash at 8 KV heads).
 DECODE_SPLIT_BLOCKS = 2
 DECODE_PROGRAMS_PER_SM = 2
-# Programs of DECODE_DEEP_BLOCKS blocks, long enough loops for the 3-stage pipeline to reach its steady state,
+# Programs of DECODE_DEEP_BLOCKS blocks, long enough loops for the pipeline to reach its steady state,
 # wherever they still number DECODE_DEEP_PER_SM per SM (v32: infllmv2 8 KV heads, 96 blocks a tile: 2 / 4 / 8
 # blocks a program 44.7 / 42.8 / 41.3 us a step; with fewer programs than that, 2-block programs won).
 DECODE_DEEP_BLOCKS = 8
