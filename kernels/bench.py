@@ -61,6 +61,7 @@ SHAPE_SETS: dict[str, list[Case]] = {
         Case("smoke-nsa", "nsa", 16384, kv_heads=2),
         Case("smoke-infllmv2", "infllmv2", 16384, kv_heads=2),
         _dash("smoke-dash-decode", 8192, 2, 0.75, queries=1),
+        _dash("smoke-dash-alpha1.25-prior", 4096, 2, 0.5, params={"alpha": 1.25, "sigma": 1.0}),
         Case("smoke-nsa-decode", "nsa", 16384, kv_heads=2, queries=1),
         Case("smoke-infllmv2-decode", "infllmv2", 16384, kv_heads=2, queries=1),
     ],
@@ -115,6 +116,15 @@ SHAPE_SETS: dict[str, list[Case]] = {
         Case("infllmv2-decode-128k-kv8-input", "infllmv2", 131072, kv_heads=8, queries=1, params=_INPUT),
         Case("nsa-32k-kv8-input", "nsa", 32768, kv_heads=8, params=_INPUT),
         Case("infllmv2-32k-kv8-input", "infllmv2", 32768, kv_heads=8, params=_INPUT),
+    ],
+    # dash away from alpha = 1.5 (entmax's general power in the routing and, with a sigma small enough to move
+    # bf16 outputs, the prior rebuilt in the fine stage), prefill and decode at 75%.
+    "alpha": [
+        *(_dash(f"dash-32k-kv2-75-a{a}", 32768, 2, 0.75, params={"alpha": a}) for a in (1.25, 1.75, 2.0)),
+        _dash("dash-32k-kv2-75-a1.25-prior", 32768, 2, 0.75, params={"alpha": 1.25, "sigma": 1.0}),
+        *(_dash(f"dash-decode-128k-kv2-75-a{a}", 131072, 2, 0.75, queries=1, params={"alpha": a}) for a in (1.25, 2.0)),
+        _dash("dash-decode-128k-kv2-75-a1.25-prior", 131072, 2, 0.75, queries=1,
+              params={"alpha": 1.25, "sigma": 1.0}),
     ],
     # PERF.md's table of the authors' kernel: same shapes, our kernel at their densities (1 - sparsity).
     "perf-table": [

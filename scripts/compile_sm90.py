@@ -110,12 +110,12 @@ def main() -> int:
                 Case(f"{method}-decode-kv{hkv}", method, 8192, kv_heads=hkv, queries=1),
                 Case(f"{method}-prefill-kv{hkv}", method, 1024, kv_heads=hkv),
             ]
-    # the prior rebuilt in the fine stage (a sigma at which it can move bf16 outputs), with alpha's general power
-    prior = {"scale": 1.0, "alpha": 1.25, "sigma": 1.0}
-    cases += [
-        Case("dash-decode-kv2-prior", "dash", 8192, queries=1, params=prior),
-        Case("dash-prefill-kv2-prior", "dash", 32768, params=prior),
-    ]
+    # the prior rebuilt in the fine stage (a sigma at which it can move bf16 outputs), and entmax's other powers:
+    # alpha 1.25 and 2 (integer exponents 4 and 1), 1.75 (the general power)
+    for alpha, queries in ((1.25, 1), (2.0, 1), (1.75, None)):
+        kind = "decode" if queries else "prefill"
+        cases.append(Case(f"dash-{kind}-kv2-alpha{alpha}-prior", "dash", 32768 if queries is None else 8192,
+                          queries=queries, params={"scale": 1.0, "alpha": alpha, "sigma": 1.0}))
     for method in ("nsa", "infllmv2"):  # kernel keys without the residual: one product per score
         cases += [
             Case(f"{method}-decode-kv2-input", method, 8192, queries=1, params={"score_precision": "input"}),

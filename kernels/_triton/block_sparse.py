@@ -34,7 +34,7 @@ from dash_eval.kernels._triton.launch import (
     next_pow2,
     num_sms,
 )
-from dash_eval.kernels._triton.ops import chain_start, dim_mask, mma
+from dash_eval.kernels._triton.ops import chain_start, dim_mask, entmax_integer_power, entmax_powers, mma
 from dash_eval.kernels._triton.selection import FULL_FLAG, FULL_MASK, tile_union
 
 LOG2E = 1.4426950408889634
@@ -73,7 +73,7 @@ def _attend_block(
     b, h, bh, pos, abs_i, row_ok, d, dmask, qk_scale, Nq, Nk, nblocks, nc, window,
     route_scale, ent_exp, inv_sigma, init_blocks, local_blocks, s_kb, s_kh, s_kn, s_vb, s_vh, s_vn,
     G: tl.constexpr, GP: tl.constexpr, TQ: tl.constexpr, D: tl.constexpr, DP: tl.constexpr,
-    BLOCK_N: tl.constexpr, BIAS_MODE: tl.constexpr, ENT_SQUARE: tl.constexpr, DOT_MODE: tl.constexpr, TMA: tl.constexpr,
+    BLOCK_N: tl.constexpr, BIAS_MODE: tl.constexpr, ENT_POW: tl.constexpr, DOT_MODE: tl.constexpr, TMA: tl.constexpr,
 ):
     M: tl.constexpr = GP * TQ
     entry = tl.load(list_base + li)
@@ -98,11 +98,7 @@ def _attend_block(
         if use_bias:
             kb = tl.load(KBAR + (bh * nc + j) * D + d, mask=dmask & (j < nc), other=0.0)
             x = tl.sum(q.to(tl.float32) * kb[None, :], 1) * route_scale
-            tt = tl.maximum(x - tau, 0.0)
-            if ENT_SQUARE:
-                p = tt * tt
-            else:
-                p = tl.where(tt > 0, tl.exp2(ent_exp * tl.log2(tl.maximum(tt, 1e-30))), 0.0)
+            _, p = entmax_powers(tl.maximum(x - tau, 0.0), ent_exp, ENT_POW)
             p = tl.where(row_ok, p, 0.0)
             pbar_q = tl.sum(tl.reshape(p, (TQ, GP)), 1) / G
             pbar = tl.reshape(tl.broadcast_to(pbar_q[:, None], (TQ, GP)), (M,))
@@ -136,7 +132,7 @@ def _sparse_attn_fwd_kernel(
     s_qb, s_qh, s_qn, s_kb, s_kh, s_kn, s_vb, s_vh, s_vn, s_ob, s_oh, s_on,
     HKV,
     G: tl.constexpr, GP: tl.constexpr, TQ: tl.constexpr, D: tl.constexpr, DP: tl.constexpr,
-    BLOCK_N: tl.constexpr, BIAS_MODE: tl.constexpr, SPLITS: tl.constexpr, ENT_SQUARE: tl.constexpr,
+    BLOCK_N: tl.constexpr, BIAS_MODE: tl.constexpr, SPLITS: tl.constexpr, ENT_POW: tl.constexpr,
     DOT_MODE: tl.constexpr, PIPELINE: tl.constexpr,
     PDL: tl.constexpr = False, TMA: tl.constexpr = False,
 ):
@@ -191,7 +187,7 @@ def _sparse_attn_fwd_kernel(
                 li, list_base, q, m_i, l_i, acc, K, V, BIAS, KBAR, word_rows, use_bias, tau, mean_log_rows,
                 b, h, bh, pos, abs_i, row_ok, d, dmask, qk_scale, Nq, Nk, nblocks, nc, window,
                 route_scale, ent_exp, inv_sigma, init_blocks, local_blocks, s_kb, s_kh, s_kn, s_vb, s_vh, s_vn,
-                G, GP, TQ, D, DP, BLOCK_N, BIAS_MODE, ENT_SQUARE, DOT_MODE, TMA,
+                G, GP, TQ, D, DP, BLOCK_N, BIAS_MODE, ENT_POW, DOT_MODE, TMA,
             )
     else:  # the CPU interpreter cannot take a loaded loop bound in range()
         li = lo
@@ -200,7 +196,7 @@ def _sparse_attn_fwd_kernel(
                 li, list_base, q, m_i, l_i, acc, K, V, BIAS, KBAR, word_rows, use_bias, tau, mean_log_rows,
                 b, h, bh, pos, abs_i, row_ok, d, dmask, qk_scale, Nq, Nk, nblocks, nc, window,
                 route_scale, ent_exp, inv_sigma, init_blocks, local_blocks, s_kb, s_kh, s_kn, s_vb, s_vh, s_vn,
-                G, GP, TQ, D, DP, BLOCK_N, BIAS_MODE, ENT_SQUARE, DOT_MODE, TMA,
+                G, GP, TQ, D, DP, BLOCK_N, BIAS_MODE, ENT_POW, DOT_MODE, TMA,
             )
             li += 1
 
@@ -385,7 +381,7 @@ def sparse_attention_from_words(
         v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2),
         hkv,
         G=g, GP=gp, TQ=tile_q, D=d, DP=dp, BLOCK_N=block_size, BIAS_MODE=bias_mode, SPLITS=splits,
-        ENT_SQUARE=ent_exp == 2.0, DOT_MODE=dot_mode(q.dtype), PIPELINE=not interpreting(), TMA=tma,
+        ENT_POW=entmax_integer_power(ent_exp), DOT_MODE=dot_mode(q.dtype), PIPELINE=not interpreting(), TMA=tma,
         num_warps=num_warps, num_stages=num_stages,
         **chained,
     )

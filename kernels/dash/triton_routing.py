@@ -45,7 +45,14 @@ from dash_eval.kernels._triton.launch import (
     persistent_programs,
     tma_pays,
 )
-from dash_eval.kernels._triton.ops import chain_start, dim_mask, split_scores
+from dash_eval.kernels._triton.ops import (
+    chain_start,
+    dim_mask,
+    entmax_integer_power,
+    entmax_powers,
+    entmax_root,
+    split_scores,
+)
 from dash_eval.kernels._triton.selection import routing_visit_list, store_words, tile_visit_list
 
 _MAX_NEWTON_ITERS = 60
@@ -172,7 +179,7 @@ def block_summaries(
 
 
 @triton.jit
-def _entmax_newton(x, tau, ent_exp, tol, has_rows, ENT_SQUARE: tl.constexpr, MAX_ITERS: tl.constexpr):
+def _entmax_newton(x, tau, ent_exp, tol, has_rows, ENT_POW: tl.constexpr, MAX_ITERS: tl.constexpr):
     """Raise ``tau`` from a point where ``g >= 1`` to the root of ``g(tau) = ||[x - tau]_+||_e = 1``
     (``e = 1/(alpha-1)``; ``x`` is -inf off the candidates). ``g`` is convex and decreasing in ``tau``, so
     Newton's iterates rise monotonically to the root without overshooting; on ``k`` equal scores one
@@ -181,15 +188,10 @@ def _entmax_newton(x, tau, ent_exp, tol, has_rows, ENT_SQUARE: tl.constexpr, MAX
     go = has_rows
     while go:
         tt = tl.maximum(x - tau[:, None], 0.0)
-        if ENT_SQUARE:
-            f = tl.sum(tt * tt, 1)
-            s1 = tl.sum(tt, 1)
-            gn = tl.sqrt(f)
-        else:
-            lt = tl.log2(tl.maximum(tt, 1e-30))
-            f = tl.sum(tl.where(tt > 0, tl.exp2(ent_exp * lt), 0.0), 1)
-            s1 = tl.sum(tl.where(tt > 0, tl.exp2((ent_exp - 1.0) * lt), 0.0), 1)
-            gn = tl.exp2(tl.log2(tl.maximum(f, 1e-30)) / ent_exp)
+        lower, upper = entmax_powers(tt, ent_exp, ENT_POW)
+        f = tl.sum(upper, 1)
+        s1 = tl.sum(lower, 1)
+        gn = entmax_root(f, ent_exp, ENT_POW)
         step = tl.where(s1 > 0, (gn - 1.0) * f / (tl.maximum(gn, 1e-30) * tl.where(s1 > 0, s1, 1.0)), 0.0)
         tau = tau + tl.maximum(step, 0.0)
         it += 1
@@ -205,7 +207,7 @@ def _dash_route_kernel(
     zscale, ent_exp, tol, init_blocks, local_blocks, inv_sigma,
     s_qb, s_qh, s_qn, HKV,
     G: tl.constexpr, GP: tl.constexpr, TQ: tl.constexpr, D: tl.constexpr, DP: tl.constexpr,
-    C: tl.constexpr, NBP: tl.constexpr, CH: tl.constexpr, ENT_SQUARE: tl.constexpr, SPLIT: tl.constexpr,
+    C: tl.constexpr, NBP: tl.constexpr, CH: tl.constexpr, ENT_POW: tl.constexpr, SPLIT: tl.constexpr,
     DOT_MODE: tl.constexpr, MAX_ITERS: tl.constexpr, PRECOMPUTED: tl.constexpr,
     PDL: tl.constexpr = False, TMA: tl.constexpr = False,
 ):
@@ -258,11 +260,11 @@ def _dash_route_kernel(
 
         has = ncand_row > 0
         tau = tl.where(has, tl.max(x, 1) - 1.0, 0.0)
-        tau = _entmax_newton(x, tau, ent_exp, tol, ncand > 0, ENT_SQUARE, MAX_ITERS)
+        tau = _entmax_newton(x, tau, ent_exp, tol, ncand > 0, ENT_POW, MAX_ITERS)
         qpos = q_lo + qt * TQ + lane
         q_ok = qpos < q_hi
         routed, forced, sel, log_p = _group_selection(x, tau, row_ok, qpos, q_ok, cols, q_off, ent_exp,
-                                                      init_blocks, local_blocks, G, GP, TQ, NBP, C, ENT_SQUARE)
+                                                      init_blocks, local_blocks, G, GP, TQ, NBP, C, ENT_POW)
         n_routed = tl.sum(routed.to(tl.int32), 1)
         mean_log = tl.sum(log_p, 1) / tl.maximum(n_routed, 1).to(tl.float32)
         dev = tl.where(routed & ~forced, tl.abs(log_p - mean_log[:, None]), 0.0)
@@ -280,15 +282,11 @@ def _dash_route_kernel(
 @triton.jit
 def _group_selection(x, tau, row_ok, qpos, q_ok, cols, q_off, ent_exp, init_blocks, local_blocks,
                      G: tl.constexpr, GP: tl.constexpr, TQ: tl.constexpr, N: tl.constexpr, C: tl.constexpr,
-                     ENT_SQUARE: tl.constexpr):
+                     ENT_POW: tl.constexpr):
     """Stage 2 on blocks ``cols [N]``, given the rows' scaled scores ``x [GP * TQ, N]`` and thresholds: each
     head's entmax, ``pbar`` over the group, and per query the routed blocks (``pbar > 0``), the forced ones,
     the selection, and ``log pbar`` on the routed blocks (0 elsewhere)."""
-    tt = tl.maximum(x - tau[:, None], 0.0)
-    if ENT_SQUARE:
-        p = tt * tt
-    else:
-        p = tl.where(tt > 0, tl.exp2(ent_exp * tl.log2(tl.maximum(tt, 1e-30))), 0.0)
+    _, p = entmax_powers(tl.maximum(x - tau[:, None], 0.0), ent_exp, ENT_POW)
     p = tl.where(row_ok[:, None], p, 0.0)
     pbar = tl.sum(tl.reshape(p, (TQ, GP, N)), 1) / G  # [TQ, N]
     cur = (qpos + q_off) // C
@@ -348,7 +346,7 @@ def _dash_scores_kernel(
 def _dash_tau_kernel(
     SCORES, TAU, Nq, q_off, nc, n_qtiles, zscale, ent_exp, tol, HKV,
     G: tl.constexpr, GP: tl.constexpr, TQ: tl.constexpr, C: tl.constexpr, NBP: tl.constexpr,
-    ENT_SQUARE: tl.constexpr, MAX_ITERS: tl.constexpr,
+    ENT_POW: tl.constexpr, MAX_ITERS: tl.constexpr,
     PDL: tl.constexpr = False,
 ):
     """The exact threshold of one (batch, query head, query) row from its scores written by
@@ -368,7 +366,7 @@ def _dash_tau_kernel(
     x = tl.load(SCORES + srow * NBP + cols, mask=cols < ncand, other=0.0)
     x = tl.where(cols < ncand, x * zscale, float("-inf"))  # [1, NBP]
     tau = tl.where(ncand > 0, tl.max(x, 1) - 1.0, 0.0)
-    tau = _entmax_newton(x, tau, ent_exp, tol, ncand > 0, ENT_SQUARE, MAX_ITERS)
+    tau = _entmax_newton(x, tau, ent_exp, tol, ncand > 0, ENT_POW, MAX_ITERS)
     tl.store(TAU + row + tl.arange(0, 1), tau)
 
 
@@ -377,7 +375,7 @@ def _dash_select_kernel(
     SCORES, TAU, WORDS, MEANLOG, MAXBETA, ACTIVE, ATTENDED, PARTF, PARTI, COUNT, TLIST, TCOUNT,
     Nq, q_off, nc, n_words, n_qtiles, zscale, ent_exp, init_blocks, local_blocks, inv_sigma, HKV,
     G: tl.constexpr, GP: tl.constexpr, TQ: tl.constexpr, C: tl.constexpr, NBP: tl.constexpr, CH: tl.constexpr,
-    ENT_SQUARE: tl.constexpr, LIST: tl.constexpr,
+    ENT_POW: tl.constexpr, LIST: tl.constexpr,
     PDL: tl.constexpr = False,
 ):
     """Decode's third stage: the selection of one chunk of ``CH`` blocks for one query tile, given the
@@ -404,7 +402,7 @@ def _dash_select_kernel(
     qpos = qt * TQ + lane
     q_ok = qpos < Nq
     routed, forced, sel, log_p = _group_selection(x, tau, row_ok, qpos, q_ok, cols, q_off, ent_exp,
-                                                  init_blocks, local_blocks, G, GP, TQ, CH, C, ENT_SQUARE)
+                                                  init_blocks, local_blocks, G, GP, TQ, CH, C, ENT_POW)
     free = routed & ~forced
     keys = tl.minimum(C, (qpos + q_off)[:, None] - cols[None, :] * C + 1)
     store_words(sel, WORDS, bh, Nq, qpos, q_ok, n_words, c * (CH // 32), TQ, CH)
@@ -513,12 +511,13 @@ def dash_route(
         )
         n_prog = total
     ent_exp = 1.0 / (alpha - 1.0)
+    ent_pow = entmax_integer_power(ent_exp)
     zscale = (alpha - 1.0) * scale * softmax_scale
     tol = 2.0**-21
     if split_select:  # decode: thresholds one row per program, then the selection one block chunk per program
         _dash_tau_kernel[(b * hq * nq,)](
             scratch, tau, nq, nk - nq, summ.count, n_qtiles, zscale, ent_exp, tol, hkv,
-            G=g, GP=gp, TQ=tile_q, C=block_size, NBP=nbp, ENT_SQUARE=ent_exp == 2.0, MAX_ITERS=_MAX_NEWTON_ITERS,
+            G=g, GP=gp, TQ=tile_q, C=block_size, NBP=nbp, ENT_POW=ent_pow, MAX_ITERS=_MAX_NEWTON_ITERS,
             num_warps=max(1, min(_DECODE_TAU_WARPS, nbp // 128)), num_stages=1,
             **chained,
         )
@@ -531,7 +530,7 @@ def dash_route(
         _dash_select_kernel[(nchunk, total)](
             scratch, tau, words, mean_log, max_beta, active, attended, partf, parti, count, tlist, tcount,
             nq, nk - nq, summ.count, nwords, n_qtiles, zscale, ent_exp, init_blocks, local_blocks, 1.0 / sigma, hkv,
-            G=g, GP=gp, TQ=tile_q, C=block_size, NBP=nbp, CH=ch_sel, ENT_SQUARE=ent_exp == 2.0, LIST=listed,
+            G=g, GP=gp, TQ=tile_q, C=block_size, NBP=nbp, CH=ch_sel, ENT_POW=ent_pow, LIST=listed,
             num_warps=4 if m_rows * ch_sel >= 2048 else 2, num_stages=1,
             **chained,
         )
@@ -562,7 +561,7 @@ def dash_route(
             zscale, ent_exp, tol, init_blocks, local_blocks, 1.0 / sigma,
             q.stride(0), q.stride(1), q.stride(2), hkv,
             G=g, GP=gp, TQ=seg_tq, D=d, DP=dp, C=block_size, NBP=width, CH=seg_ch,
-            ENT_SQUARE=ent_exp == 2.0, SPLIT=summ.lo is not None, DOT_MODE=dot_mode(q.dtype),
+            ENT_POW=ent_pow, SPLIT=summ.lo is not None, DOT_MODE=dot_mode(q.dtype),
             MAX_ITERS=_MAX_NEWTON_ITERS, PRECOMPUTED=precomputed, num_warps=warps, num_stages=1,
             TMA=tma, **chained,
         )
