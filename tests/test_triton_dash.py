@@ -95,10 +95,20 @@ def test_dropping_the_prior_on_the_host_changes_no_output_bit(nq, monkeypatch):
     assert torch.equal(dropped, gated)
 
 
-@pytest.mark.parametrize("alpha", [1.5, 2.0, 1.75])
+def test_entmax_power_is_integer_only_where_exact():
+    """``ENT_POW``: integer exponents 1/(alpha-1) by multiplications, others through exp2/log2."""
+    from dash_eval.kernels._triton.ops import entmax_integer_power
+
+    assert [entmax_integer_power(1 / (a - 1)) for a in (2.0, 1.5, 1.25, 1.2, 1.1, 1.0625)] == [1, 2, 4, 5, 10, 16]
+    assert [entmax_integer_power(1 / (a - 1)) for a in (1.75, 1.333, 1.05, 1.9)] == [0, 0, 0, 0]
+
+
+@pytest.mark.parametrize("alpha", [1.5, 2.0, 1.75, 1.2])
 @pytest.mark.parametrize("chunk", [32, 256], ids=["scratch-rows", "one-chunk"])
 def test_dash_routing_selects_the_reference_blocks(alpha, chunk):
-    """600 keys = 38 blocks of 16: a 32-block chunk sends the scores through the per-program scratch row."""
+    """600 keys = 38 blocks of 16: a 32-block chunk sends the scores through the per-program scratch row. Alpha
+    1.5, 2, 1.2: entmax's power by multiplications (exponents 2, 1, 5); 1.75 the general power."""
+    scale = 24.0 if alpha < 1.25 else 8.0  # alpha near 1 is denser at the same scale
     gen = torch.Generator().manual_seed(5)
     b, hq, hkv, nq, nk, d, c = 1, 8, 2, 48, 600, 64, 16
     q = torch.randn(b, hq, nq, d, generator=gen)
@@ -107,9 +117,9 @@ def test_dash_routing_selects_the_reference_blocks(alpha, chunk):
     pos = torch.arange(nk - nq, nk)
     selected, _, _ = reference_route(
         q.view(b, hkv, hq // hkv, nq, d), dash_block_summaries(k, None, c, sm), pos, num_blocks(nk, c),
-        alpha=alpha, scale=8.0, sigma=1e6, init_blocks=0, local_blocks=1, block_size=c, softmax_scale=sm,
+        alpha=alpha, scale=scale, sigma=1e6, init_blocks=0, local_blocks=1, block_size=c, softmax_scale=sm,
     )
-    route = dash_route(q, block_summaries(k, None, c, sm), nk, alpha=alpha, scale=8.0, softmax_scale=sm,
+    route = dash_route(q, block_summaries(k, None, c, sm), nk, alpha=alpha, scale=scale, softmax_scale=sm,
                        init_blocks=0, local_blocks=1, block_size=c, chunk_blocks=chunk)
     mine = unpack_selection(route.words, num_blocks(nk, c))
     assert 0.05 < selected.float().mean() < 0.9  # a real selection, neither empty nor everything
