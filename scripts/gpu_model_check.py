@@ -9,6 +9,7 @@ DashAttention summaries) against recomputation, and a left-padded batch against 
     python scripts/gpu_model_check.py --steps 70 # generate 70 tokens after a 2,000-token prefix: crosses
                                                  # the block boundary at 2,048 and four kernel completions
     python scripts/gpu_model_check.py --methods nsa,infllmv2   # only these methods
+    python scripts/gpu_model_check.py --methods dash --dash alpha=1.25,sigma=1   # dash's settings changed
 """
 
 from __future__ import annotations
@@ -52,6 +53,10 @@ def main() -> int:
     unknown = sorted(set(methods) - set(SETTINGS))
     if unknown:
         raise SystemExit(f"--methods: unknown {unknown}; known: {', '.join(SETTINGS)}")
+    if "--dash" in sys.argv:  # e.g. alpha=1.25,sigma=1 (numbers)
+        for item in sys.argv[sys.argv.index("--dash") + 1].split(","):
+            key, value = item.split("=", 1)
+            SETTINGS["dash"][key] = int(value) if key in ("init_blocks", "local_blocks", "block_size") else float(value)
     tol = 1e-3 if dtype == torch.float32 else 2e-2
     model = LlamaForCausalLM(cfg).to("cuda", dtype).eval()
     ids = torch.randint(1, 1000, (1, 3000), device="cuda")  # 0 is the pad token
