@@ -31,10 +31,12 @@ import torch  # noqa: E402
 import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
+from triton.runtime.errors import OutOfResources  # noqa: E402
 from triton.runtime.jit import JITFunction, mangle_type  # noqa: E402
 from triton.tools.tensor_descriptor import TensorDescriptor  # noqa: E402
 
 TARGET = GPUTarget("cuda", 90, 64)
+SHARED_LIMIT = 232448  # bytes of shared memory a block may use on sm_90 (227 KB)
 OPTIONS = ("num_warps", "num_stages", "num_ctas", "launch_pdl", "maxnreg")
 _TENSOR_TYPES = {
     torch.bfloat16: "*bf16", torch.float16: "*fp16", torch.float32: "*fp32", torch.int32: "*i32",
@@ -74,16 +76,20 @@ def _compile_instead(self: JITFunction, *args, grid, warmup, **kwargs):
             constexprs[(i,)] = value
         else:
             signature[name] = _arg_type(name, value)
-    key = f"{self.fn.__name__}{sorted(constexprs.items())}"
+    key = f"{self.fn.__name__}{sorted(constexprs.items())}{sorted(options.items())}"
     if key not in compiled:
         t0 = time.perf_counter()
         try:
-            triton.compile(ASTSource(self, signature, constexprs=constexprs), target=TARGET, options=options)
+            kernel = triton.compile(ASTSource(self, signature, constexprs=constexprs), target=TARGET, options=options)
         except Exception as e:  # noqa: BLE001  (front end, MLIR passes and ptxas raise different types)
             failed.append(f"{self.fn.__name__} {options}: {type(e).__name__}: {e}")
             raise CompileFailed(failed[-1]) from e
-        print(f"  ok {time.perf_counter() - t0:5.1f}s  {self.fn.__name__}  {options}", flush=True)
-    compiled[key] = compiled.get(key, 0) + 1
+        compiled[key] = kernel.metadata.shared
+        over = f", over sm_90's {SHARED_LIMIT}: fewer stages" if compiled[key] > SHARED_LIMIT else ""
+        print(f"  ok {time.perf_counter() - t0:5.1f}s  {self.fn.__name__}  {options}  shared {compiled[key]}{over}",
+              flush=True)
+    if compiled[key] > SHARED_LIMIT:  # the GPU's launch would refuse it
+        raise OutOfResources(compiled[key], SHARED_LIMIT, "shared memory")
     return None
 
 
@@ -121,13 +127,29 @@ def main() -> int:
             Case(f"{method}-decode-kv2-input", method, 8192, queries=1, params={"score_precision": "input"}),
             Case(f"{method}-prefill-kv2-input", method, 1024, params={"score_precision": "input"}),
         ]
+    # other geometries and dtypes: the embedded SmolLM2's (9 query heads, 3 KV heads, head dim 64), float16 and
+    # float32 inputs, head dims 96 (pointer loads) and 256 (shared memory: fewer pipeline stages)
+    dtypes = {}
+    for method in ("dash", "nsa", "infllmv2"):
+        params = {"scale": 1.0} if method == "dash" else {}
+        for queries in (None, 1):
+            kind = "decode" if queries else "prefill"
+            cases += [
+                Case(f"{method}-{kind}-smollm2", method, 4096, q_heads=9, kv_heads=3, head_dim=64, queries=queries,
+                     params=params),
+                Case(f"{method}-{kind}-fp32", method, 2048, queries=queries, params=params),
+                Case(f"{method}-{kind}-d256", method, 2048, head_dim=256, queries=queries, params=params),
+            ]
+            dtypes[f"{method}-{kind}-fp32"] = torch.float32
+        cases.append(Case(f"{method}-prefill-d96-fp16", method, 2048, head_dim=96, params=params))
+        dtypes[f"{method}-prefill-d96-fp16"] = torch.float16
     for case in cases:
         print(f"# {case.name}", flush=True)
         decode = case.queries == 1
         # the launch paths a GPU takes: block-parallel decode routing, a split fine stage in decode
         triton_attention.dash_route = functools.partial(dash_route, precompute=decode)
         topk_routing.kernel_parallel_pays = lambda *args, decode=decode: decode
-        q, k, v = structured_inputs(case, torch.bfloat16, torch.device("cpu"))
+        q, k, v = structured_inputs(case, dtypes.get(case.name, torch.bfloat16), torch.device("cpu"))
         # decode's score launches read through TMA only when they fill the GPU (launch.tma_pays), and its fine
         # stage is split (4 pipeline stages) unless the batch alone fills the GPU (one program a tile): both ways
         for min_per_sm, splits in ((tma_min, 8), (0, 1)) if decode else ((tma_min, 1),):
@@ -137,6 +159,9 @@ def main() -> int:
             try:
                 SparseRun(case, q, k, v, case.head_dim**-0.5).forward()
             except CompileFailed as e:
+                print(f"FAILED: {case.name}\n{e}")
+            except OutOfResources as e:  # even one pipeline stage does not fit
+                failed.append(f"{case.name}: {e}")
                 print(f"FAILED: {case.name}\n{e}")
             except Exception as e:  # noqa: BLE001  (the skipped launches leave garbage; only compiling counts)
                 print(f"  (after the compiled launches: {type(e).__name__}: {str(e)[:120]})")

@@ -138,3 +138,32 @@ def test_tma_descriptor_follows_the_hardware_rules():
     out = sparse_attention_from_words(q, shifted, v, words, block_size=16, softmax_scale=scale)
     same = sparse_attention_from_words(q, k, v, words, block_size=16, softmax_scale=scale)
     assert torch.allclose(out, same, atol=1e-6)
+
+
+def test_launch_falls_back_to_the_pipeline_stages_that_fit(monkeypatch):
+    """A launch refused for shared memory (Triton's OutOfResources) retries with one stage fewer, remembers what
+    fit for that specialisation, and raises when even one stage does not."""
+    from triton.runtime.errors import OutOfResources
+
+    monkeypatch.setattr(launch, "_STAGES_THAT_FIT", {})
+
+    class Kernel:
+        def __init__(self, fits):
+            self.fits, self.tried = fits, []
+
+        def __getitem__(self, grid):
+            def run(*args, num_stages, **kwargs):
+                self.tried.append(num_stages)
+                if num_stages > self.fits:
+                    raise OutOfResources(1000 * num_stages, 1000 * self.fits, "shared memory")
+            return run
+
+    x = torch.zeros(4, dtype=torch.bfloat16)
+    kernel = Kernel(fits=2)
+    launch.launch_with_stages(kernel, (1,), (x,), {"D": 128}, 4)
+    launch.launch_with_stages(kernel, (1,), (x,), {"D": 128}, 4)
+    assert kernel.tried == [4, 3, 2, 2]  # the second launch starts where the first succeeded
+    launch.launch_with_stages(kernel, (1,), (x.float(),), {"D": 128}, 4)  # another specialisation: tries again
+    assert kernel.tried[4:] == [4, 3, 2]
+    with pytest.raises(OutOfResources):
+        launch.launch_with_stages(Kernel(fits=0), (1,), (x,), {"D": 256}, 3)

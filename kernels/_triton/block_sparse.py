@@ -25,6 +25,7 @@ import dataclasses
 import torch
 import triton
 import triton.language as tl
+from dash_eval.kernels._triton import launch
 from dash_eval.kernels._triton.launch import (
     chain_options,
     descriptor_pair,
@@ -371,7 +372,7 @@ def sparse_attention_from_words(
     grid = (n_tiles, b * hkv, splits)
     chained = chain_options(q.device)  # programmatic dependent launch, for both launches
     k_in, v_in, tma = descriptor_pair(k, v, [1, 1, block_size, dp], FINE_TMA and d == dp)
-    _sparse_attn_fwd_kernel[grid](
+    args = (
         q, k_in, v_in, out, words, tlist, tcount,
         bias if bias is not None else dummy, kbar, tau, mean_log, max_beta,
         po, pm, pl,
@@ -380,11 +381,13 @@ def sparse_attention_from_words(
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2),
         hkv,
+    )
+    consts = dict(
         G=g, GP=gp, TQ=tile_q, D=d, DP=dp, BLOCK_N=block_size, BIAS_MODE=bias_mode, SPLITS=splits,
         ENT_POW=entmax_integer_power(ent_exp), DOT_MODE=dot_mode(q.dtype), PIPELINE=not interpreting(), TMA=tma,
-        num_warps=num_warps, num_stages=num_stages,
-        **chained,
+        num_warps=num_warps, **chained,
     )
+    launch.launch_with_stages(_sparse_attn_fwd_kernel, grid, args, consts, num_stages)
     if splits > 1:
         n_rows = b * hq * nq
         _combine_kernel[(n_rows,)](

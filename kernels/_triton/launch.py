@@ -139,6 +139,43 @@ def persistent_programs(device: torch.device, per_sm: int = 4) -> int:
     return 4  # the interpreter runs programs one after another
 
 
+# The pipeline stages that fit in shared memory, per kernel and specialisation (see launch_with_stages).
+_STAGES_THAT_FIT: dict[tuple, int] = {}
+
+
+def _specialisation(args: tuple, kwargs: dict) -> tuple:
+    """What decides a launch's shared memory: the compile-time keywords and the tensors' dtypes (with a
+    descriptor's box)."""
+    key = [(k, v) for k, v in sorted(kwargs.items()) if isinstance(v, (bool, int, float, str))]
+    for a in args:
+        if isinstance(a, torch.Tensor):
+            key.append(a.dtype)
+        elif hasattr(a, "block_shape"):  # a tensor descriptor
+            key.append((a.base.dtype, tuple(a.block_shape)))
+    return tuple(key)
+
+
+def launch_with_stages(kernel, grid, args: tuple, kwargs: dict, stages: int) -> None:
+    """``kernel[grid](*args, num_stages=stages, **kwargs)``, with fewer software-pipeline stages where the GPU's
+    shared memory cannot hold ``stages`` (Triton refuses such a launch with ``OutOfResources``: fp32 inputs at
+    head dim 128 in decode's 4-stage fine stage, head dim 256 in prefill). The count that fits is remembered per
+    specialisation, so only a first launch retries; a kernel that does not fit with one stage raises."""
+    from triton.runtime.errors import OutOfResources
+
+    key = (getattr(getattr(kernel, "fn", kernel), "__name__", None), stages, _specialisation(args, kwargs))
+    s = _STAGES_THAT_FIT.get(key, stages)
+    while True:
+        try:
+            kernel[grid](*args, num_stages=s, **kwargs)
+        except OutOfResources:
+            if s <= 1:
+                raise
+            s -= 1
+            continue
+        _STAGES_THAT_FIT[key] = s
+        return
+
+
 def last_dim_contiguous(x: torch.Tensor) -> torch.Tensor:
     return x if x.stride(-1) == 1 else x.contiguous()
 

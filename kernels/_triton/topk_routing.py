@@ -31,6 +31,7 @@ from dash_eval.kernels._triton.launch import (
     interpreting,
     key_descriptors,
     last_dim_contiguous,
+    launch_with_stages,
     next_pow2,
     persistent_programs,
 )
@@ -341,18 +342,20 @@ def topk_route(
     if num_warps is None:
         num_warps = 8 if max(m_rows * kc_chunk, tile_s * nbp) >= 8192 else 4
     khi_in, klo_in, tma = key_descriptors(khi, klo, n_kernels, kc_chunk, ROUTE_TMA)
-    _topk_route_kernel[(n_prog,)](
+    args = (
         q, khi_in, klo_in, words, active, attended, scratch,
         nq, nk - nq, n_kernels, keys.capacity, nwords, nblocks, n_qtiles, total, b * hkv,
         scale_log2, kernel_size, kernel_stride, ratio, lead, init_blocks, local_blocks,
         topk, window,
         q.stride(0), q.stride(1), q.stride(2), hkv,
+    )
+    consts = dict(
         G=g, GP=gp, TQ=tile_q, TS=tile_s, D=d, DP=dp, C=block_size, NBP=nbp, NBP_BITS=nbp.bit_length() - 1,
         SROW=srow, KC=kc_chunk,
         W=width, POOL=pool, SPLIT=klo is not None, DOT_MODE=dot_mode(q.dtype),
         PIPELINE=ROUTE_PIPELINE and not interpreting(), EARLY=SELECT_EARLY_EXIT,
         FUSED=fused, R=ratio if fused else 1, LEAD=lead if fused else 0,
-        num_warps=num_warps, num_stages=stages, TMA=tma,
-        **chained,
+        num_warps=num_warps, TMA=tma, **chained,
     )
+    launch_with_stages(_topk_route_kernel, (n_prog,), args, consts, stages)
     return TopkRoute(words, active, attended)
