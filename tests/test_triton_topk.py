@@ -195,3 +195,22 @@ def test_head_dim_below_the_padded_tile(method):
     out = sparse_attention(q, k, v, method, backend="triton", **params)
     ref = sparse_attention(q, k, v, method, backend="reference", **params)
     assert rel_err(out, ref) < TOL[torch.float32]
+
+
+def test_routing_over_shared_memory_falls_back_to_the_reference(monkeypatch):
+    """Where even one pipeline stage of the routing exceeds the GPU's shared memory (fp32 at head dim 256 on an
+    H100), the launch raises OutOfResources: the method then runs the reference, with a warning."""
+    from dash_eval.kernels._triton import topk_attention
+    from triton.runtime.errors import OutOfResources
+
+    def refuse(*args, **kwargs):
+        raise OutOfResources(262152, 232448, "shared memory")
+
+    monkeypatch.setattr(topk_attention, "topk_route", refuse)
+    gen = torch.Generator().manual_seed(4)
+    q = torch.randn(1, 4, 40, 32, generator=gen)
+    k, v = (torch.randn(1, 2, 40, 32, generator=gen) for _ in range(2))
+    params = {"block_size": 16, "topk": 1, "local_blocks": 1}
+    with pytest.warns(RuntimeWarning, match="shared memory"):
+        out = sparse_attention(q, k, v, "nsa", backend="triton", **params)
+    assert torch.equal(out, sparse_attention(q, k, v, "nsa", backend="reference", **params))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from dash_eval.kernels._triton.accounting import stats_from_counts
 from dash_eval.kernels._triton.block_sparse import decode_splits, routed_visit_list, sparse_attention_from_words
@@ -10,6 +12,7 @@ from dash_eval.kernels._triton.launch import kernel_supports
 from dash_eval.kernels._triton.topk_routing import topk_route
 from dash_eval.kernels.registry import get_method
 from dash_eval.kernels.stats import AttentionStats
+from triton.runtime.errors import OutOfResources
 
 
 def topk_unsupported(q: torch.Tensor, params) -> str | None:
@@ -54,10 +57,15 @@ def topk_attention_triton(
         kernel_keys = kernel_keys_triton(k, params.kernel_size, params.kernel_stride, split=split_keys(params))
     else:
         check_kernel_keys(method, kernel_keys, k, params)
-    route = topk_route(
-        q, kernel_keys, nk, pool=pool, block_size=c, init_blocks=params.init_blocks,
-        local_blocks=params.local_blocks, topk=params.topk, softmax_scale=softmax_scale, window=window,
-    )
+    try:
+        route = topk_route(
+            q, kernel_keys, nk, pool=pool, block_size=c, init_blocks=params.init_blocks,
+            local_blocks=params.local_blocks, topk=params.topk, softmax_scale=softmax_scale, window=window,
+        )
+    except OutOfResources as exc:  # over the GPU's shared memory even with one pipeline stage (fp32, head dim 256)
+        warnings.warn(f"{method}: the Triton routing does not fit this GPU's shared memory ({exc}); the reference "
+                      "runs instead", RuntimeWarning, stacklevel=2)
+        return get_method(method).reference(q, k, v, params, softmax_scale=softmax_scale, return_stats=return_stats)
     if splits is None:  # a query visits at most its top-k, its forced blocks and its window's blocks
         window_blocks = -(-window // c) + 1 if window > 0 else 0
         splits = decode_splits(q, k, c, visits=nq * (params.topk + params.init_blocks + params.local_blocks
