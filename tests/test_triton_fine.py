@@ -146,6 +146,7 @@ def test_launch_falls_back_to_the_pipeline_stages_that_fit(monkeypatch):
     from triton.runtime.errors import OutOfResources
 
     monkeypatch.setattr(launch, "_STAGES_THAT_FIT", {})
+    monkeypatch.setattr(launch, "_SHRUNK", set())
 
     class Kernel:
         def __init__(self, fits):
@@ -165,5 +166,10 @@ def test_launch_falls_back_to_the_pipeline_stages_that_fit(monkeypatch):
     assert kernel.tried == [4, 3, 2, 2]  # the second launch starts where the first succeeded
     launch.launch_with_stages(kernel, (1,), (x.float(),), {"D": 128}, 4)  # another specialisation: tries again
     assert kernel.tried[4:] == [4, 3, 2]
+    launch.launch_with_stages(kernel, (1,), (x.float(),), {"D": 128}, 4)
+    assert kernel.tried[7:] == [2]
+    fits = Kernel(fits=4)
+    launch.launch_with_stages(fits, (1,), (x,), {"D": 64}, 4)
+    assert fits.tried == [4]
     with pytest.raises(OutOfResources):
         launch.launch_with_stages(Kernel(fits=0), (1,), (x,), {"D": 256}, 3)

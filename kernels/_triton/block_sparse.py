@@ -25,13 +25,13 @@ import dataclasses
 import torch
 import triton
 import triton.language as tl
-from dash_eval.kernels._triton import launch
 from dash_eval.kernels._triton.launch import (
     chain_options,
     descriptor_pair,
     dot_mode,
     interpreting,
     last_dim_contiguous,
+    launch_with_stages,
     next_pow2,
     num_sms,
 )
@@ -387,7 +387,7 @@ def sparse_attention_from_words(
         ENT_POW=entmax_integer_power(ent_exp), DOT_MODE=dot_mode(q.dtype), PIPELINE=not interpreting(), TMA=tma,
         num_warps=num_warps, **chained,
     )
-    launch.launch_with_stages(_sparse_attn_fwd_kernel, grid, args, consts, num_stages)
+    launch_with_stages(_sparse_attn_fwd_kernel, grid, args, consts, num_stages)
     if splits > 1:
         n_rows = b * hq * nq
         _combine_kernel[(n_rows,)](

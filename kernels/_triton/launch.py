@@ -139,8 +139,10 @@ def persistent_programs(device: torch.device, per_sm: int = 4) -> int:
     return 4  # the interpreter runs programs one after another
 
 
-# The pipeline stages that fit in shared memory, per kernel and specialisation (see launch_with_stages).
+# The pipeline stages that fit in shared memory, per kernel and specialisation, for the specialisations that
+# needed fewer than asked (see launch_with_stages), and the kernels that have any.
 _STAGES_THAT_FIT: dict[tuple, int] = {}
+_SHRUNK: set = set()
 
 
 def _specialisation(args: tuple, kwargs: dict) -> tuple:
@@ -159,10 +161,12 @@ def launch_with_stages(kernel, grid, args: tuple, kwargs: dict, stages: int) -> 
     """``kernel[grid](*args, num_stages=stages, **kwargs)``, with fewer software-pipeline stages where the GPU's
     shared memory cannot hold ``stages`` (Triton refuses such a launch with ``OutOfResources``: fp32 inputs at
     head dim 128 in decode's 4-stage fine stage, head dim 256 in prefill). The count that fits is remembered per
-    specialisation, so only a first launch retries; a kernel that does not fit with one stage raises."""
+    specialisation, so only a first launch retries (and a kernel that never needed fewer launches directly,
+    without building the key); a kernel that does not fit with one stage raises."""
     from triton.runtime.errors import OutOfResources
 
-    key = (getattr(getattr(kernel, "fn", kernel), "__name__", None), stages, _specialisation(args, kwargs))
+    name = getattr(getattr(kernel, "fn", kernel), "__name__", None)
+    key = (name, stages, _specialisation(args, kwargs)) if name in _SHRUNK else None
     s = _STAGES_THAT_FIT.get(key, stages)
     while True:
         try:
@@ -172,7 +176,9 @@ def launch_with_stages(kernel, grid, args: tuple, kwargs: dict, stages: int) -> 
                 raise
             s -= 1
             continue
-        _STAGES_THAT_FIT[key] = s
+        if s != stages:
+            _SHRUNK.add(name)
+            _STAGES_THAT_FIT[key or (name, stages, _specialisation(args, kwargs))] = s
         return
 
 

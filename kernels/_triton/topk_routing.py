@@ -83,8 +83,7 @@ def _normaliser_chunk(c, q, KHI, KLO, kc_base, nk, d, dmask, scale_log2, nvis_ro
 @triton.jit
 def _probability_chunk(c, q, KHI, KLO, kc_base, nk, d, dmask, scale_log2, nvis_row, m_i, inv_l, scratch_q, colk,
                        TQ: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, KC: tl.constexpr,
-                       SPLIT: tl.constexpr, DOT_MODE: tl.constexpr,
-                      TMA: tl.constexpr, bh):
+                       SPLIT: tl.constexpr, DOT_MODE: tl.constexpr, TMA: tl.constexpr, bh):
     """Pass 2 on one chunk: kernel probabilities summed over the group's heads, to the scratch row."""
     x, m = _kernel_scores(q, KHI, KLO, kc_base, c, nk, D, d, dmask, scale_log2, KC, SPLIT, DOT_MODE, TMA, bh)
     p = tl.where(m[None, :] < nvis_row[:, None], tl.exp2(x - m_i[:, None]) * inv_l[:, None], 0.0)
@@ -97,7 +96,7 @@ def _pooled_chunk(c, q, KHI, KLO, kc_base, nk, d, dmask, scale_log2, nvis_row, m
                   inner_w, lead_w,
                   TQ: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, KC: tl.constexpr, R: tl.constexpr,
                   LEAD: tl.constexpr, POOL: tl.constexpr, SPLIT: tl.constexpr, DOT_MODE: tl.constexpr,
-                      TMA: tl.constexpr, bh):
+                  TMA: tl.constexpr, bh):
     """Pass 2 on one chunk, pooled: the group-summed kernel probabilities pooled onto the chunk's ``KC / R``
     blocks in registers (block ``j`` takes kernels ``j*R .. j*R + R-1`` of this chunk and, with ``LEAD``,
     kernel ``j*R - 1``, the previous block's last: ``carry`` brings the previous chunk's), and the block
