@@ -197,6 +197,36 @@ def test_head_dim_below_the_padded_tile(method):
     assert rel_err(out, ref) < TOL[torch.float32]
 
 
+def test_routing_narrows_its_score_chunk_to_fit_shared_memory(monkeypatch):
+    """A routing launch refused for shared memory even at one pipeline stage (as fp32 keys at head dim 256 are on
+    an H100, with 128-kernel chunks) runs again with half the kernels per score chunk, until it fits; the width
+    that fit is remembered, and the selection is the reference's."""
+    from dash_eval.kernels._triton import topk_routing as tr
+    from triton.runtime.errors import OutOfResources
+
+    launched = []
+    real = tr.launch_with_stages
+
+    def small_shared_memory(kernel, grid, args, kwargs, stages):
+        launched.append(kwargs["KC"])
+        if kwargs["KC"] > 16:
+            raise OutOfResources(1000 * kwargs["KC"], 16000, "shared memory")
+        real(kernel, grid, args, kwargs, stages)
+
+    monkeypatch.setattr(tr, "launch_with_stages", small_shared_memory)
+    monkeypatch.setattr(tr, "_CHUNK_THAT_FITS", {})
+    gen = torch.Generator().manual_seed(5)
+    q = torch.randn(1, 4, 150, 32, generator=gen)
+    k, v = (torch.randn(1, 2, 150, 32, generator=gen) for _ in range(2))
+    params = {"block_size": 16, "kernel_size": 4, "kernel_stride": 2, "topk": 2, "local_blocks": 1}
+    for method in ("nsa", "infllmv2"):
+        out, stats = sparse_attention(q, k, v, method, backend="triton", return_stats=True, **params)
+        ref, ref_stats = sparse_attention(q, k, v, method, backend="reference", return_stats=True, **params)
+        assert rel_err(out, ref) < TOL[torch.float32]
+        assert torch.equal(stats.active_blocks, ref_stats.active_blocks)
+    assert launched == [128, 64, 32, 16, 16], launched  # halved down to 16; the second method starts there
+
+
 def test_routing_over_shared_memory_falls_back_to_the_reference(monkeypatch):
     """Where even one pipeline stage of the routing exceeds the GPU's shared memory (fp32 at head dim 256 on an
     H100), the launch raises OutOfResources: the method then runs the reference, with a warning."""

@@ -62,7 +62,7 @@ def topk_attention_triton(
             q, kernel_keys, nk, pool=pool, block_size=c, init_blocks=params.init_blocks,
             local_blocks=params.local_blocks, topk=params.topk, softmax_scale=softmax_scale, window=window,
         )
-    except OutOfResources as exc:  # over the GPU's shared memory even with one pipeline stage (fp32, head dim 256)
+    except OutOfResources as exc:  # over the GPU's shared memory even at one stage and the narrowest score chunk
         warnings.warn(f"{method}: the Triton routing does not fit this GPU's shared memory ({exc}); the reference "
                       "runs instead", RuntimeWarning, stacklevel=2)
         return get_method(method).reference(q, k, v, params, softmax_scale=softmax_scale, return_stats=return_stats)

@@ -38,6 +38,7 @@ from dash_eval.kernels._triton.launch import (
 from dash_eval.kernels._triton.ops import chain_start, dim_mask
 from dash_eval.kernels._triton.topk_decode import decode_route
 from dash_eval.kernels._triton.topk_select import TopkRoute, _kernel_scores, _overlap, _select_and_store
+from triton.runtime.errors import OutOfResources
 
 POOL_MAX = 0
 POOL_WEIGHTED = 1
@@ -65,6 +66,8 @@ SELECT_EARLY_EXIT = True
 # The kernel keys of the two score passes loaded through tensor descriptors (Hopper's TMA), where
 # ``launch.tma_descriptor`` allows; the interpreter runs both paths.
 ROUTE_TMA = True
+# Score chunks (kernels) halved to fit shared memory, per routing specialisation (see topk_route).
+_CHUNK_THAT_FITS: dict[tuple, int] = {}
 
 
 @triton.jit
@@ -333,16 +336,11 @@ def topk_route(
     n_prog = min(total, persistent_programs(dev, ROUTE_PROGRAMS_PER_SM))
     # pipeline stages: a stage holds half the bytes when only the 16-bit high parts are read
     stages = ROUTE_STAGES if klo is not None or khi.element_size() > 2 else ROUTE_STAGES_ONE_KEY
-    # pooled in the probability pass: whole blocks per score chunk, lead kernels from the previous block only
-    fused = POOL_FUSED and lead <= 1 and ratio & (ratio - 1) == 0 and kc_chunk % ratio == 0
     srow = max(nkp, nbp)  # a scratch row: kernel probabilities, or (fused) block scores and the tail block
     scratch = torch.empty(n_prog, tile_q, srow, dtype=torch.float32, device=dev)
     tile_s = select_tile(tile_q, nbp)
-    if num_warps is None:
-        num_warps = 8 if max(m_rows * kc_chunk, tile_s * nbp) >= 8192 else 4
-    khi_in, klo_in, tma = key_descriptors(khi, klo, n_kernels, kc_chunk, ROUTE_TMA)
-    args = (
-        q, khi_in, klo_in, words, active, attended, scratch,
+    after_keys = (  # the arguments after Q, KHI, KLO
+        words, active, attended, scratch,
         nq, nk - nq, n_kernels, keys.capacity, nwords, nblocks, n_qtiles, total, b * hkv,
         scale_log2, kernel_size, kernel_stride, ratio, lead, init_blocks, local_blocks,
         topk, window,
@@ -350,11 +348,27 @@ def topk_route(
     )
     consts = dict(
         G=g, GP=gp, TQ=tile_q, TS=tile_s, D=d, DP=dp, C=block_size, NBP=nbp, NBP_BITS=nbp.bit_length() - 1,
-        SROW=srow, KC=kc_chunk,
-        W=width, POOL=pool, SPLIT=klo is not None, DOT_MODE=dot_mode(q.dtype),
-        PIPELINE=ROUTE_PIPELINE and not interpreting(), EARLY=SELECT_EARLY_EXIT,
-        FUSED=fused, R=ratio if fused else 1, LEAD=lead if fused else 0,
-        num_warps=num_warps, TMA=tma, **chained,
+        SROW=srow, W=width, POOL=pool, SPLIT=klo is not None, DOT_MODE=dot_mode(q.dtype),
+        PIPELINE=ROUTE_PIPELINE and not interpreting(), EARLY=SELECT_EARLY_EXIT, **chained,
     )
-    launch_with_stages(_topk_route_kernel, (n_prog,), args, consts, stages)
+    # A score chunk too wide for the GPU's shared memory even at one pipeline stage (fp32 keys at head dim 256:
+    # 262,152 bytes against sm_90's 232,448) is halved until it fits; the width that fits is remembered.
+    fits_key = (q.dtype, khi.dtype, klo is None, dp, m_rows, kc_chunk, stages)
+    kc_chunk = _CHUNK_THAT_FITS.get(fits_key, kc_chunk)
+    while True:
+        # pooled in the probability pass: whole blocks per score chunk, lead kernels from the previous block only
+        fused = POOL_FUSED and lead <= 1 and ratio & (ratio - 1) == 0 and kc_chunk % ratio == 0
+        warps = num_warps or (8 if max(m_rows * kc_chunk, tile_s * nbp) >= 8192 else 4)
+        khi_in, klo_in, tma = key_descriptors(khi, klo, n_kernels, kc_chunk, ROUTE_TMA)
+        consts.update(KC=kc_chunk, FUSED=fused, R=ratio if fused else 1, LEAD=lead if fused else 0,
+                      num_warps=warps, TMA=tma)
+        try:
+            launch_with_stages(_topk_route_kernel, (n_prog,), (q, khi_in, klo_in, *after_keys), consts, stages)
+        except OutOfResources:
+            if kc_chunk <= 16:
+                raise
+            kc_chunk //= 2
+            _CHUNK_THAT_FITS[fits_key] = kc_chunk
+            continue
+        break
     return TopkRoute(words, active, attended)
