@@ -143,10 +143,11 @@ def main() -> int:
             dtypes[f"{method}-{kind}-fp32"] = torch.float32
         cases.append(Case(f"{method}-prefill-d96-fp16", method, 2048, head_dim=96, params=params))
         dtypes[f"{method}-prefill-d96-fp16"] = torch.float16
-    # the widest rows, fp32 at head dim 256: the top-k routing narrows its score chunk to fit, the fine stage runs
-    # one pipeline stage
-    cases.append(Case("nsa-prefill-d256-fp32", "nsa", 2048, head_dim=256))
-    dtypes["nsa-prefill-d256-fp32"] = torch.float32
+    # the widest rows, fp32 at head dim 256: the routings narrow their score chunks to fit (dash's at 256 blocks, so
+    # 16k tokens), the fine stage runs one pipeline stage
+    cases += [Case("nsa-prefill-d256-fp32", "nsa", 2048, head_dim=256),
+              Case("dash-prefill-d256-fp32", "dash", 16384, head_dim=256, params={"scale": 1.0})]
+    dtypes.update({"nsa-prefill-d256-fp32": torch.float32, "dash-prefill-d256-fp32": torch.float32})
     for case in cases:
         print(f"# {case.name}", flush=True)
         decode = case.queries == 1

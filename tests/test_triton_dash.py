@@ -200,6 +200,46 @@ def test_dash_routing_by_causal_width_matches_one_launch(chunk, loads, monkeypat
     assert all(desc is not None for desc in made)
 
 
+def test_dash_routing_narrows_its_chunk_to_fit_shared_memory(monkeypatch):
+    """A routing launch the GPU refuses for shared memory (float32 summaries at head dim 256 stage 327,696 bytes in
+    chunks of 256 blocks, over sm_90's 232,448) runs again with half the blocks per chunk, rows wider than the
+    chunk then going through the scratch row; the selection is still the reference's."""
+    import dash_eval.kernels.dash.triton_routing as tr
+    from dash_eval.kernels._triton import launch
+    from triton.runtime.errors import OutOfResources
+
+    chunks = []
+    kernel = tr._dash_route_kernel
+
+    class SmallSharedMemory:
+        def __getitem__(self, grid):
+            def run(*args, **kwargs):
+                chunks.append((kwargs["NBP"], kwargs["CH"]))
+                if kwargs["CH"] > 16:
+                    raise OutOfResources(1000 * kwargs["CH"], 16000, "shared memory")
+                return kernel[grid](*args, **kwargs)
+
+            return run
+
+    monkeypatch.setattr(tr, "_dash_route_kernel", SmallSharedMemory())
+    monkeypatch.setattr(launch, "_WIDTH_THAT_FITS", {})
+    gen = torch.Generator().manual_seed(29)
+    b, hq, hkv, nk, d, c = 1, 4, 2, 600, 32, 16
+    q = torch.randn(b, hq, nk, d, generator=gen)
+    k = torch.randn(b, hkv, nk, d, generator=gen)
+    sm = d**-0.5
+    route = dash_route(q, block_summaries(k, None, c, sm), nk, alpha=1.5, scale=8.0, softmax_scale=sm,
+                       init_blocks=1, local_blocks=1, block_size=c)
+    selected, _, _ = reference_route(
+        q.view(b, hkv, hq // hkv, nk, d), dash_block_summaries(k, None, c, sm), torch.arange(nk),
+        num_blocks(nk, c), alpha=1.5, scale=8.0, sigma=1e6, init_blocks=1, local_blocks=1, block_size=c,
+        softmax_scale=sm,
+    )
+    assert torch.equal(unpack_selection(route.words, num_blocks(nk, c)), selected)
+    # 38 blocks: one launch of 64-block rows (the queries past block 32), one of 32; each halved to 16
+    assert chunks == [(64, 64), (64, 32), (64, 16), (32, 32), (32, 16)], chunks
+
+
 def test_dash_triton_falls_back_on_unsupported_block_size():
     gen = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(1, h, 30, 32, generator=gen) for h in (4, 2, 2))

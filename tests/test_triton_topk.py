@@ -201,6 +201,7 @@ def test_routing_narrows_its_score_chunk_to_fit_shared_memory(monkeypatch):
     """A routing launch refused for shared memory even at one pipeline stage (as fp32 keys at head dim 256 are on
     an H100, with 128-kernel chunks) runs again with half the kernels per score chunk, until it fits; the width
     that fit is remembered, and the selection is the reference's."""
+    from dash_eval.kernels._triton import launch
     from dash_eval.kernels._triton import topk_routing as tr
     from triton.runtime.errors import OutOfResources
 
@@ -214,7 +215,7 @@ def test_routing_narrows_its_score_chunk_to_fit_shared_memory(monkeypatch):
         real(kernel, grid, args, kwargs, stages)
 
     monkeypatch.setattr(tr, "launch_with_stages", small_shared_memory)
-    monkeypatch.setattr(tr, "_CHUNK_THAT_FITS", {})
+    monkeypatch.setattr(launch, "_WIDTH_THAT_FITS", {})
     gen = torch.Generator().manual_seed(5)
     q = torch.randn(1, 4, 150, 32, generator=gen)
     k, v = (torch.randn(1, 2, 150, 32, generator=gen) for _ in range(2))

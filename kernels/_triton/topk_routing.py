@@ -31,6 +31,7 @@ from dash_eval.kernels._triton.launch import (
     interpreting,
     key_descriptors,
     last_dim_contiguous,
+    launch_narrowing,
     launch_with_stages,
     next_pow2,
     persistent_programs,
@@ -38,7 +39,6 @@ from dash_eval.kernels._triton.launch import (
 from dash_eval.kernels._triton.ops import chain_start, dim_mask
 from dash_eval.kernels._triton.topk_decode import decode_route
 from dash_eval.kernels._triton.topk_select import TopkRoute, _kernel_scores, _overlap, _select_and_store
-from triton.runtime.errors import OutOfResources
 
 POOL_MAX = 0
 POOL_WEIGHTED = 1
@@ -66,8 +66,6 @@ SELECT_EARLY_EXIT = True
 # The kernel keys of the two score passes loaded through tensor descriptors (Hopper's TMA), where
 # ``launch.tma_descriptor`` allows; the interpreter runs both paths.
 ROUTE_TMA = True
-# Score chunks (kernels) halved to fit shared memory, per routing specialisation (see topk_route).
-_CHUNK_THAT_FITS: dict[tuple, int] = {}
 
 
 @triton.jit
@@ -351,24 +349,17 @@ def topk_route(
         SROW=srow, W=width, POOL=pool, SPLIT=klo is not None, DOT_MODE=dot_mode(q.dtype),
         PIPELINE=ROUTE_PIPELINE and not interpreting(), EARLY=SELECT_EARLY_EXIT, **chained,
     )
-    # A score chunk too wide for the GPU's shared memory even at one pipeline stage (fp32 keys at head dim 256:
-    # 262,152 bytes against sm_90's 232,448) is halved until it fits; the width that fits is remembered.
-    fits_key = (q.dtype, khi.dtype, klo is None, dp, m_rows, kc_chunk, stages)
-    kc_chunk = _CHUNK_THAT_FITS.get(fits_key, kc_chunk)
-    while True:
+
+    def launch_at(kc: int) -> None:
         # pooled in the probability pass: whole blocks per score chunk, lead kernels from the previous block only
-        fused = POOL_FUSED and lead <= 1 and ratio & (ratio - 1) == 0 and kc_chunk % ratio == 0
-        warps = num_warps or (8 if max(m_rows * kc_chunk, tile_s * nbp) >= 8192 else 4)
-        khi_in, klo_in, tma = key_descriptors(khi, klo, n_kernels, kc_chunk, ROUTE_TMA)
-        consts.update(KC=kc_chunk, FUSED=fused, R=ratio if fused else 1, LEAD=lead if fused else 0,
-                      num_warps=warps, TMA=tma)
-        try:
-            launch_with_stages(_topk_route_kernel, (n_prog,), (q, khi_in, klo_in, *after_keys), consts, stages)
-        except OutOfResources:
-            if kc_chunk <= 16:
-                raise
-            kc_chunk //= 2
-            _CHUNK_THAT_FITS[fits_key] = kc_chunk
-            continue
-        break
+        fused = POOL_FUSED and lead <= 1 and ratio & (ratio - 1) == 0 and kc % ratio == 0
+        warps = num_warps or (8 if max(m_rows * kc, tile_s * nbp) >= 8192 else 4)
+        khi_in, klo_in, tma = key_descriptors(khi, klo, n_kernels, kc, ROUTE_TMA)
+        consts.update(KC=kc, FUSED=fused, R=ratio if fused else 1, LEAD=lead if fused else 0, num_warps=warps,
+                      TMA=tma)
+        launch_with_stages(_topk_route_kernel, (n_prog,), (q, khi_in, klo_in, *after_keys), consts, stages)
+
+    # a score chunk too wide for shared memory even at one pipeline stage (fp32 keys at head dim 256) is halved
+    launch_narrowing(launch_at, kc_chunk, ("topk_route", q.dtype, khi.dtype, klo is None, dp, m_rows, kc_chunk,
+                                           stages))
     return TopkRoute(words, active, attended)

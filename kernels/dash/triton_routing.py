@@ -32,6 +32,7 @@ summary, products exact, float32 accumulation); float32 inputs use exact float32
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import torch
 import triton
@@ -41,6 +42,7 @@ from dash_eval.kernels._triton.launch import (
     dot_mode,
     key_descriptors,
     last_dim_contiguous,
+    launch_narrowing,
     next_pow2,
     persistent_programs,
     tma_pays,
@@ -540,31 +542,37 @@ def dash_route(
     segments = [(0, nq, nbp)] if precomputed else width_segments(nq, nk, block_size, nbp, ROUTE_WIDTHS)
     if len(segments) > 1:  # a narrower segment writes only its own words; the later ones stay zero
         words.zero_()
-    for q_lo, q_hi, width in segments:
-        seg_tq = tile_q if tile_q_given else route_tile(g, width, q_hi - q_lo)
-        seg_ch = min(width, chunk_blocks)
+
+    def launch_segment(q_lo: int, q_hi: int, width: int, seg_tq: int, n_prog: int, warps: int, ch: int) -> None:
         seg_tiles = -(-(q_hi - q_lo) // seg_tq)
-        seg_total = seg_tiles * b * hkv
-        if not precomputed:
-            n_prog = min(seg_total, persistent_programs(dev, ROUTE_PROGRAMS_PER_SM))
-            rows = gp * seg_tq
-            if width > seg_ch:
-                scratch = torch.empty(n_prog, rows, width, dtype=torch.float32, device=dev)
-            else:
-                scratch = torch.empty(1, dtype=torch.float32, device=dev)
-        warps = num_warps or ROUTE_WARPS or (8 if gp * seg_tq * width > 16384 else 4)
-        khi, klo, tma = key_descriptors(summ.hi, summ.lo, summ.count, seg_ch, ROUTE_TMA and not precomputed)
+        if precomputed:
+            seg_scratch = scratch
+        else:  # rows wider than a chunk of scores go through the program's scratch row
+            shape = (n_prog, gp * seg_tq, width) if width > ch else (1,)
+            seg_scratch = torch.empty(shape, dtype=torch.float32, device=dev)
+        khi, klo, tma = key_descriptors(summ.hi, summ.lo, summ.count, ch, ROUTE_TMA and not precomputed)
         _dash_route_kernel[(n_prog,)](
             q, khi, klo, words, tau, mean_log, max_beta, active,
-            attended, scratch,
-            nq, nk - nq, q_lo, q_hi, summ.count, summ.kbar.shape[2], nwords, seg_tiles, seg_total, b * hkv,
+            attended, seg_scratch,
+            nq, nk - nq, q_lo, q_hi, summ.count, summ.kbar.shape[2], nwords, seg_tiles, seg_tiles * b * hkv, b * hkv,
             zscale, ent_exp, tol, init_blocks, local_blocks, 1.0 / sigma,
             q.stride(0), q.stride(1), q.stride(2), hkv,
-            G=g, GP=gp, TQ=seg_tq, D=d, DP=dp, C=block_size, NBP=width, CH=seg_ch,
+            G=g, GP=gp, TQ=seg_tq, D=d, DP=dp, C=block_size, NBP=width, CH=ch,
             ENT_POW=ent_pow, SPLIT=summ.lo is not None, DOT_MODE=dot_mode(q.dtype),
             MAX_ITERS=_MAX_NEWTON_ITERS, PRECOMPUTED=precomputed, num_warps=warps, num_stages=1,
             TMA=tma, **chained,
         )
+
+    for q_lo, q_hi, width in segments:
+        seg_tq = tile_q if tile_q_given else route_tile(g, width, q_hi - q_lo)
+        rows = gp * seg_tq
+        if not precomputed:
+            n_prog = min(-(-(q_hi - q_lo) // seg_tq) * b * hkv, persistent_programs(dev, ROUTE_PROGRAMS_PER_SM))
+        warps = num_warps or ROUTE_WARPS or (8 if rows * width > 16384 else 4)
+        # a chunk of summaries too wide for shared memory (fp32 at head dim 256: 327,696 bytes at 256 blocks) is halved
+        seg_ch = min(width, chunk_blocks)
+        fits_key = ("dash_route", q.dtype, summ.lo is None, dp, rows, seg_ch, warps, precomputed)
+        launch_narrowing(functools.partial(launch_segment, q_lo, q_hi, width, seg_tq, n_prog, warps), seg_ch, fits_key)
     return DashRoute(words, tau, mean_log, max_beta, active, attended)
 
 
