@@ -86,16 +86,20 @@ def resolve_layer_scales(value: Any) -> dict[int, float] | None:
     raise ValueError(f"layer_scales={value!r}; accepted: a JSON file, a {{layer: multiplier}} mapping or 'none'")
 
 
+def check_layer_scales(scales: dict[int, float], n_layers: int) -> None:
+    """Every layer of ``scales`` exists in a model of ``n_layers`` layers."""
+    unknown = sorted(set(scales) - set(range(n_layers)))
+    if unknown:
+        raise ValueError(f"layer_scales has layers {unknown} that the model lacks (model layers: 0..{n_layers - 1})")
+
+
 def set_layer_scales(model: torch.nn.Module, scales: dict[int, float]) -> None:
     """Make ``scales`` exactly the model's per-layer multipliers (layers not in it route with ``scale``);
     every layer index is checked before anything changes."""
     from dash_eval.dash_models.patch import attention_modules
 
     modules = {m.layer_idx: m for m in attention_modules(model)}
-    unknown = sorted(set(scales) - set(modules))
-    if unknown:
-        raise ValueError(f"layer_scales has layers {unknown} that the model lacks (model layers: "
-                         f"0..{len(modules) - 1})")
+    check_layer_scales(scales, len(modules))
     for layer, module in modules.items():
         if layer in scales:
             setattr(module, LAYER_SCALE_ATTR, float(scales[layer]))

@@ -65,23 +65,34 @@ def checkpoint_routers(model_dir: str | os.PathLike) -> dict[int, torch.Tensor]:
     return out
 
 
-def attach_routers(model: torch.nn.Module, routers: dict[int, torch.Tensor]) -> None:
-    """Set each attention layer's ``indexer_q`` buffer; every shape is checked before any is set."""
-    from dash_eval.dash_models.patch import ROUTER_BUFFER, attention_modules
+def router_geometry(config) -> tuple[int, int]:
+    """``(Hkv, D)`` of a model of this (transformers) config: one layer's ``indexer_q`` holds ``Hkv * D`` values."""
+    hkv = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+    d = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    return hkv, d
 
-    modules = {m.layer_idx: m for m in attention_modules(model)}
-    cfg = model.config
-    hkv = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
-    d = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-    unknown = sorted(set(routers) - set(modules))
+
+def check_routers(routers: dict[int, torch.Tensor], n_layers: int, config) -> None:
+    """Every router layer exists in a model of ``n_layers`` layers and holds ``Hkv * D`` values (``config``)."""
+    unknown = sorted(set(routers) - set(range(n_layers)))
     if unknown:
-        raise ValueError(f"router has layers {unknown} that the model lacks (model layers: 0..{len(modules) - 1})")
+        raise ValueError(f"router has layers {unknown} that the model lacks (model layers: 0..{n_layers - 1})")
+    hkv, d = router_geometry(config)
     for layer, tensor in routers.items():
         if tensor.numel() != hkv * d:
             raise ValueError(
                 f"router layer {layer}: indexer_q has shape {tuple(tensor.shape)} ({tensor.numel()} values); "
                 f"the model needs Hkv * D = {hkv} * {d} = {hkv * d}"
             )
+
+
+def attach_routers(model: torch.nn.Module, routers: dict[int, torch.Tensor]) -> None:
+    """Set each attention layer's ``indexer_q`` buffer; every shape is checked before any is set."""
+    from dash_eval.dash_models.patch import ROUTER_BUFFER, attention_modules
+
+    modules = {m.layer_idx: m for m in attention_modules(model)}
+    check_routers(routers, len(modules), model.config)
+    hkv, d = router_geometry(model.config)
     for layer, tensor in routers.items():
         module = modules[layer]
         weight = next(module.parameters())

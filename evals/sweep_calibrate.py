@@ -14,6 +14,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 DEFAULT_REAL_RANGE = (0.01, 100.0)
+DEFAULT_INTEGER_LOW = 0  # an integer's default search runs from here to the prompt's number of blocks
+
+
+def default_search_ends(integer: bool) -> tuple[float, ...]:
+    """The ends of the default search range (no ``calibrate_range``) known before a prompt: both for a real
+    parameter, the low end for an integer (its high end is the prompt's number of blocks)."""
+    return (DEFAULT_INTEGER_LOW,) if integer else DEFAULT_REAL_RANGE
 
 
 @dataclass

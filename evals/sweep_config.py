@@ -200,12 +200,14 @@ def _parse_task(c: Checker, raw: Any, path: str, task_names: tuple[str, ...]) ->
                 lengths.append(length)
     samples = c.integer(t.get("samples", 20), f"{path}.samples", minimum=1)
     seed = c.integer(t.get("seed", 0), f"{path}.seed", minimum=0)
-    haystack = t.get("haystack")
+    haystack = t.get("haystack")  # absent or null: the task's default haystack
+    haystack_ok = haystack is None
     if haystack is not None:
         haystack = c.string(haystack, f"{path}.haystack")
+        haystack_ok = haystack is not None
     options = c.mapping(t.get("options", {}), f"{path}.options")
     variant = None
-    if name is not None and options is not None and (haystack is not None or "haystack" not in t):
+    if name is not None and options is not None and haystack_ok:
         from dash_eval.evals.sweep_tasks import lm_eval_variants, resolve_variant
 
         try:
@@ -318,13 +320,45 @@ def _check_task_data(
                     break
 
 
-def model_context_length(model: ModelSpec) -> int | None:
-    """The model's context (``max_position_embeddings``), read from its config without loading weights."""
+def model_config(model: ModelSpec):
+    """The model's transformers config, read without loading weights."""
     from dash_eval.dash_models import resolve_model_path
     from transformers import AutoConfig
 
-    config = AutoConfig.from_pretrained(resolve_model_path(model.pretrained))
-    return getattr(config, "max_position_embeddings", None)
+    return AutoConfig.from_pretrained(resolve_model_path(model.pretrained))
+
+
+def model_context_length(model: ModelSpec) -> int | None:
+    """The model's context (``max_position_embeddings``), read from its config without loading weights."""
+    return getattr(model_config(model), "max_position_embeddings", None)
+
+
+def _check_against_model(c: Checker, config, model: ModelSpec, methods: list[tuple[str, MethodEntry]]) -> None:
+    """What only the model's config can tell, checked before any weights load: the architecture is one the
+    attention patch takes, and every router and ``layer_scales`` file fits the model's layers and heads."""
+    from dash_eval.dash_models.layer_scales import NO_LAYER_SCALES, check_layer_scales, load_layer_scales
+    from dash_eval.dash_models.patch import check_supported
+    from dash_eval.dash_models.router import NO_ROUTER, check_routers, load_router_file
+
+    try:
+        check_supported(config)
+    except ValueError as exc:
+        c.error("model.pretrained", str(exc))
+        return
+    n_layers = config.num_hidden_layers
+    routers = [("model.router", model.router)] + [(f"{path}.router", entry.router) for path, entry in methods]
+    for where, router in routers:
+        if router is not None and router != NO_ROUTER:
+            try:
+                check_routers(load_router_file(router), n_layers, config)
+            except Exception as exc:  # noqa: BLE001 - a file safetensors cannot read is a config error here too
+                c.error(where, str(exc))
+    for path, entry in methods:
+        if entry.layer_scales is not None and entry.layer_scales != NO_LAYER_SCALES:
+            try:
+                check_layer_scales(load_layer_scales(entry.layer_scales), n_layers)
+            except ValueError as exc:
+                c.error(f"{path}.layer_scales", str(exc))
 
 
 def parse_config(raw: Any, *, source: str = "sweep config", check_model: bool = True) -> SweepConfig:
@@ -356,6 +390,7 @@ def parse_config(raw: Any, *, source: str = "sweep config", check_model: bool = 
                 tasks.append(spec)
                 task_paths.append(f"tasks[{i}]")
     methods: list[MethodEntry] = []
+    method_paths: list[str] = []
     if "methods" in top:
         for i, m in enumerate(c.list_of(top["methods"], "methods") or []):
             entry = parse_method(c, m, f"methods[{i}]")
@@ -365,6 +400,7 @@ def parse_config(raw: Any, *, source: str = "sweep config", check_model: bool = 
                     c.error(f"methods[{i}].label", f"label {entry.series!r} is already the series of method "
                             f"{other.method}; accepted: a label no other method uses")
                 methods.append(entry)
+                method_paths.append(f"methods[{i}]")
     calibration = CalibrationSpec()
     if "calibration" in top:
         calibration = _parse_calibration(c, top["calibration"], task_names) or calibration
@@ -379,11 +415,14 @@ def parse_config(raw: Any, *, source: str = "sweep config", check_model: bool = 
     if "output" in top:
         output = c.string(top["output"], "output")
     context = None
-    if model is not None and check_model and tasks:
+    if model is not None and check_model and (tasks or methods):
         try:
-            context = model_context_length(model)
+            mconfig = model_config(model)
         except Exception as exc:  # noqa: BLE001 - any failure to read the model is a config error here
             c.error("model.pretrained", f"cannot read the model config of {model.pretrained!r}: {exc}")
+        else:
+            context = getattr(mconfig, "max_position_embeddings", None)
+            _check_against_model(c, mconfig, model, list(zip(method_paths, methods)))
     for path, t in zip(task_paths, tasks):
         for j, length in enumerate(t.lengths):
             if context is not None and length is not None and length > context:

@@ -17,7 +17,12 @@ import torch
 from dash_eval.dash_models.layer_scales import load_layer_scales
 from dash_eval.dash_models.router import model_routers, set_routers
 from dash_eval.evals.sweep import CellResult
-from dash_eval.evals.sweep_calibrate import DEFAULT_REAL_RANGE, bisect_layer_sparsity, bisect_sparsity
+from dash_eval.evals.sweep_calibrate import (
+    DEFAULT_INTEGER_LOW,
+    DEFAULT_REAL_RANGE,
+    bisect_layer_sparsity,
+    bisect_sparsity,
+)
 from dash_eval.evals.sweep_cells import Cell
 from dash_eval.evals.sweep_config import SweepConfig
 from dash_eval.evals.sweep_store import ResultsStore
@@ -231,7 +236,7 @@ class LmEvalRunner:
         elif integer:
             block = cell.params.get("block_size")
             length = cell.length or 4096
-            low, high = 0, max(2, math.ceil(length / block)) if block else 1024
+            low, high = DEFAULT_INTEGER_LOW, max(2, math.ceil(length / block)) if block else 1024
         else:
             low, high = DEFAULT_REAL_RANGE
         prompts = self._calibration_prompts(cell)

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from dash_eval.evals.config_check import NAME_PATTERN, Checker, is_int, is_number
+from dash_eval.evals.sweep_calibrate import default_search_ends
 
 METHOD_RESERVED = {"method", "grid", "target_sparsity", "calibrate", "calibrate_range", "calibrate_per_layer",
                    "label", "router", "layer_scales"}
@@ -149,11 +150,15 @@ def parse_method(c: Checker, raw: Any, path: str) -> MethodEntry | None:
         tpath = f"{path}.target_sparsity"
         raw_t = m["target_sparsity"]
         items = raw_t if isinstance(raw_t, list) else [raw_t]
+        if not items:
+            c.error(tpath, "empty list; accepted: a number strictly between 0 and 1, or a non-empty list of them")
         parsed = []
         for j, v in enumerate(items):
             p = f"{tpath}[{j}]" if isinstance(raw_t, list) else tpath
             if not is_number(v) or not 0.0 < v < 1.0:
                 c.error(p, f"bad value {v!r}; accepted: a number strictly between 0 and 1")
+            elif float(v) in parsed:
+                c.error(p, f"value {v!r} listed twice")
             else:
                 parsed.append(float(v))
         targets = tuple(parsed)
@@ -235,12 +240,20 @@ def parse_method(c: Checker, raw: Any, path: str) -> MethodEntry | None:
                 c.error(f"{path}.grid", f"the combination {point} is invalid: {msg}")
                 bad = True
                 break
-        if knob is not None and knob_range is not None:
-            for end in knob_range:
-                value = int(end) if isinstance(fields[knob].default, int) else float(end)
+        if knob is not None:
+            # the ends of the search, given or default, must be values the method takes
+            integer = is_int(fields[knob].default)
+            ends = knob_range if knob_range is not None else default_search_ends(integer)
+            where = f"{path}.calibrate_range" if knob_range is not None else f"{path}.calibrate"
+            for end in ends:
+                value = int(end) if integer else float(end)
                 if (msg := _validate_params(params_cls, {**fixed, knob: value})) is not None:
-                    c.error(f"{path}.calibrate_range", f"{knob}={value!r} is invalid: {msg}")
+                    hint = "" if knob_range is not None else (
+                        f" (the default search range starts there); give calibrate_range: [low, high] with values "
+                        f"{knob} accepts")
+                    c.error(where, f"{knob}={value!r} is invalid: {msg}{hint}")
                     bad = True
+                    break
         if not bad:
             return entry
     return None

@@ -388,3 +388,62 @@ def test_shipped_configs_are_valid(name, monkeypatch, tmp_path):
     if name == "paper_ruler16k":
         tasks = {t.label: t.lm_eval_task for t in config.tasks}
         assert tasks["niah_single_1"] == "dash_niah_single" and tasks["niah_multikey_1"] == "dash_niah_multikey"
+
+
+def test_null_haystack_means_the_default_one():
+    """``haystack: null`` is the task's default haystack (as ``haystack=None`` in Python), not a dropped task."""
+    raw = _with(tasks=[{"task": "niah_single", "lengths": [512], "samples": 1, "haystack": None}])
+    config = parse_config(raw, check_model=False)
+    assert [t.label for t in config.tasks] == ["niah_single"]
+    assert config.tasks[0] == parse_config(_with(tasks=[{"task": "niah_single", "lengths": [512], "samples": 1}]),
+                                           check_model=False).tasks[0]
+
+
+@pytest.mark.parametrize("targets,needle", [([], "empty list"), ([0.5, 0.5], "listed twice")])
+def test_target_sparsity_list_errors(targets, needle):
+    raw = _with(methods=[{"method": "dash", "target_sparsity": targets}])
+    errors = _errors(raw)
+    assert len(errors) == 1 and errors[0].startswith("methods[0].target_sparsity") and needle in errors[0], errors
+
+
+@pytest.mark.parametrize("method,knob", [("dash", "alpha"), ("dash", "local_blocks"), ("nsa", "block_size")])
+def test_calibrated_parameter_needs_a_range_it_accepts(method, knob):
+    """Without ``calibrate_range`` the search starts at 0.01 (real) or 0 (integer): a parameter that does not take
+    that value is refused before anything runs, and asked for a range."""
+    errors = _errors(_with(methods=[{"method": method, "target_sparsity": 0.5, "calibrate": knob}]))
+    assert len(errors) == 1 and errors[0].startswith("methods[0].calibrate:"), errors
+    assert knob in errors[0] and "calibrate_range" in errors[0]
+    # the default knobs (scale, topk) and a range the parameter takes are fine
+    parse_config(_with(methods=[{"method": "dash", "target_sparsity": 0.5}, {"method": "nsa", "target_sparsity": 0.5},
+                                {"method": "dash", "label": "by-alpha", "target_sparsity": 0.5, "calibrate": "alpha",
+                                 "calibrate_range": [1.1, 2.0]}]), check_model=False)
+
+
+def test_router_layer_scales_and_architecture_are_checked_against_the_model(tmp_path):
+    """With the model's config (no weights): a router of the wrong size or without routers, layer multipliers for
+    layers the model lacks, and an architecture the patch does not take are config errors."""
+    import json
+
+    import torch
+    from safetensors.torch import save_file
+
+    save_file({"model.layers.0.self_attn.indexer_q": torch.zeros(10)}, str(tmp_path / "small.safetensors"))
+    save_file({"other": torch.zeros(3)}, str(tmp_path / "empty.safetensors"))
+    (tmp_path / "scales.json").write_text(json.dumps({"layer_scales": {"99": 2.0}}))
+    raw = _with(methods=[
+        {"method": "dash", "router": str(tmp_path / "small.safetensors")},
+        {"method": "dash", "label": "b", "router": str(tmp_path / "empty.safetensors")},
+        {"method": "dash", "label": "c", "layer_scales": str(tmp_path / "scales.json")},
+    ])
+    errors = _errors(raw, check_model=True)
+    assert len(errors) == 3, errors
+    assert errors[0].startswith("methods[0].router:") and "Hkv * D = 3 * 64 = 192" in errors[0]
+    assert errors[1].startswith("methods[1].router:") and "no 'layers.<i>.indexer_q' tensors" in errors[1]
+    assert errors[2].startswith("methods[2].layer_scales:") and "[99]" in errors[2] and "0..29" in errors[2]
+
+    gpt2 = tmp_path / "gpt2"
+    gpt2.mkdir()
+    (gpt2 / "config.json").write_text(json.dumps({"model_type": "gpt2", "n_positions": 1024}))
+    raw = _with(model={"pretrained": str(gpt2)}, tasks=[{"task": "niah_single", "lengths": [512], "samples": 1}])
+    errors = _errors(raw, check_model=True)
+    assert any(e.startswith("model.pretrained:") and "'gpt2' is not supported" in e for e in errors), errors
