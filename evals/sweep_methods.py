@@ -226,7 +226,12 @@ def parse_method(c: Checker, raw: Any, path: str) -> MethodEntry | None:
     # Values one at a time first, so that an error points at the grid entry that causes it.
     bad = False
     if (msg := _validate_params(params_cls, fixed)) is not None:
-        c.error(path, f"invalid parameters {fixed}: {msg}")
+        # every parameter that is wrong on its own, at its own path; else the combination
+        alone = {k: m for k, v in fixed.items() if (m := _validate_params(params_cls, {k: v})) is not None}
+        for key, key_msg in alone.items():
+            c.error(f"{path}.{key}", key_msg)
+        if not alone:
+            c.error(path, f"invalid parameters {fixed}: {msg}")
         bad = True
     for key, values in grid.items():
         for j, v in enumerate(values):

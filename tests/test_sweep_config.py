@@ -154,7 +154,7 @@ def test_method_parameter_errors():
     assert "methods[2].grid.scale: 'scale' is both fixed" in text
     assert "methods[3].grid.block_size[1]:" in text and "kernel_stride" in text
     assert "methods[4].grid.sclae: unknown parameter 'sclae' of dash; accepted:" in text
-    assert "methods[5]: invalid parameters" in text and "sigma" in text
+    assert "methods[5].sigma: " in text and "sigma" in text
     assert "methods[6].grid.block_size[1]: value 64 listed twice" in text
 
 
@@ -447,3 +447,12 @@ def test_router_layer_scales_and_architecture_are_checked_against_the_model(tmp_
     raw = _with(model={"pretrained": str(gpt2)}, tasks=[{"task": "niah_single", "lengths": [512], "samples": 1}])
     errors = _errors(raw, check_model=True)
     assert any(e.startswith("model.pretrained:") and "'gpt2' is not supported" in e for e in errors), errors
+
+
+def test_each_wrong_fixed_parameter_is_named():
+    """Fixed parameters wrong on their own are each reported at their path; a combination wrong only together is
+    reported at the entry."""
+    errors = _errors(_with(methods=[{"method": "nsa", "topk": -1, "block_size": 40},
+                                    {"method": "nsa", "label": "b", "block_size": 16, "kernel_stride": 32}]))
+    assert [e.split(":")[0] for e in errors] == ["methods[0].topk", "methods[0].block_size", "methods[1]"], errors
+    assert "invalid parameters" in errors[2]
