@@ -414,6 +414,8 @@ def parse_config(raw: Any, *, source: str = "sweep config", check_model: bool = 
     output = top.get("output", f"results/{name}" if name else None)
     if "output" in top:
         output = c.string(top["output"], "output")
+    if output is not None and Path(output).exists() and not Path(output).is_dir():
+        c.error("output", f"{output!r} is a file; accepted: a results directory (new, or one a sweep wrote)")
     context = None
     if model is not None and check_model and (tasks or methods):
         try:

@@ -456,3 +456,9 @@ def test_each_wrong_fixed_parameter_is_named():
                                     {"method": "nsa", "label": "b", "block_size": 16, "kernel_stride": 32}]))
     assert [e.split(":")[0] for e in errors] == ["methods[0].topk", "methods[0].block_size", "methods[1]"], errors
     assert "invalid parameters" in errors[2]
+
+
+def test_output_that_is_a_file(tmp_path):
+    (tmp_path / "taken").write_text("x")
+    errors = _errors(_with(output=str(tmp_path / "taken")))
+    assert len(errors) == 1 and errors[0].startswith("output:") and "is a file" in errors[0], errors
