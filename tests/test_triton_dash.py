@@ -238,6 +238,10 @@ def test_dash_routing_narrows_its_chunk_to_fit_shared_memory(monkeypatch):
     assert torch.equal(unpack_selection(route.words, num_blocks(nk, c)), selected)
     # 38 blocks: one launch of 64-block rows (the queries past block 32), one of 32; each halved to 16
     assert chunks == [(64, 64), (64, 32), (64, 16), (32, 32), (32, 16)], chunks
+    again = dash_route(q, block_summaries(k, None, c, sm), nk, alpha=1.5, scale=8.0, softmax_scale=sm,
+                       init_blocks=1, local_blocks=1, block_size=c)
+    assert chunks[5:] == [(64, 16), (32, 16)], chunks  # the widths that fit, remembered
+    assert torch.equal(again.words, route.words)
 
 
 def test_dash_triton_falls_back_on_unsupported_block_size():

@@ -197,10 +197,12 @@ def test_head_dim_below_the_padded_tile(method):
     assert rel_err(out, ref) < TOL[torch.float32]
 
 
-def test_routing_narrows_its_score_chunk_to_fit_shared_memory(monkeypatch):
+@pytest.mark.parametrize("block_size", [16, 64], ids=["pooled-in-chunk", "chunk-below-block"])
+def test_routing_narrows_its_score_chunk_to_fit_shared_memory(block_size, monkeypatch):
     """A routing launch refused for shared memory even at one pipeline stage (as fp32 keys at head dim 256 are on
     an H100, with 128-kernel chunks) runs again with half the kernels per score chunk, until it fits; the width
-    that fit is remembered, and the selection is the reference's."""
+    that fit is remembered, and the selection is the reference's. With blocks of 64 and a kernel stride of 2 the
+    16-kernel chunk is narrower than a block, so pooling leaves the score pass (FUSED off)."""
     from dash_eval.kernels._triton import launch
     from dash_eval.kernels._triton import topk_routing as tr
     from triton.runtime.errors import OutOfResources
@@ -209,7 +211,7 @@ def test_routing_narrows_its_score_chunk_to_fit_shared_memory(monkeypatch):
     real = tr.launch_with_stages
 
     def small_shared_memory(kernel, grid, args, kwargs, stages):
-        launched.append(kwargs["KC"])
+        launched.append((kwargs["KC"], kwargs["FUSED"]))
         if kwargs["KC"] > 16:
             raise OutOfResources(1000 * kwargs["KC"], 16000, "shared memory")
         real(kernel, grid, args, kwargs, stages)
@@ -219,29 +221,37 @@ def test_routing_narrows_its_score_chunk_to_fit_shared_memory(monkeypatch):
     gen = torch.Generator().manual_seed(5)
     q = torch.randn(1, 4, 150, 32, generator=gen)
     k, v = (torch.randn(1, 2, 150, 32, generator=gen) for _ in range(2))
-    params = {"block_size": 16, "kernel_size": 4, "kernel_stride": 2, "topk": 2, "local_blocks": 1}
+    params = {"block_size": block_size, "kernel_size": 4, "kernel_stride": 2, "topk": 1, "local_blocks": 1}
     for method in ("nsa", "infllmv2"):
         out, stats = sparse_attention(q, k, v, method, backend="triton", return_stats=True, **params)
         ref, ref_stats = sparse_attention(q, k, v, method, backend="reference", return_stats=True, **params)
         assert rel_err(out, ref) < TOL[torch.float32]
         assert torch.equal(stats.active_blocks, ref_stats.active_blocks)
-    assert launched == [128, 64, 32, 16, 16], launched  # halved down to 16; the second method starts there
+    # halved down to 16; the second method starts there
+    assert [kc for kc, _ in launched] == [128, 64, 32, 16, 16], launched
+    assert [fused for _, fused in launched] == [True, True, True, block_size == 16, block_size == 16], launched
 
 
 def test_routing_over_shared_memory_falls_back_to_the_reference(monkeypatch):
-    """Where even one pipeline stage of the routing exceeds the GPU's shared memory (fp32 at head dim 256 on an
-    H100), the launch raises OutOfResources: the method then runs the reference, with a warning."""
-    from dash_eval.kernels._triton import topk_attention
+    """Where even the narrowest score chunk at one pipeline stage exceeds the GPU's shared memory, the routing
+    raises OutOfResources (remembering nothing): the method then runs the reference, with a warning."""
+    from dash_eval.kernels._triton import launch
+    from dash_eval.kernels._triton import topk_routing as tr
     from triton.runtime.errors import OutOfResources
 
-    def refuse(*args, **kwargs):
+    widths = []
+
+    def refuse(kernel, grid, args, kwargs, stages):
+        widths.append(kwargs["KC"])
         raise OutOfResources(262152, 232448, "shared memory")
 
-    monkeypatch.setattr(topk_attention, "topk_route", refuse)
+    monkeypatch.setattr(tr, "launch_with_stages", refuse)
+    monkeypatch.setattr(launch, "_WIDTH_THAT_FITS", {})
     gen = torch.Generator().manual_seed(4)
     q = torch.randn(1, 4, 40, 32, generator=gen)
     k, v = (torch.randn(1, 2, 40, 32, generator=gen) for _ in range(2))
-    params = {"block_size": 16, "topk": 1, "local_blocks": 1}
+    params = {"block_size": 16, "topk": 1, "local_blocks": 1, "kernel_size": 4, "kernel_stride": 2}
     with pytest.warns(RuntimeWarning, match="shared memory"):
         out = sparse_attention(q, k, v, "nsa", backend="triton", **params)
     assert torch.equal(out, sparse_attention(q, k, v, "nsa", backend="reference", **params))
+    assert widths == [32, 16] and launch._WIDTH_THAT_FITS == {}, widths

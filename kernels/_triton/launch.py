@@ -191,20 +191,23 @@ def launch_narrowing(launch_at, width: int, key: tuple, least: int = 16) -> int:
     """``launch_at(width)``, halving ``width`` while the GPU refuses the launch for shared memory (Triton's
     ``OutOfResources``): the routing kernels stage a chunk of ``width`` summaries or kernel keys for their score
     products, which at float32 and head dim 256 does not fit sm_90's 227 KB even at one pipeline stage. ``key``
-    names the launch site and what decides its shared memory; the width that fit is remembered under it, so
-    only a first launch retries. Raises below ``least``. Returns the width launched."""
+    names the launch site and what decides its shared memory (the device included); the width that fit is
+    remembered under it, so only a first launch retries. Raises below ``least``. Returns the width launched."""
     from triton.runtime.errors import OutOfResources
 
+    asked = width
     width = _WIDTH_THAT_FITS.get(key, width)
     while True:
         try:
             launch_at(width)
-            return width
         except OutOfResources:
             if width // 2 < least:
                 raise
             width //= 2
+            continue
+        if width != asked:
             _WIDTH_THAT_FITS[key] = width
+        return width
 
 
 def last_dim_contiguous(x: torch.Tensor) -> torch.Tensor:

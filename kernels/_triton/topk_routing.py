@@ -360,6 +360,7 @@ def topk_route(
         launch_with_stages(_topk_route_kernel, (n_prog,), (q, khi_in, klo_in, *after_keys), consts, stages)
 
     # a score chunk too wide for shared memory even at one pipeline stage (fp32 keys at head dim 256) is halved
-    launch_narrowing(launch_at, kc_chunk, ("topk_route", q.dtype, khi.dtype, klo is None, dp, m_rows, kc_chunk,
-                                           stages))
+    fits_key = ("topk_route", dev, q.dtype, khi.dtype, klo is None, dp, m_rows, kc_chunk, stages, num_warps, nbp,
+                ratio, lead, ROUTE_TMA)
+    launch_narrowing(launch_at, kc_chunk, fits_key)
     return TopkRoute(words, active, attended)

@@ -571,8 +571,11 @@ def dash_route(
         warps = num_warps or ROUTE_WARPS or (8 if rows * width > 16384 else 4)
         # a chunk of summaries too wide for shared memory (fp32 at head dim 256: 327,696 bytes at 256 blocks) is halved
         seg_ch = min(width, chunk_blocks)
-        fits_key = ("dash_route", q.dtype, summ.lo is None, dp, rows, seg_ch, warps, precomputed)
-        launch_narrowing(functools.partial(launch_segment, q_lo, q_hi, width, seg_tq, n_prog, warps), seg_ch, fits_key)
+        fits_key = ("dash_route", dev, q.dtype, summ.hi.dtype, summ.lo is None, dp, rows, width, seg_ch, warps,
+                    ROUTE_TMA)
+        run_segment = functools.partial(launch_segment, q_lo, q_hi, width, seg_tq, n_prog, warps)
+        # decode's precomputed scores stage no summaries: a narrower chunk would not need less shared memory
+        launch_narrowing(run_segment, seg_ch, fits_key, least=seg_ch if precomputed else 16)
     return DashRoute(words, tau, mean_log, max_beta, active, attended)
 
 
