@@ -22,6 +22,25 @@ def parse_dtype(dtype: str | torch.dtype) -> torch.dtype | str:
     return DTYPES[dtype]
 
 
+def device_problem(device: str) -> str | None:
+    """Why ``device`` cannot run a model here (``None`` when it can): it must be ``cpu``, ``cuda``, ``cuda:N`` or
+    ``mps``, and present on this machine. The text follows the caller's naming of the field."""
+    import re
+
+    match = re.fullmatch(r"cpu|mps|cuda(?::(\d+))?", device)
+    if match is None:
+        return "accepted: cpu, cuda, cuda:N, mps"
+    if device == "mps" and not torch.backends.mps.is_available():
+        return "asked for but no MPS device is available here; accepted: cpu"
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            return "asked for but no CUDA device is available here; accepted: cpu"
+        count = torch.cuda.device_count()
+        if match.group(1) is not None and int(match.group(1)) >= count:
+            return f"only {count} CUDA device(s) visible; accepted: cpu, cuda, cuda:0 .. cuda:{count - 1}"
+    return None
+
+
 def load_model(
     pretrained: str,
     *,

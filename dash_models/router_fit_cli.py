@@ -53,7 +53,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--text", default=d.source, metavar="SOURCE",
                         help=f"calibration text: {', '.join(CALIBRATION_SOURCES)} or a UTF-8 file ({d.source}); "
                         "keep it apart from evaluation data")
-    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N (cpu)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, mps; checked before the model loads (cpu)")
     parser.add_argument("--dtype", default="float32", help="model dtype: float32, bfloat16, float16 (float32)")
     parser.add_argument("--overwrite", action="store_true", help="replace a router already in --output")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -78,8 +78,10 @@ def _check_args(args: argparse.Namespace) -> FitSettings:
     out = Path(args.output)
     if not args.overwrite and ((out / ROUTER_FILENAME).exists() or (out / ROUTER_JSON).exists()):
         raise ValueError(f"--output {args.output!r} already holds a router; accepted: another directory or --overwrite")
-    if args.device != "cpu" and not args.device.startswith(("cuda", "mps")):
-        raise ValueError(f"--device {args.device!r}; accepted: cpu, cuda, cuda:N, mps")
+    from dash_eval.dash_models.loading import device_problem
+
+    if (problem := device_problem(args.device)) is not None:
+        raise ValueError(f"--device {args.device!r}: {problem}")
     return settings
 
 

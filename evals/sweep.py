@@ -21,8 +21,11 @@ from dash_eval.evals.sweep_cells import Cell, expand_cells, shard_cells
 from dash_eval.evals.sweep_config import SweepConfig
 from dash_eval.evals.sweep_store import ResultsStore, atomic_write_text
 
-# The exit status counts failed cells, capped so that it stays a valid status and never reads as a signal.
-MAX_EXIT_STATUS = 100
+# Exit statuses of ``dash-eval sweep`` (docs/sweeps.md, "Exit status").
+EXIT_OK = 0  # every cell to run is complete
+EXIT_USAGE = 2  # the config or the arguments were rejected; no cell ran
+EXIT_CELLS_FAILED = 3  # the sweep ran to its end but some cells failed; a rerun retries them
+EXIT_INTERRUPTED = 130  # interrupted (Ctrl-C: 128 + SIGINT); finished cells are kept and a rerun resumes
 
 
 @dataclass
@@ -57,7 +60,7 @@ class SweepSummary:
 
     @property
     def exit_status(self) -> int:
-        return min(self.failed, MAX_EXIT_STATUS)
+        return EXIT_CELLS_FAILED if self.failed else EXIT_OK
 
     def text(self) -> str:
         lines = [

@@ -1,8 +1,8 @@
 """``dash-eval sweep CONFIG.yaml``: run a sweep of methods x grids x tasks x lengths into a leaderboard.
 
 The config is validated whole first (every problem listed, nothing run). Complete cells are skipped,
-so running the same command again resumes a killed sweep. The exit status is the number of failed
-cells (at most 100); 2 with no cell run means the config or the arguments were rejected.
+so running the same command again resumes a killed or interrupted sweep. The exit statuses are those of
+``EXIT_HELP`` (the ``--help`` epilog; docs/sweeps.md, "Exit status").
 """
 
 from __future__ import annotations
@@ -11,12 +11,21 @@ import argparse
 import dataclasses
 import sys
 
+from dash_eval.evals.sweep import EXIT_CELLS_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, run_sweep
 from dash_eval.evals.sweep_cells import expand_cells, parse_shard, shard_cells
-from dash_eval.evals.sweep_config import ConfigError, load_config
+from dash_eval.evals.sweep_config import ConfigError, SweepConfig, load_config
 from dash_eval.evals.sweep_store import ResultsStore
+
+EXIT_HELP = f"""exit status:
+  {EXIT_OK}    every cell is complete (run now or by an earlier run)
+  {EXIT_USAGE}    the config or the arguments were rejected; no cell ran
+  {EXIT_CELLS_FAILED}    the sweep ran to its end but some cells failed (error.json); a rerun retries them
+  {EXIT_INTERRUPTED}  interrupted (Ctrl-C); finished cells are kept and the same command resumes"""
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = EXIT_HELP
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument("config", help="sweep YAML file (see docs/sweeps.md)")
     parser.add_argument(
         "--shard",
@@ -33,17 +42,27 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--verbose", action="store_true", help="keep lm-eval's own log messages and progress bars")
 
 
+def _complete_cells(config: SweepConfig, shard: tuple[int, int] | None) -> tuple[int, int]:
+    """How many cells of the sweep (of one shard, when given) are complete, and how many there are."""
+    store = ResultsStore(config.output)
+    cells = shard_cells(expand_cells(config), shard)
+    return sum(store.is_complete(c.name(config), c.hash(config)) for c in cells), len(cells)
+
+
 def run(args: argparse.Namespace) -> int:
     try:
         shard = parse_shard(args.shard) if args.shard else None
     except ValueError as exc:
         print(f"dash-eval sweep: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     try:
         config = load_config(args.config)
     except ConfigError as exc:
         print(f"dash-eval sweep: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("dash-eval sweep: interrupted while checking the config; no cell ran", file=sys.stderr)
+        return EXIT_INTERRUPTED
     if args.output:
         config = dataclasses.replace(config, output=args.output)
     if args.dry_run:
@@ -55,15 +74,23 @@ def run(args: argparse.Namespace) -> int:
             print(f"{cell.index:4d}  {state:8s}  {name}")
         sys.stdout.flush()
         print(f"{len(cells)} cells -> {config.output}", file=sys.stderr)
-        return 0
+        return EXIT_OK
 
-    from dash_eval.evals.sweep import run_sweep
     from dash_eval.evals.sweep_lm_eval import LmEvalRunner
 
     def runner_factory(cfg, store):
         return LmEvalRunner(cfg, store, verbose=args.verbose)
 
-    summary = run_sweep(config, runner_factory=runner_factory, shard=shard, progress=not args.no_progress)
+    try:
+        summary = run_sweep(config, runner_factory=runner_factory, shard=shard, progress=not args.no_progress)
+    except KeyboardInterrupt:
+        done, total = _complete_cells(config, shard)
+        print(
+            f"dash-eval sweep: interrupted: {done} of {total} cells complete (in {config.output}); "
+            "run the same command again to resume",
+            file=sys.stderr,
+        )
+        return EXIT_INTERRUPTED
     if not args.quiet:
         print((ResultsStore(config.output).root / "report.md").read_text())
     print(summary.text(), file=sys.stderr)

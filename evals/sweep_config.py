@@ -122,13 +122,11 @@ def _parse_model(c: Checker, raw: Any) -> ModelSpec | None:
     if dtype is not None and dtype not in DTYPES:
         c.error("model.dtype", f"bad value {dtype!r}; accepted: {', '.join(DTYPES)}")
     device = c.string(m.get("device", "cpu"), "model.device", pattern=DEVICE_PATTERN, accepted="cpu, cuda, cuda:N, mps")
-    if device is not None and device.startswith("cuda"):
-        import torch
+    if device is not None:
+        from dash_eval.dash_models.loading import device_problem
 
-        if not torch.cuda.is_available():
-            c.error("model.device", f"{device!r} asked for but no CUDA device is available here; accepted: cpu")
-        elif ":" in device and int(device.split(":")[1]) >= torch.cuda.device_count():
-            c.error("model.device", f"{device!r}: only {torch.cuda.device_count()} CUDA device(s) visible")
+        if (problem := device_problem(device)) is not None:
+            c.error("model.device", f"{device!r}: {problem}")
     batch_size = c.integer(m.get("batch_size", 1), "model.batch_size", minimum=1)
     router = parse_router(c, m.get("router"), "model.router")
     chat = c.boolean(m.get("apply_chat_template", False), "model.apply_chat_template")

@@ -5,12 +5,17 @@ into its ``cell.json`` give the same numbers.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
+import logging
 import math
+import os
 import shlex
 import statistics
+import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -30,6 +35,13 @@ from dash_eval.evals.sweep_store import ResultsStore
 PHASE_FIGURES = ("sparsity", "active_blocks_mean", "active_blocks_p10", "active_blocks_p50", "active_blocks_p90")
 # lm-eval result keys that are not the task's accuracy metric
 NOT_ACCURACY = ("alias", "samples", "sample_len", "sample_count")
+# lm-eval warnings that every cell of this project's tasks raises by design, not problems: the tasks build
+# their samples from metadata (a custom dataset), and RULER-style tasks report one metric per length,
+# which has no aggregation function. Logger name -> the start of the message.
+EXPECTED_LM_EVAL_WARNINGS = {
+    "lm_eval.api.task": "Custom kwargs can be passed to `--metadata`",
+    "lm_eval.evaluator_utils": "No aggregation function defined for metric",
+}
 
 
 def lm_eval_task(cell: Cell, config: SweepConfig) -> tuple[str, dict[str, Any], int | None]:
@@ -124,6 +136,75 @@ def _device_name(device: torch.device) -> str:
     return f"{device.type} ({torch.get_num_threads()} threads)"
 
 
+class _DropExpected(logging.Filter):
+    """Drops the records of one logger whose message contains ``text`` (``EXPECTED_LM_EVAL_WARNINGS``)."""
+
+    def __init__(self, text: str):
+        super().__init__()
+        self.text = text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.text not in record.getMessage()
+
+
+def _git_commit_hash() -> str | None:
+    """lm-eval's ``get_git_commit_hash`` (recorded in its results as ``git_hash``) with git's stderr
+    discarded: outside a repository git prints ``fatal: not a git repository`` for every cell."""
+    from lm_eval.loggers.utils import get_commit_from_path
+
+    try:
+        return subprocess.check_output(["git", "describe", "--always"], stderr=subprocess.DEVNULL).strip().decode()
+    except (subprocess.CalledProcessError, FileNotFoundError):
+        return get_commit_from_path(os.getcwd())
+
+
+@contextlib.contextmanager
+def quiet_lm_eval() -> Iterator[None]:
+    """lm-eval without the output that every sweep cell repeats: its INFO lines, the warnings in
+    ``EXPECTED_LM_EVAL_WARNINGS``, its request-building progress bar and git's complaint outside a
+    repository. Other warnings and errors still show. Everything is restored on exit."""
+    import lm_eval.api.task as lm_task
+    import lm_eval.evaluator as lm_evaluator
+    from tqdm import tqdm
+
+    root = logging.getLogger("lm_eval")
+    level = root.level
+    filters = [(logging.getLogger(name), _DropExpected(text)) for name, text in EXPECTED_LM_EVAL_WARNINGS.items()]
+    # lm-eval's module attributes replaced meanwhile (the pinned 0.4.13 has both; another version may not)
+    patches = [(module, name, value) for module, name, value in (
+        (lm_task, "tqdm", functools.partial(tqdm, disable=True)),
+        (lm_evaluator, "get_git_commit_hash", _git_commit_hash),
+    ) if hasattr(module, name)]
+    saved = [(module, name, getattr(module, name)) for module, name, _ in patches]
+    root.setLevel(logging.WARNING)
+    for logger, drop in filters:
+        logger.addFilter(drop)
+    for module, name, value in patches:
+        setattr(module, name, value)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+        for logger, drop in filters:
+            logger.removeFilter(drop)
+        for module, name, value in saved:
+            setattr(module, name, value)
+
+
+@contextlib.contextmanager
+def no_transformers_bars() -> Iterator[None]:
+    """transformers' (and the hub's) progress bars, such as "Loading weights", off meanwhile."""
+    from transformers.utils import logging as hf_logging
+
+    was = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            hf_logging.enable_progress_bar()
+
+
 class LmEvalRunner:
     """Loads the sweep's model once and runs cells through lm-eval, switching the method per cell."""
 
@@ -133,14 +214,15 @@ class LmEvalRunner:
 
         self.config = config
         self.store = store
-        # lm-eval's warnings repeat for every cell (custom datasets, per-length metrics without an
-        # aggregation) and its bars interleave with the sweep's; they stay off unless asked for
+        # lm-eval's messages repeat for every cell (custom datasets, per-length metrics without an
+        # aggregation, git outside a repository) and its bars interleave with the sweep's; they stay off
+        # (quiet_lm_eval) unless asked for
         self.verbose = verbose
-        self.lm_eval_verbosity = "INFO" if verbose else "ERROR"
         m = config.model
-        self.model, self.tokenizer = load_model(
-            m.pretrained, method="full", dtype=m.dtype, device=m.device, router=m.router, backend=m.attn_backend
-        )
+        with contextlib.nullcontext() if verbose else no_transformers_bars():
+            self.model, self.tokenizer = load_model(
+                m.pretrained, method="full", dtype=m.dtype, device=m.device, router=m.router, backend=m.attn_backend
+            )
         self.lm = DashLM(pretrained=self.model, tokenizer=self.tokenizer, batch_size=m.batch_size)
         # the routers as loaded (a checkpoint's own, or model.router): each cell starts from them
         self._base_routers = {k: v.clone() for k, v in model_routers(self.model).items()}
@@ -312,7 +394,7 @@ class LmEvalRunner:
         metadata = {**lm_eval_model_args(self.config, cell, params), **task_meta}
         progress = _SampleProgress(self.lm, on_samples, quiet=not self.verbose)
         t0 = time.perf_counter()
-        with progress:
+        with progress, contextlib.nullcontext() if self.verbose else quiet_lm_eval():
             results = simple_evaluate(
                 model=self.lm,
                 tasks=[task],
@@ -322,7 +404,7 @@ class LmEvalRunner:
                 task_manager=self._task_manager(metadata),
                 metadata=metadata,
                 limit=limit,
-                verbosity=self.lm_eval_verbosity,
+                verbosity="INFO" if self.verbose else None,
             )
         wall = time.perf_counter() - t0
         if results is None:

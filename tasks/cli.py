@@ -9,7 +9,31 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import Any
+
+TOKENIZER_ACCEPTED = (
+    "a local tokenizer or model directory, a hub id already in the local cache, or 'default' (the embedded "
+    "model); this project runs offline"
+)
+
+
+def load_tokenizer(name: str) -> Any:
+    """The tokenizer that ``--tokenizer`` names, or a one-line ValueError naming the flag and what it accepts."""
+    from dash_eval.tasks import resolve_tokenizer
+
+    path = Path(name).expanduser()
+    if name.startswith(("/", ".", "~")) and not path.exists():  # a path, not a hub id: no lookup
+        raise ValueError(f"--tokenizer {name!r}: no such directory; accepted: {TOKENIZER_ACCEPTED}")
+    try:
+        return resolve_tokenizer(name)
+    except Exception as exc:  # noqa: BLE001 - any failure to read the tokenizer is an argument error here
+        if name != "default" and not path.exists():
+            reason = "no such directory, and no hub id of that name in the local cache"
+        else:
+            lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+            reason = f"cannot load a tokenizer from it ({type(exc).__name__}: {lines[0] if lines else ''})"
+        raise ValueError(f"--tokenizer {name!r}: {reason}; accepted: {TOKENIZER_ACCEPTED}") from exc
 
 
 def _option(text: str) -> tuple[str, Any]:
@@ -30,7 +54,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     sample.add_argument("--length", type=int, required=True, help="target length in tokens (prompt + answer budget)")
     sample.add_argument("--n", type=int, required=True, help="number of samples")
     sample.add_argument("--seed", type=int, default=0)
-    sample.add_argument("--tokenizer", required=True, help="the model's tokenizer: a path, a hub id, or 'default'")
+    sample.add_argument("--tokenizer", required=True, help=f"the model's tokenizer: {TOKENIZER_ACCEPTED}")
     sample.add_argument("--output", required=True, help="JSONL file to write (atomically)")
     sample.add_argument("--haystack", default=None, help="haystack (default: the task's own)")
     sample.add_argument("--chat-template", action="store_true", help="size prompts inside the chat template")
@@ -68,12 +92,13 @@ def run(args: argparse.Namespace) -> int:
     from dash_eval.tasks.registry import UnknownNameError
 
     try:
+        tokenizer = load_tokenizer(args.tokenizer)
         samples = generate_samples(
             args.name,
             length=args.length,
             n=args.n,
             seed=args.seed,
-            tokenizer=args.tokenizer,
+            tokenizer=tokenizer,
             haystack=args.haystack,
             chat_template=args.chat_template,
             **dict(args.option),

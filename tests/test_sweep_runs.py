@@ -194,7 +194,7 @@ def test_reports_leave_out_cells_of_an_earlier_config(tmp_path):
 def test_failed_cell_is_recorded_and_the_sweep_goes_on(tmp_path):
     config = _config(tmp_path / "out")
     summary = _sweep(config, FakeRunner(fail_on=3))
-    assert summary.failed == 1 and summary.done == 9 and summary.exit_status == 1
+    assert summary.failed == 1 and summary.done == 9 and summary.exit_status == 3
     store = ResultsStore(tmp_path / "out")
     [failure] = store.failures()
     assert "CUDA out of memory (injected)" in failure["error"] and "Traceback" in failure["traceback"]
@@ -220,11 +220,10 @@ def test_interrupted_sweep_resumes_to_the_same_leaderboard(tmp_path):
     assert _rows(tmp_path / "out" / "leaderboard.csv") == _rows(tmp_path / "clean" / "leaderboard.csv")
 
 
-def test_exit_status_counts_failures_capped():
-    assert SweepSummary(failed=0).exit_status == 0
-    assert SweepSummary(failed=7).exit_status == 7
-    assert SweepSummary(failed=100).exit_status == 100
-    assert SweepSummary(failed=300).exit_status == 100  # stays a valid status, never reads as a signal
+def test_exit_status_tells_failed_cells_from_rejected_configs():
+    assert SweepSummary(done=3, skipped=2).exit_status == 0
+    # any number of failed cells gives 3, never 2 (a rejected config or arguments) nor a signal's 128+
+    assert {SweepSummary(failed=n).exit_status for n in (1, 2, 7, 130, 300)} == {3}
 
 
 class PairedRunner(FakeRunner):

@@ -177,3 +177,96 @@ def test_bisect_out_of_reach_returns_closest_end():
 def test_bisect_rejects_bad_target():
     with pytest.raises(ValueError, match="target_sparsity"):
         bisect_sparsity(lambda s: s, 1.5, parameter="scale", low=0.1, high=1.0, integer=False)
+
+
+def test_quiet_lm_eval_leaves_out_what_every_cell_repeats(tmp_path, monkeypatch, capfd):
+    """Without --verbose a sweep cell runs inside quiet_lm_eval: lm-eval's INFO lines, the two warnings
+    this project's tasks raise by design, its request-building bar and git's complaint outside a
+    repository are left out; other warnings still show, and everything is restored afterwards."""
+    import logging
+
+    import lm_eval.api.task as lm_task
+    import lm_eval.evaluator as lm_evaluator
+    from dash_eval.evals.sweep_lm_eval import quiet_lm_eval
+
+    records: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: records.append(record.getMessage())
+    lm_logger = logging.getLogger("lm_eval")
+    lm_logger.addHandler(handler)
+    level = lm_logger.level
+    lm_logger.setLevel(logging.INFO)  # as lm-eval's setup_logging(INFO) leaves it
+    monkeypatch.chdir(tmp_path)  # not a git repository
+    tqdm_before, git_before = lm_task.tqdm, lm_evaluator.get_git_commit_hash
+    try:
+        with quiet_lm_eval():
+            logging.getLogger("lm_eval.api.task").warning(
+                "dash_niah_single: Custom kwargs can be passed to `--metadata` in console (as json string)"
+            )
+            logging.getLogger("lm_eval.evaluator_utils").warning(
+                "[dash_niah_single] No aggregation function defined for metric 512. Using mean."
+            )
+            logging.getLogger("lm_eval.evaluator").info("Building contexts for dash_niah_single on rank 0...")
+            logging.getLogger("lm_eval.api.task").warning("a real problem")
+            assert lm_task.tqdm(range(2)).disable
+            git_hash = lm_evaluator.get_git_commit_hash()
+        assert records == ["a real problem"]
+        assert "fatal" not in capfd.readouterr().err  # git's "fatal: not a git repository"
+        assert git_hash == git_before() is None  # the value lm-eval records all the same
+        assert (lm_task.tqdm, lm_evaluator.get_git_commit_hash) == (tqdm_before, git_before)
+        logging.getLogger("lm_eval.evaluator_utils").warning("No aggregation function defined for metric x")
+        assert lm_logger.level == logging.INFO and len(records) == 2
+    finally:
+        lm_logger.removeHandler(handler)
+        lm_logger.setLevel(level)
+
+
+def test_no_transformers_bars_restores_the_setting():
+    from dash_eval.evals.sweep_lm_eval import no_transformers_bars
+    from transformers.utils import logging as hf_logging
+
+    was = hf_logging.is_progress_bar_enabled()
+    hf_logging.enable_progress_bar()
+    try:
+        with no_transformers_bars():
+            assert not hf_logging.is_progress_bar_enabled()  # no "Loading weights" bar
+        assert hf_logging.is_progress_bar_enabled()
+    finally:
+        (hf_logging.enable_progress_bar if was else hf_logging.disable_progress_bar)()
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_run_cell_quiets_lm_eval_unless_verbose(monkeypatch, verbose):
+    """The runner's lm-eval call (stubbed here, no model) runs inside quiet_lm_eval only without --verbose."""
+    import logging
+    import types
+
+    import lm_eval
+    import lm_eval.api.task as lm_task
+    import lm_eval.evaluator as lm_evaluator
+    from dash_eval.evals.sweep_lm_eval import LmEvalRunner
+
+    config = _config([{"method": "full"}], tasks=[{"task": "niah_single", "lengths": [512], "samples": 1}])
+    seen = {}
+
+    def simple_evaluate(**kwargs):
+        bar = lm_task.tqdm(range(1))
+        seen["bar"] = not bar.disable
+        bar.close()
+        seen["git"] = lm_evaluator.get_git_commit_hash.__module__
+        warning = logging.LogRecord("lm_eval.api.task", logging.WARNING, __file__, 1,
+                                    "dash_niah_single: Custom kwargs can be passed to `--metadata`", None, None)
+        seen["warning"] = bool(logging.getLogger("lm_eval.api.task").filter(warning))
+        return {"results": {}, "dash_attention": {}}
+
+    monkeypatch.setattr(lm_eval, "simple_evaluate", simple_evaluate)
+    runner = object.__new__(LmEvalRunner)
+    runner.config, runner.verbose = config, verbose
+    runner.lm = types.SimpleNamespace(_model_generate=lambda *a, **k: None, generate_until=lambda *a, **k: [])
+    runner._set_attention = lambda *args, **kwargs: None
+    runner._task_manager = lambda metadata: None
+    runner._result = lambda *args: "result"
+    assert runner.run_cell(expand_cells(config)[0], lambda n: None) == "result"
+    shown = {"bar": verbose, "git": "lm_eval.loggers.utils" if verbose else "dash_eval.evals.sweep_lm_eval",
+             "warning": verbose}
+    assert seen == shown
