@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import torch
 from dash_eval.dash_models.embedded import resolve_model_path
-from dash_eval.dash_models.layer_scales import resolve_layer_scales
+from dash_eval.dash_models.layer_scales import check_layer_scales, resolve_layer_scales
 from dash_eval.dash_models.patch import CONFIG_KEY, apply_attention, check_supported
-from dash_eval.dash_models.router import attach_routers, checkpoint_routers
+from dash_eval.dash_models.router import NO_ROUTER, attach_routers, check_routers, checkpoint_routers, load_router_file
 from dash_eval.kernels import get_method
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
@@ -58,12 +59,33 @@ def load_model(
 
     >>> model, tok = load_model("default", method="dash", scale=2.0)  # doctest: +SKIP
     """
+    from dash_eval.kernels import BACKENDS
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
+    accepted = "accepted: a model directory, a hub id already in the local cache, or 'default' (offline)"
+    if not isinstance(pretrained, (str, os.PathLike)) or not str(pretrained):
+        raise ValueError(f"pretrained={pretrained!r}; {accepted}")
     torch_dtype = parse_dtype(dtype)
-    path = resolve_model_path(pretrained)
-    config = AutoConfig.from_pretrained(path)
+    if isinstance(torch_dtype, torch.dtype) and not torch_dtype.is_floating_point:
+        raise ValueError(f"dtype={dtype!r}; accepted: {', '.join(DTYPES)} or a floating torch.dtype")
+    if (problem := device_problem(str(device))) is not None:
+        raise ValueError(f"device={device!r}: {problem}")
+    if backend not in BACKENDS:
+        raise ValueError(f"backend={backend!r}; accepted: {', '.join(BACKENDS)}")
+    path = resolve_model_path(str(pretrained))
+    if str(pretrained).startswith(("/", ".", "~")) and not os.path.isdir(os.path.expanduser(path)):
+        raise ValueError(f"pretrained={str(pretrained)!r}: no such directory; {accepted}")
+    try:
+        config = AutoConfig.from_pretrained(path, local_files_only=True)
+    except (OSError, ValueError) as exc:
+        first = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+        raise ValueError(f"pretrained={str(pretrained)!r}: cannot read its config ({first}); {accepted}") from exc
     check_supported(config)
+    if router is not None and not (isinstance(router, str) and router == NO_ROUTER):
+        # read and checked against the model's layers and heads before any weight loads
+        routers = load_router_file(router) if isinstance(router, (str, os.PathLike)) else router
+        check_routers(routers, config.num_hidden_layers, config)
+        router = routers
     saved = getattr(config, CONFIG_KEY, None)
     if method is None:
         method = saved["method"] if saved else "full"
@@ -71,6 +93,8 @@ def load_model(
             params = dict(saved.get("params", {}))
     get_method(method).make_params(**params)  # fail on bad parameters before loading any weight
     scales = resolve_layer_scales(layer_scales)  # and on an unreadable layer_scales file
+    if scales:
+        check_layer_scales(scales, config.num_hidden_layers)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, attn_implementation="sdpa")
     model.to(device).eval()
     tokenizer = AutoTokenizer.from_pretrained(path)

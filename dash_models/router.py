@@ -74,16 +74,23 @@ def router_geometry(config) -> tuple[int, int]:
 
 def check_routers(routers: dict[int, torch.Tensor], n_layers: int, config) -> None:
     """Every router layer exists in a model of ``n_layers`` layers and holds ``Hkv * D`` values (``config``)."""
+    if not isinstance(routers, dict) or not all(isinstance(layer, int) for layer in routers):
+        raise ValueError(f"router must map layer indices to tensors ({{layer: indexer_q}}); got "
+                         f"{type(routers).__name__}")
     unknown = sorted(set(routers) - set(range(n_layers)))
     if unknown:
         raise ValueError(f"router has layers {unknown} that the model lacks (model layers: 0..{n_layers - 1})")
     hkv, d = router_geometry(config)
     for layer, tensor in routers.items():
-        if tensor.numel() != hkv * d:
+        if not isinstance(tensor, torch.Tensor) or tuple(tensor.shape) not in ((hkv * d,), (hkv, d)):
+            got = f"shape {tuple(tensor.shape)}" if isinstance(tensor, torch.Tensor) else type(tensor).__name__
             raise ValueError(
-                f"router layer {layer}: indexer_q has shape {tuple(tensor.shape)} ({tensor.numel()} values); "
-                f"the model needs Hkv * D = {hkv} * {d} = {hkv * d}"
+                f"router layer {layer}: indexer_q has {got}; the model needs [Hkv * D] = [{hkv * d}] or "
+                f"[Hkv, D] = [{hkv}, {d}]"
             )
+        if not tensor.is_floating_point() or not bool(torch.isfinite(tensor).all()):
+            raise ValueError(f"router layer {layer}: indexer_q must hold finite float values; got {tensor.dtype}"
+                             f"{'' if not tensor.is_floating_point() else ' with NaN or inf'}")
 
 
 def attach_routers(model: torch.nn.Module, routers: dict[int, torch.Tensor]) -> None:

@@ -114,7 +114,31 @@ def split_model_args(method: str, args: dict[str, Any]) -> tuple[dict[str, Any],
             f"accepted: {', '.join(OWN_KEYS)}; {method} parameters: {', '.join(params) or '(none)'}; "
             f"HFLM options: {', '.join(HFLM_KEYS)}"
         )
-    return hflm, method_params
+    return _checked_hflm_values(hflm), method_params
+
+
+def _checked_hflm_values(hflm: dict[str, Any]) -> dict[str, Any]:
+    """The HFLM options whose bad values HFLM itself would only trip over mid-evaluation, checked now:
+    ``max_length`` and ``max_batch_size`` positive integers, ``batch_size`` one too or ``auto`` / ``auto:N``."""
+    out = dict(hflm)
+
+    def positive(key: str, value: Any, extra: str = "") -> int:
+        if isinstance(value, str) and value.strip().isdigit():
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"model_args {key}={value!r}; accepted: an integer >= 1{extra}")
+        return value
+
+    for key in ("max_length", "max_batch_size"):
+        if out.get(key) is not None:
+            out[key] = positive(key, out[key])
+    size = out.get("batch_size")
+    if size is not None:
+        text = str(size)
+        auto = text == "auto" or (text.startswith("auto:") and text[5:].isdigit() and int(text[5:]) >= 1)
+        if not auto:
+            out["batch_size"] = positive("batch_size", size, ", 'auto' or 'auto:N'")
+    return out
 
 
 def resolve_device(device: str | None) -> str:

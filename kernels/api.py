@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import math
 from typing import Any
 
 import torch
@@ -24,12 +25,16 @@ def _check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_valid: t
             raise ValueError(f"{name} must be a 4-d tensor [B, H, N, D]; got {shape}")
         if t.dtype not in _FLOAT_DTYPES:
             raise ValueError(f"{name} has dtype {t.dtype}; accepted: float16, bfloat16, float32, float64")
+    if not q.dtype == k.dtype == v.dtype:
+        raise ValueError(f"q, k, v must have one dtype; got {q.dtype}, {k.dtype}, {v.dtype}")
     if k.shape != v.shape:
         raise ValueError(f"k and v must have the same shape; got {tuple(k.shape)} and {tuple(v.shape)}")
     b, hq, nq, d = q.shape
     _, hkv, nk, dk = k.shape
     if k.shape[0] != b or dk != d:
         raise ValueError(f"q {tuple(q.shape)} and k {tuple(k.shape)} must agree on batch and head dim")
+    if d == 0:
+        raise ValueError(f"head dim D must be at least 1; got q {tuple(q.shape)}")
     if hkv == 0 or hq % hkv:
         raise ValueError(f"query heads Hq={hq} must be a multiple of key/value heads Hkv={hkv}")
     if not 1 <= nq <= nk:
@@ -53,6 +58,13 @@ def _resolve_backend(method: str, backend: str, device: torch.device):
             raise ValueError(f"backend='triton' is unavailable: {exc}") from exc
         logger.warning("Triton backend unavailable (%s); using the reference implementation", exc)
         return None
+    if device.type != "cuda":  # backend="triton" asked for on another device
+        from dash_eval.kernels._triton.launch import interpreting
+
+        if not interpreting():
+            raise ValueError(f"backend='triton' needs CUDA tensors (got {device.type}); on a CPU, Triton's "
+                             "interpreter runs the kernels (slowly) when TRITON_INTERPRET=1 is set before they are "
+                             "imported; or use backend='reference'")
     fn = get_backend(method, "triton")
     if fn is None and backend == "triton":
         raise ValueError(f"method {method!r} has no Triton backend; use backend='reference'")
@@ -120,7 +132,15 @@ def sparse_attention(
     spec = get_method(method)
     p: MethodParams = spec.make_params(**params)
     _check_inputs(q, k, v, kv_valid)
-    scale = float(softmax_scale) if softmax_scale is not None else q.shape[-1] ** -0.5
+    if not isinstance(return_stats, bool):
+        raise ValueError(f"return_stats={return_stats!r}; accepted: True or False")
+    if softmax_scale is None:
+        scale = q.shape[-1] ** -0.5
+    elif isinstance(softmax_scale, bool) or not isinstance(softmax_scale, (int, float)) \
+            or not math.isfinite(softmax_scale) or softmax_scale <= 0:
+        raise ValueError(f"softmax_scale={softmax_scale!r}; accepted: a finite number > 0, or None for 1/sqrt(D)")
+    else:
+        scale = float(softmax_scale)
     fn = _resolve_backend(method, backend, q.device)
 
     def run(qq: torch.Tensor, kk: torch.Tensor, vv: torch.Tensor):

@@ -437,7 +437,7 @@ def test_router_layer_scales_and_architecture_are_checked_against_the_model(tmp_
     ])
     errors = _errors(raw, check_model=True)
     assert len(errors) == 3, errors
-    assert errors[0].startswith("methods[0].router:") and "Hkv * D = 3 * 64 = 192" in errors[0]
+    assert errors[0].startswith("methods[0].router:") and "[Hkv * D] = [192]" in errors[0]
     assert errors[1].startswith("methods[1].router:") and "no 'layers.<i>.indexer_q' tensors" in errors[1]
     assert errors[2].startswith("methods[2].layer_scales:") and "[99]" in errors[2] and "0..29" in errors[2]
 

@@ -27,8 +27,28 @@ class DashParams(MethodParams):
         check_float(name, "sigma", self.sigma, low=0.0, low_open=True)
         check_int(name, "init_blocks", self.init_blocks, minimum=0)
         check_int(name, "local_blocks", self.local_blocks, minimum=1)
-        if self.router is not None and not isinstance(self.router, torch.Tensor):
-            raise ValueError(f"{name}: parameter router must be a tensor of shape [Hkv * D] or None")
+        if self.router is not None and (
+            not isinstance(self.router, torch.Tensor) or not self.router.is_floating_point()
+            or self.router.dim() not in (1, 2)
+        ):
+            got = (f"{self.router.dtype} {tuple(self.router.shape)}" if isinstance(self.router, torch.Tensor)
+                   else type(self.router).__name__)
+            raise ValueError(f"{name}: parameter router must be a float tensor of shape [Hkv * D] or [Hkv, D], or "
+                             f"None; got {got}")
+
+
+def layer_router(router: torch.Tensor | None, k: torch.Tensor) -> torch.Tensor | None:
+    """``router`` as ``[Hkv * D]`` for keys ``k: [B, Hkv, N, D]``, after checking its shape is ``[Hkv * D]`` or
+    ``[Hkv, D]`` (a ``[D, Hkv]`` tensor holds as many values in another order)."""
+    if router is None:
+        return None
+    hkv, d = k.shape[1], k.shape[3]
+    if tuple(router.shape) not in ((hkv * d,), (hkv, d)):
+        raise ValueError(
+            f"dash: router has shape {tuple(router.shape)}; this layer needs [Hkv * D] = [{hkv * d}] or "
+            f"[Hkv, D] = [{hkv}, {d}]"
+        )
+    return router.reshape(hkv * d)
 
 
 @register_method("dash")
@@ -36,18 +56,14 @@ class DashAttention(AttentionMethod):
     params_cls = DashParams
 
     def reference(self, q, k, v, params, *, softmax_scale, return_stats):
-        router = params.router
+        router = layer_router(params.router, k)
         if router is not None:
-            hkv, d = k.shape[1], k.shape[3]
-            if router.numel() != hkv * d:
-                raise ValueError(
-                    f"dash: router has {router.numel()} elements ({tuple(router.shape)}); this layer needs "
-                    f"Hkv * D = {hkv} * {d} = {hkv * d}"
-                )
             router = router.to(k.device)
         return dash_attention_naive(
             q, k, v, router=router, softmax_scale=softmax_scale, return_stats=return_stats, **params.to_dict()
         )
 
 
-__all__ = ["DashAttention", "DashParams", "dash_attention_naive", "dash_block_summaries", "dash_route"]
+__all__ = [
+    "DashAttention", "DashParams", "dash_attention_naive", "dash_block_summaries", "dash_route", "layer_router",
+]

@@ -19,16 +19,9 @@ from dash_eval.kernels.stats import AttentionStats
 
 
 def _router(params, k: torch.Tensor) -> torch.Tensor | None:
-    router = params.router
-    if router is None:
-        return None
-    hkv, d = k.shape[1], k.shape[3]
-    if router.numel() != hkv * d:
-        raise ValueError(
-            f"dash: router has {router.numel()} elements ({tuple(router.shape)}); this layer needs "
-            f"Hkv * D = {hkv} * {d} = {hkv * d}"
-        )
-    return router.reshape(hkv * d)
+    from dash_eval.kernels.dash import layer_router
+
+    return layer_router(params.router, k)
 
 
 def dash_attention_triton(
