@@ -166,6 +166,9 @@ def apply_attention(
     from dash_eval.dash_models.layer_scales import resolve_layer_scales
     from dash_eval.dash_models.router import NO_ROUTER, attach_routers, detach_routers, load_router_file
 
+    if not isinstance(model, torch.nn.Module) or getattr(model, "config", None) is None:
+        raise ValueError(f"model: a {type(model).__name__}; accepted: a Hugging Face causal LM (a torch module with a "
+                         f"config), e.g. from load_model or AutoModelForCausalLM.from_pretrained")
     check_supported(model.config)
     spec = get_method(method)
     parsed = spec.make_params(**params)

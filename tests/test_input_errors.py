@@ -111,3 +111,10 @@ def test_lm_eval_model_args_values(args, needle):
         split_model_args("dash", args)
     assert split_model_args("dash", {"max_length": "128", "batch_size": "auto:4"})[0] == {
         "max_length": 128, "batch_size": "auto:4"}
+
+
+def test_apply_attention_on_something_that_is_not_a_causal_lm():
+    from dash_eval.dash_models import apply_attention
+
+    with pytest.raises(ValueError, match=r"model: a Linear; accepted: a Hugging Face causal LM"):
+        apply_attention(torch.nn.Linear(2, 2), "dash")
