@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from dash_eval.evals.config_check import NAME_PATTERN, Checker, ConfigError, is_number
+from dash_eval.evals.config_check import NAME_PATTERN, Checker, ConfigError, is_int, is_number
 from dash_eval.evals.sweep_methods import MethodEntry, grid_points, parse_method, parse_router
 
 __all__ = [
@@ -423,11 +423,14 @@ def parse_config(raw: Any, *, source: str = "sweep config", check_model: bool = 
         else:
             context = getattr(mconfig, "max_position_embeddings", None)
             _check_against_model(c, mconfig, model, list(zip(method_paths, methods)))
-    for path, t in zip(task_paths, tasks):
-        for j, length in enumerate(t.lengths):
-            if context is not None and length is not None and length > context:
+    # every entry's integer lengths, those of entries with other errors too: all problems show at once
+    raw_tasks = top.get("tasks") if isinstance(top.get("tasks"), list) else []
+    for i, t in enumerate(raw_tasks):
+        lengths = t.get("lengths") if isinstance(t, dict) else None
+        for j, length in enumerate(lengths if isinstance(lengths, list) else []):
+            if context is not None and is_int(length) and length > context:
                 c.error(
-                    f"{path}.lengths[{j}]",
+                    f"tasks[{i}].lengths[{j}]",
                     f"length {length} exceeds the model's context "
                     f"(max_position_embeddings={context}); accepted: at most {context}",
                 )

@@ -462,3 +462,10 @@ def test_output_that_is_a_file(tmp_path):
     (tmp_path / "taken").write_text("x")
     errors = _errors(_with(output=str(tmp_path / "taken")))
     assert len(errors) == 1 and errors[0].startswith("output:") and "is a file" in errors[0], errors
+
+
+def test_context_is_checked_for_an_entry_with_other_errors():
+    """All problems at once: a task entry with a bad ``samples`` still has its lengths checked against the model."""
+    errors = _errors(_with(tasks=[{"task": "niah_single", "lengths": [1024, 100_000], "samples": 0}]), check_model=True)
+    paths = [e.split(":")[0] for e in errors]
+    assert paths == ["tasks[0].samples", "tasks[0].lengths[1]"], errors
