@@ -42,11 +42,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--verbose", action="store_true", help="keep lm-eval's own log messages and progress bars")
 
 
-def _complete_cells(config: SweepConfig, shard: tuple[int, int] | None) -> tuple[int, int]:
-    """How many cells of the sweep (of one shard, when given) are complete, and how many there are."""
+def _cell_states(config: SweepConfig, shard: tuple[int, int] | None) -> list[tuple[int, str, bool]]:
+    """Each cell of the sweep (of one shard, when given): its index, its name and whether it is complete."""
     store = ResultsStore(config.output)
-    cells = shard_cells(expand_cells(config), shard)
-    return sum(store.is_complete(c.name(config), c.hash(config)) for c in cells), len(cells)
+    states = []
+    for cell in shard_cells(expand_cells(config), shard):
+        name = cell.name(config)
+        states.append((cell.index, name, store.is_complete(name, cell.hash(config))))
+    return states
 
 
 def run(args: argparse.Namespace) -> int:
@@ -66,14 +69,11 @@ def run(args: argparse.Namespace) -> int:
     if args.output:
         config = dataclasses.replace(config, output=args.output)
     if args.dry_run:
-        store = ResultsStore(config.output)
-        cells = shard_cells(expand_cells(config), shard)
-        for cell in cells:
-            name = cell.name(config)
-            state = "complete" if store.is_complete(name, cell.hash(config)) else "to run"
-            print(f"{cell.index:4d}  {state:8s}  {name}")
+        states = _cell_states(config, shard)
+        for index, name, complete in states:
+            print(f"{index:4d}  {'complete' if complete else 'to run':8s}  {name}")
         sys.stdout.flush()
-        print(f"{len(cells)} cells -> {config.output}", file=sys.stderr)
+        print(f"{len(states)} cells -> {config.output}", file=sys.stderr)
         return EXIT_OK
 
     from dash_eval.evals.sweep_lm_eval import LmEvalRunner
@@ -84,7 +84,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         summary = run_sweep(config, runner_factory=runner_factory, shard=shard, progress=not args.no_progress)
     except KeyboardInterrupt:
-        done, total = _complete_cells(config, shard)
+        states = _cell_states(config, shard)
+        done, total = sum(complete for _, _, complete in states), len(states)
         print(
             f"dash-eval sweep: interrupted: {done} of {total} cells complete (in {config.output}); "
             "run the same command again to resume",

@@ -13,14 +13,13 @@ from dash_eval.kernels._triton.block_sparse import (
     sparse_attention_from_words,
 )
 from dash_eval.kernels._triton.launch import kernel_supports
+from dash_eval.kernels.dash import layer_router
 from dash_eval.kernels.dash.triton_routing import BlockSummaries, block_summaries, dash_route
 from dash_eval.kernels.registry import get_method
 from dash_eval.kernels.stats import AttentionStats
 
 
 def _router(params, k: torch.Tensor) -> torch.Tensor | None:
-    from dash_eval.kernels.dash import layer_router
-
     return layer_router(params.router, k)
 
 
