@@ -20,6 +20,7 @@ from dash_eval.dash_models.layer_scales import LAYER_SCALE_ATTR, model_layer_sca
 from dash_eval.dash_models.tally import SparsityTally
 from dash_eval.kernels import MethodParams, get_method, sparse_attention
 from dash_eval.kernels.api import BACKENDS
+from dash_eval.kernels.stats import deferred_counts
 
 ATTN_IMPLEMENTATION = "dash_eval"
 CONFIG_KEY = "dash_attention"
@@ -100,6 +101,16 @@ def dash_attention_forward(
     if multiplier is not None and "scale" in params.field_names():
         params = dataclasses.replace(params, scale=params.scale * multiplier)
     kv_valid = _kv_valid(attention_mask, query.shape[0], key.shape[2])
+    with deferred_counts():  # the tally reads the counts later: no layer waits for the GPU
+        out, stats = _attend(module, runtime, params, query, key, value, attention_mask, kv_valid, scaling, dropout)
+    phase = "decode" if query.shape[2] == 1 and key.shape[2] > 1 else "prefill"
+    runtime.tally.add(phase, stats, layer=module.layer_idx)
+    return out, None
+
+
+def _attend(module, runtime: AttentionRuntime, params: MethodParams, query, key, value, attention_mask, kv_valid,
+            scaling: float | None, dropout: float) -> tuple[torch.Tensor, Any]:
+    """One layer's attention, ``[B, N, Hq, D]`` as transformers expects, and its stats."""
     method = get_method(runtime.method)
     if runtime.method == "full" and kv_valid is None and query.shape[2] == key.shape[2]:
         # The model's own sdpa path: "full" must reproduce the unpatched logits exactly.
@@ -121,9 +132,7 @@ def dash_attention_forward(
             softmax_scale=scaling, kv_valid=kv_valid, **_param_kwargs(params),
         )
         out = out.transpose(1, 2).contiguous()
-    phase = "decode" if query.shape[2] == 1 and key.shape[2] > 1 else "prefill"
-    runtime.tally.add(phase, stats, layer=module.layer_idx)
-    return out, None
+    return out, stats
 
 
 def _param_kwargs(params: MethodParams) -> dict[str, Any]:

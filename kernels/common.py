@@ -138,7 +138,7 @@ def chunked_sparse_attention(
         o, attended, active = _attend_chunk(q_chunk, k, v, selected, bias, pos, block_size, softmax_scale, window)
         out[:, :, :, start:stop] = o
         if return_stats:
-            stats.append(chunk_stats(attended, active, pos, block_size, routing_scores))
+            stats.append(chunk_stats(attended, active, nk - nq + start, block_size, routing_scores))
     return out.view(b, hq, nq, d), (concat_stats(stats) if return_stats else None)
 
 

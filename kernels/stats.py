@@ -2,9 +2,43 @@
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
+from collections.abc import Iterator
 
 import torch
+
+_DEFERRED = contextvars.ContextVar("dash_eval_deferred_counts", default=False)
+
+
+@contextlib.contextmanager
+def deferred_counts() -> Iterator[None]:
+    """Inside this block, stats leave their attended-pair counts on the device: ``attended_pairs`` a 0-dim
+    int64 tensor and ``attended_per_row`` a device tensor, so that producing them never waits for the GPU.
+    The patched models run every layer inside it, and their sparsity tally reads the counts once, when asked
+    (``dash_models.tally``); a layer that waited for its counts would stall the host once per layer. Outside
+    (the default) every count is a Python int and every per-row tensor is on the CPU."""
+    token = _DEFERRED.set(True)
+    try:
+        yield
+    finally:
+        _DEFERRED.reset(token)
+
+
+def attended_counts(attended_row: torch.Tensor) -> tuple[int | torch.Tensor, torch.Tensor]:
+    """``(attended_pairs, attended_per_row)`` from the per-row totals ``[B]``: host values, or the device's own
+    inside ``deferred_counts``."""
+    row = attended_row.to(torch.int64)
+    if _DEFERRED.get():
+        return row.sum(), row
+    row = row.cpu()
+    return int(row.sum()), row
+
+
+def causal_pairs_of(first: int, count: int) -> int:
+    """Causal query-key pairs of ``count`` consecutive queries from position ``first``: sum of ``p + 1``."""
+    return count * (2 * first + count + 1) // 2
 
 
 @dataclasses.dataclass
@@ -16,6 +50,9 @@ class AttentionStats:
     query ``i`` attends at least one token (0 on padding). ``routing_scores`` counts the query-head x
     block (or kernel) scores the routing stage computed; it is reported apart, never folded into
     ``sparsity``.
+
+    Inside ``deferred_counts`` (the patched models' layers), ``attended_pairs`` is a 0-dim int64 tensor and
+    ``attended_per_row`` lives on the device; everywhere else they are an int and a CPU tensor.
     """
 
     attended_pairs: int
@@ -31,7 +68,7 @@ class AttentionStats:
     def sparsity(self) -> float:
         if self.causal_pairs == 0:
             return 0.0
-        return 1.0 - self.attended_pairs / self.causal_pairs
+        return 1.0 - int(self.attended_pairs) / self.causal_pairs
 
     @property
     def density(self) -> float:
@@ -39,19 +76,20 @@ class AttentionStats:
 
 
 def chunk_stats(
-    attended: torch.Tensor, active: torch.Tensor, positions: torch.Tensor, block_size: int, routing_scores: int = 0
+    attended: torch.Tensor, active: torch.Tensor, first: int, block_size: int, routing_scores: int = 0
 ) -> AttentionStats:
-    """Stats of one query chunk from the tokens (``attended: [B, Hkv, L]``) and blocks (``active``)
-    each query attends."""
+    """Stats of one query chunk, the queries at positions ``first, first + 1, ...``, from the tokens
+    (``attended: [B, Hkv, L]``) and blocks (``active``) each query attends."""
     b, h, length = attended.shape
-    causal_row = int((positions + 1).sum()) * h
+    causal_row = causal_pairs_of(first, length) * h
+    pairs, per_row = attended_counts(attended.sum((1, 2)))
     return AttentionStats(
-        attended_pairs=int(attended.sum()),
+        attended_pairs=pairs,
         causal_pairs=causal_row * b,
         routing_scores=routing_scores,
         active_blocks=active.to(torch.int64),
         valid_queries=torch.ones(b, length, dtype=torch.bool, device=attended.device),
-        attended_per_row=attended.sum((1, 2)).to(torch.int64).cpu(),
+        attended_per_row=per_row,
         causal_per_row=torch.full((b,), causal_row, dtype=torch.int64),
         block_size=block_size,
     )

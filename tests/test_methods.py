@@ -135,3 +135,22 @@ def test_dtypes_and_head_dims_no_nan(method, dtype):
         out = sparse_attention(q, k, v, method, block_size=16)
         assert out.dtype == dtype and out.shape == q.shape
         assert not torch.isnan(out).any()
+
+
+def test_closed_form_counts_match_their_loops():
+    """The routing-score counts in closed form (a decode step's stats used to loop over every query in Python)."""
+    import itertools
+
+    from dash_eval.kernels._triton.accounting import block_index_sum, visible_kernel_pairs
+    from dash_eval.kernels.stats import causal_pairs_of
+
+    for first, stop, c in itertools.product(range(0, 40, 3), range(0, 90, 7), (1, 4, 16, 64)):
+        if stop >= first:
+            assert block_index_sum(first, stop, c) == sum(p // c for p in range(first, stop))
+            assert causal_pairs_of(first, stop - first) == sum(p + 1 for p in range(first, stop))
+    for first, stop, count, stride, size in itertools.product(range(0, 60, 5), range(0, 120, 9), (0, 1, 3, 7),
+                                                              (1, 4, 16), (1, 4, 16, 32)):
+        if stop >= first:
+            ends = [j * stride + size - 1 for j in range(count)]
+            loop = sum(e <= p for p in range(first, stop) for e in ends)
+            assert visible_kernel_pairs(first, stop, count, stride, size) == loop

@@ -97,6 +97,43 @@ def test_tally_prefill_and_decode_apart(tiny):
 
 
 @torch.no_grad()
+@pytest.mark.parametrize("method", ["full", "dash", "nsa"])
+def test_tally_reads_counts_only_when_asked(tiny, method, monkeypatch):
+    """A patched layer leaves its counts where they are (on a GPU, reading them would stall the host once per
+    layer); the tally reads them when it is read, and gives what each layer's own stats say."""
+    import dash_eval.dash_models.tally as tally_module
+    from dash_eval.kernels import sparse_attention
+
+    reads = []
+    real = tally_module._on_host
+    monkeypatch.setattr(tally_module, "_on_host", lambda stats: reads.append(stats) or real(stats))
+    seen = []
+    real_add = tally_module.SparsityTally.add
+
+    def add(self, phase, stats, layer=None):
+        seen.append(stats)
+        real_add(self, phase, stats, layer)
+
+    monkeypatch.setattr(tally_module.SparsityTally, "add", add)
+    with patch_attention(tiny, method, **SPARSE.get(method, {})):
+        tally = get_tally(tiny)
+        tally.reset()
+        tiny(_ids(37, 8))
+        assert len(seen) == 2 and not reads  # two layers queued, nothing read yet
+        if method != "full":  # the sparse layers' counts stayed tensors (on a GPU: on the device)
+            assert all(isinstance(s.attended_pairs, torch.Tensor) for s in seen)
+        pre = tally.summary("prefill")
+        assert len(reads) == 2
+        # outside a patched model the counts are plain ints
+        q = torch.randn(1, 4, 37, 16, generator=torch.Generator().manual_seed(0))
+        k, v = q[:, :2].clone(), q[:, 2:].clone()
+        _, direct = sparse_attention(q, k, v, method, return_stats=True, **SPARSE.get(method, {}))
+        assert isinstance(direct.attended_pairs, int)
+    assert pre["attended_pairs"] == sum(int(s.attended_pairs) for s in seen)
+    assert pre["causal_pairs"] == sum(s.causal_pairs for s in seen) == sum(range(1, 38)) * 2 * 2
+
+
+@torch.no_grad()
 def test_saved_model_remembers_method_and_routers(tiny, tmp_path):
     routers = {layer: torch.randn(2 * 16) for layer in range(2)}
     ids = _ids(40, 7)

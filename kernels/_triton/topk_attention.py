@@ -5,7 +5,7 @@ from __future__ import annotations
 import warnings
 
 import torch
-from dash_eval.kernels._triton.accounting import stats_from_counts
+from dash_eval.kernels._triton.accounting import stats_from_counts, visible_kernel_pairs
 from dash_eval.kernels._triton.block_sparse import decode_splits, routed_visit_list, sparse_attention_from_words
 from dash_eval.kernels._triton.kernel_keys import KernelKeys, complete_kernels, kernel_keys_triton, split_keys
 from dash_eval.kernels._triton.launch import kernel_supports
@@ -77,8 +77,6 @@ def topk_attention_triton(
     )
     stats = None
     if return_stats:
-        first = nk - nq
-        ends = torch.arange(kernel_keys.count) * params.kernel_stride + params.kernel_size - 1
-        visible = int((ends[None, :] <= torch.arange(first, nk)[:, None]).sum()) if kernel_keys.count else 0
+        visible = visible_kernel_pairs(nk - nq, nk, kernel_keys.count, params.kernel_stride, params.kernel_size)
         stats = stats_from_counts(route.active, route.attended, nk, c, visible * hq * b)
     return out, stats

@@ -5,7 +5,7 @@ or 128, head dims above 256) go to the reference."""
 from __future__ import annotations
 
 import torch
-from dash_eval.kernels._triton.accounting import stats_from_counts
+from dash_eval.kernels._triton.accounting import block_index_sum, stats_from_counts
 from dash_eval.kernels._triton.block_sparse import (
     DashPrior,
     decode_splits,
@@ -62,6 +62,6 @@ def dash_attention_triton(
     if return_stats:
         b, hq, nq, _ = q.shape
         g = hq // k.shape[1]
-        cur_sum = sum((p // c) for p in range(nk - nq, nk))
+        cur_sum = block_index_sum(nk - nq, nk, c)
         stats = stats_from_counts(route.active, route.attended, nk, c, cur_sum * g * b * k.shape[1])
     return out, stats

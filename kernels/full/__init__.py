@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from dash_eval.kernels.common import query_positions
 from dash_eval.kernels.registry import AttentionMethod, MethodParams, register_method
-from dash_eval.kernels.stats import AttentionStats
+from dash_eval.kernels.stats import AttentionStats, causal_pairs_of
 
 
 @dataclasses.dataclass(frozen=True)
@@ -17,9 +17,8 @@ class FullParams(MethodParams):
 
 
 def full_attention_stats(b: int, hkv: int, nq: int, nk: int, block_size: int, device) -> AttentionStats:
-    positions = query_positions(nq, nk, device)
-    causal = int((positions + 1).sum()) * hkv
-    active = (positions // block_size + 1).to(torch.int64).expand(b, hkv, nq)
+    causal = causal_pairs_of(nk - nq, nq) * hkv
+    active = (query_positions(nq, nk, device) // block_size + 1).to(torch.int64).expand(b, hkv, nq)
     return AttentionStats(
         attended_pairs=causal * b,
         causal_pairs=causal * b,
