@@ -10,6 +10,7 @@ patched in: prefill and one cached decode step, wall time.
 
     python scripts/gpu_host_profile.py                   # on a CUDA machine, from a checkout
     python scripts/gpu_host_profile.py --tiny --cpu      # a few-second smoke run on the CPU (Triton interpreter)
+    python scripts/gpu_host_profile.py --model-only --root ../old   # the model part, another checkout's package
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import warnings
 import io
 import os
 import pstats
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -28,7 +30,10 @@ CPU = "--cpu" in sys.argv
 if CPU:
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-root = Path(__file__).resolve().parent.parent
+# --root DIR: import the package from another checkout (an A/B of two versions, one process each)
+root = Path(__file__).resolve().parents[1]
+if "--root" in sys.argv:
+    root = Path(sys.argv[sys.argv.index("--root") + 1]).resolve()
 sys.path.insert(0, str(root))
 import dash_eval  # noqa: E402
 
@@ -150,7 +155,7 @@ def model_cases() -> None:
         "infllmv2": {"init_blocks": 1, "local_blocks": 2, "topk": 4},
     }
     lengths = (256,) if TINY else (2048, 8192)
-    print(f"\n## Random Llama of SmolLM2-135M's shape ({layers} layers), bf16, wall ms")
+    print(f"\n## Random Llama of SmolLM2-135M's shape ({layers} layers), bf16, wall ms (medians), package at {root}")
     print("| method | tokens | prefill ms | sparsity | decode step ms (cached) |")
     print("|---|---:|---:|---:|---:|")
     profiles = []
@@ -165,25 +170,28 @@ def model_cases() -> None:
                 get_tally(model).reset()
                 model(ids)
                 sparsity = get_tally(model).summary("prefill")["sparsity"] if params is not None else 0.0
-                reps = 1 if TINY else 5
-                sync()
-                t0 = time.perf_counter()
-                for _ in range(reps):
+                times = []
+                for _ in range(1 if TINY else 7):
+                    sync()
+                    t0 = time.perf_counter()
                     out = model(ids, use_cache=True)
-                sync()
-                prefill = (time.perf_counter() - t0) / reps * 1e3
+                    sync()
+                    times.append(time.perf_counter() - t0)
+                prefill = statistics.median(times) * 1e3
                 cache = out.past_key_values
                 tok = out.logits[:, -1:].argmax(-1)
                 steps = 2 if TINY else 20
                 for _ in range(2 if TINY else 20):  # warm the decode path: every key count's Triton specialisation
                     tok = model(tok, past_key_values=cache, use_cache=True).logits[:, -1:].argmax(-1)
-                sync()
-                t0 = time.perf_counter()
+                times = []
                 for _ in range(steps):
+                    sync()
+                    t0 = time.perf_counter()
                     tok = model(tok, past_key_values=cache, use_cache=True).logits[:, -1:].argmax(-1)
-                sync()
-                step = (time.perf_counter() - t0) / steps * 1e3
-                if n == lengths[-1]:
+                    sync()
+                    times.append(time.perf_counter() - t0)
+                step = statistics.median(times) * 1e3
+                if n == lengths[-1] and "--no-profile" not in sys.argv:
                     def decode_step(cache=cache, tok=tok):
                         return model(tok, past_key_values=cache, use_cache=True)
 
