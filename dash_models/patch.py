@@ -20,6 +20,7 @@ from dash_eval.dash_models.layer_scales import LAYER_SCALE_ATTR, model_layer_sca
 from dash_eval.dash_models.tally import SparsityTally
 from dash_eval.kernels import MethodParams, get_method, sparse_attention
 from dash_eval.kernels.api import BACKENDS
+from dash_eval.kernels.common import LastResult
 from dash_eval.kernels.stats import deferred_counts
 
 ATTN_IMPLEMENTATION = "dash_eval"
@@ -64,10 +65,12 @@ def attention_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
 
 
 def _kv_valid(attention_mask: torch.Tensor | None, batch: int, nk: int) -> torch.Tensor | None:
-    """Keys that some query may attend, from the 4-d mask transformers builds (None: no padding)."""
-    if attention_mask is None:
-        return None
-    mask = attention_mask
+    """Keys that some query may attend, from the 4-d mask transformers builds (None: no padding). Every layer
+    of a forward pass gets the same mask: the host reads it once."""
+    return None if attention_mask is None else _kv_valid_of(attention_mask, batch, nk)
+
+
+def _valid_keys(mask: torch.Tensor, batch: int, nk: int) -> torch.Tensor | None:
     if mask.dim() != 4:
         raise ValueError(f"dash_eval attention expects a 4-d attention mask; got shape {tuple(mask.shape)}")
     allowed = mask if mask.dtype == torch.bool else mask > torch.finfo(mask.dtype).min / 2
@@ -75,6 +78,9 @@ def _kv_valid(attention_mask: torch.Tensor | None, batch: int, nk: int) -> torch
     if valid.shape[0] != batch:
         valid = valid.expand(batch, -1)
     return None if bool(valid.all()) else valid
+
+
+_kv_valid_of = LastResult(_valid_keys)
 
 
 def dash_attention_forward(

@@ -102,8 +102,13 @@ class SparsityTally:
 
     def _flush(self) -> None:
         pending, self._pending, self._pending_values = self._pending, [], 0
-        for phase, stats, layer in pending:
-            self._count(phase, stats, layer)
+        for i, (phase, stats, layer) in enumerate(pending):
+            try:
+                self._count(phase, stats, layer)
+            except BaseException:  # call i was not counted (its copy failed): it and the rest stay queued
+                self._pending = pending[i:] + self._pending
+                self._pending_values = sum(s.active_blocks.numel() for _, s, _ in self._pending)
+                raise
 
     def _count(self, phase: str, stats: AttentionStats, layer: int | None) -> None:
         attended, active, valid, per_row = _on_host(stats)

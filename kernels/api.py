@@ -8,8 +8,9 @@ import math
 from typing import Any
 
 import torch
+from dash_eval.kernels.common import LastResult
 from dash_eval.kernels.registry import MethodParams, get_backend, get_method
-from dash_eval.kernels.stats import AttentionStats
+from dash_eval.kernels.stats import AttentionStats, counts_deferred
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +73,7 @@ def _resolve_backend(method: str, backend: str, device: torch.device):
 
 
 def _row_spans(kv_valid: torch.Tensor) -> list[tuple[int, int]]:
+    """Each row's ``(start, stop)`` of valid keys (``(0, 0)`` for none); one copy of ``kv_valid`` to the host."""
     spans = []
     for row, valid in enumerate(kv_valid.cpu()):
         idx = torch.nonzero(valid).flatten()
@@ -88,12 +90,18 @@ def _row_spans(kv_valid: torch.Tensor) -> list[tuple[int, int]]:
     return spans
 
 
+_row_spans_of = LastResult(_row_spans)
+
+
 def _empty_stats(b: int, hkv: int, nq: int, block_size: int, device: torch.device) -> AttentionStats:
+    deferred = counts_deferred()  # then the rows' counts stay where the kernels wrote them
     return AttentionStats(
-        attended_pairs=0, causal_pairs=0, routing_scores=0,
+        attended_pairs=torch.zeros((), dtype=torch.int64, device=device) if deferred else 0,
+        causal_pairs=0, routing_scores=0,
         active_blocks=torch.zeros(b, hkv, nq, dtype=torch.int64, device=device),
         valid_queries=torch.zeros(b, nq, dtype=torch.bool, device=device),
-        attended_per_row=torch.zeros(b, dtype=torch.int64), causal_per_row=torch.zeros(b, dtype=torch.int64),
+        attended_per_row=torch.zeros(b, dtype=torch.int64, device=device if deferred else None),
+        causal_per_row=torch.zeros(b, dtype=torch.int64),
         block_size=block_size,
     )
 
@@ -148,16 +156,17 @@ def sparse_attention(
             return fn(qq, kk, vv, p, softmax_scale=scale, return_stats=return_stats)
         return spec.reference(qq, kk, vv, p, softmax_scale=scale, return_stats=return_stats)
 
-    if kv_valid is None or bool(kv_valid.all()):
+    b, _, nq, _ = q.shape
+    nk = k.shape[2]
+    spans = None if kv_valid is None else _row_spans_of(kv_valid)
+    if spans is None or all(span == (0, nk) for span in spans):
         out, stats = run(q, k, v)
         return (out, stats) if return_stats else out
 
-    b, _, nq, _ = q.shape
-    nk = k.shape[2]
     first_q = nk - nq
     out = torch.zeros_like(q)
     stats = _empty_stats(b, k.shape[1], nq, p.block_size, q.device) if return_stats else None
-    for row, (start, stop) in enumerate(_row_spans(kv_valid)):
+    for row, (start, stop) in enumerate(spans):
         q_lo, q_hi = max(start, first_q) - first_q, stop - first_q
         if q_hi <= q_lo:
             continue  # no real query in this row

@@ -14,8 +14,9 @@ _DEFERRED = contextvars.ContextVar("dash_eval_deferred_counts", default=False)
 
 @contextlib.contextmanager
 def deferred_counts() -> Iterator[None]:
-    """Inside this block, stats leave their attended-pair counts on the device: ``attended_pairs`` a 0-dim
-    int64 tensor and ``attended_per_row`` a device tensor, so that producing them never waits for the GPU.
+    """Inside this block, stats leave their attended-pair counts where the kernels counted them: ``attended_pairs``
+    a 0-dim int64 tensor and ``attended_per_row`` a tensor on the inputs' device, so that producing them never
+    waits for the GPU.
     The patched models run every layer inside it, and their sparsity tally reads the counts once, when asked
     (``dash_models.tally``); a layer that waited for its counts would stall the host once per layer. Outside
     (the default) every count is a Python int and every per-row tensor is on the CPU."""
@@ -24,6 +25,11 @@ def deferred_counts() -> Iterator[None]:
         yield
     finally:
         _DEFERRED.reset(token)
+
+
+def counts_deferred() -> bool:
+    """True inside ``deferred_counts``."""
+    return _DEFERRED.get()
 
 
 def attended_counts(attended_row: torch.Tensor) -> tuple[int | torch.Tensor, torch.Tensor]:
@@ -52,7 +58,7 @@ class AttentionStats:
     ``sparsity``.
 
     Inside ``deferred_counts`` (the patched models' layers), ``attended_pairs`` is a 0-dim int64 tensor and
-    ``attended_per_row`` lives on the device; everywhere else they are an int and a CPU tensor.
+    ``attended_per_row`` lives on the inputs' device; everywhere else they are an int and a CPU tensor.
     """
 
     attended_pairs: int
@@ -80,6 +86,8 @@ def chunk_stats(
 ) -> AttentionStats:
     """Stats of one query chunk, the queries at positions ``first, first + 1, ...``, from the tokens
     (``attended: [B, Hkv, L]``) and blocks (``active``) each query attends."""
+    if not isinstance(first, int):
+        raise TypeError(f"chunk_stats: first must be the chunk's first query position, an int; got {type(first)}")
     b, h, length = attended.shape
     causal_row = causal_pairs_of(first, length) * h
     pairs, per_row = attended_counts(attended.sum((1, 2)))

@@ -134,6 +134,74 @@ def test_tally_reads_counts_only_when_asked(tiny, method, monkeypatch):
 
 
 @torch.no_grad()
+def test_padding_mask_read_once_per_forward(tiny, monkeypatch):
+    """Every layer gets the same padding mask: the host reads it (and the rows' key spans) once a forward pass,
+    and the counts come out as when each layer read it."""
+    import dash_eval.dash_models.patch as patch_module
+    import dash_eval.kernels.api as api_module
+
+    calls = {"mask": 0, "spans": 0}
+    for memo, name in ((patch_module._kv_valid_of, "mask"), (api_module._row_spans_of, "spans")):
+        fn = memo.fn
+
+        def counted(*args, fn=fn, name=name):
+            calls[name] += 1
+            return fn(*args)
+
+        monkeypatch.setattr(memo, "fn", counted)
+    batch = torch.zeros(2, 30, dtype=torch.long)
+    mask = torch.zeros_like(batch)
+    batch[0], mask[0] = _ids(30, 3)[0], 1
+    batch[1, 9:], mask[1, 9:] = _ids(21, 4)[0], 1
+    with patch_attention(tiny, "nsa", **SPARSE["nsa"]):
+        tally = get_tally(tiny)
+        tally.reset()
+        tiny(batch, attention_mask=mask)
+        rows = tally.row_summaries("prefill")
+        tally.reset()
+        tiny(batch[1:, 9:])
+        alone = tally.summary("prefill")
+    assert calls == {"mask": 1, "spans": 1}
+    assert rows[1]["attended_pairs"] == alone["attended_pairs"] and rows[1]["queries"] == alone["queries"]
+
+
+def test_remembered_result_follows_its_tensor():
+    from dash_eval.kernels.common import LastResult
+
+    seen = []
+    memo = LastResult(lambda t, n: seen.append(n) or float(t.sum()) * n)
+    t = torch.ones(3)
+    assert memo(t, 2) == 6.0 and memo(t, 2) == 6.0 and len(seen) == 1
+    assert memo(t, 3) == 9.0 and len(seen) == 2  # other arguments
+    t.add_(1)  # changed in place
+    assert memo(t, 3) == 18.0 and len(seen) == 3
+    assert memo(torch.ones(3), 3) == 9.0 and len(seen) == 4  # another tensor
+
+
+def test_tally_keeps_calls_it_could_not_read(monkeypatch):
+    import dash_eval.dash_models.tally as tally_module
+    from dash_eval.dash_models.tally import SparsityTally
+    from dash_eval.kernels.full import full_attention_stats
+
+    tally = SparsityTally()
+    for layer in range(3):
+        tally.add("prefill", full_attention_stats(1, 2, 5, 5, 4, "cpu"), layer=layer)
+    real, failed, second = tally_module._on_host, [], tally._pending[1][1]
+
+    def flaky(stats):
+        if not failed and stats is second:
+            failed.append(stats)
+            raise RuntimeError("copy failed")
+        return real(stats)
+
+    monkeypatch.setattr(tally_module, "_on_host", flaky)
+    with pytest.raises(RuntimeError):
+        tally.summary()
+    assert len(tally._pending) == 2  # the first call was counted, the failed one and the last wait
+    assert tally.summary()["queries"] == 3 * 2 * 5 and not tally._pending
+
+
+@torch.no_grad()
 def test_saved_model_remembers_method_and_routers(tiny, tmp_path):
     routers = {layer: torch.randn(2 * 16) for layer in range(2)}
     ids = _ids(40, 7)
