@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from dash_eval.kernels.common import query_positions
 from dash_eval.kernels.registry import AttentionMethod, MethodParams, register_method
-from dash_eval.kernels.stats import AttentionStats, causal_pairs_of
+from dash_eval.kernels.stats import AttentionStats, causal_pairs_of, counts_deferred
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,7 +25,8 @@ def full_attention_stats(b: int, hkv: int, nq: int, nk: int, block_size: int, de
         routing_scores=0,
         active_blocks=active.clone(),
         valid_queries=torch.ones(b, nq, dtype=torch.bool, device=device),
-        attended_per_row=torch.full((b,), causal, dtype=torch.int64),
+        # inside deferred_counts, beside the other rows' counts on the device (a padded batch writes them there)
+        attended_per_row=torch.full((b,), causal, dtype=torch.int64, device=device if counts_deferred() else None),
         causal_per_row=torch.full((b,), causal, dtype=torch.int64),
         block_size=block_size,
     )
