@@ -5,12 +5,14 @@ At the embedded model's size (9 query heads over 3 KV heads, head dim 64, a few 
 fraction of a millisecond, so the sparse methods' host work per launch can decide their speed. For each case this
 prints, per call: the host's issue time (calls queued without waiting), the wall time (the same calls, then a
 synchronise), the kernels' device time and their count (torch.profiler), and where the host's time goes (cProfile,
-the functions with the most own time). Then a random Llama of SmolLM2-135M's shape (30 layers) with each method
-patched in: prefill and one cached decode step, wall time.
+the functions with the most own time). Then a random Llama of SmolLM2-135M's shape (30 layers), unpatched and with
+each method patched in: the median wall time of a prefill and of a cached decode step, and cProfile of a step.
 
     python scripts/gpu_host_profile.py                   # on a CUDA machine, from a checkout
-    python scripts/gpu_host_profile.py --tiny --cpu      # a few-second smoke run on the CPU (Triton interpreter)
-    python scripts/gpu_host_profile.py --model-only --root ../old   # the model part, another checkout's package
+    python scripts/gpu_host_profile.py --tiny --cpu      # a two-minute smoke run on the CPU (Triton interpreter)
+    python scripts/gpu_host_profile.py --kernels-only    # the per-call part only; --model-only: the model part only
+    python scripts/gpu_host_profile.py --model-only --no-profile --root ../old   # another checkout's package, for
+                                                         # an A/B in alternate processes (docs/perf-notes.md)
 """
 
 from __future__ import annotations
