@@ -27,14 +27,15 @@ class LastResult:
     pass the same padding mask, so the host copies it once a forward pass instead of once a layer."""
 
     def __init__(self, fn):
-        self.fn, self.key, self.value = fn, None, None
+        self.fn, self.entry = fn, None  # (weak reference to the tensor, its version and the other arguments, result)
 
     def __call__(self, tensor: torch.Tensor, *extra):
         key = (tensor._version, *extra)
-        if self.key is not None and self.key[0]() is tensor and self.key[1:] == key:
-            return self.value
+        entry = self.entry  # read once: another thread may replace it, never half of it
+        if entry is not None and entry[0]() is tensor and entry[1] == key:
+            return entry[2]
         value = self.fn(tensor, *extra)
-        self.key, self.value = (weakref.ref(tensor), *key), value
+        self.entry = (weakref.ref(tensor), key, value)
         return value
 
 
