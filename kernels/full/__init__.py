@@ -41,6 +41,8 @@ class FullAttention(AttentionMethod):
         hkv, nk = k.shape[1], k.shape[2]
         if nq == nk:
             out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=softmax_scale, enable_gqa=True)
+        elif nq == 1:  # one decode query, the last position: it sees every key, no mask to build
+            out = F.scaled_dot_product_attention(q, k, v, scale=softmax_scale, enable_gqa=True)
         else:
             pos = query_positions(nq, nk, q.device)
             mask = torch.arange(nk, device=q.device)[None, :] <= pos[:, None]
