@@ -30,6 +30,8 @@ class LastResult:
         self.fn, self.entry = fn, None  # (weak reference to the tensor, its version and the other arguments, result)
 
     def __call__(self, tensor: torch.Tensor, *extra):
+        if tensor.is_inference():  # no version counter (made under torch.inference_mode): nothing to trust
+            return self.fn(tensor, *extra)
         key = (tensor._version, *extra)
         entry = self.entry  # read once: another thread may replace it, never half of it
         if entry is not None and entry[0]() is tensor and entry[1] == key:

@@ -176,6 +176,22 @@ def test_remembered_result_follows_its_tensor():
     t.add_(1)  # changed in place
     assert memo(t, 3) == 18.0 and len(seen) == 3
     assert memo(torch.ones(3), 3) == 9.0 and len(seen) == 4  # another tensor
+    with torch.inference_mode():  # no version counter: computed every time
+        u = torch.ones(3)
+        assert memo(u, 1) == 3.0 and memo(u, 1) == 3.0 and len(seen) == 6
+
+
+@torch.no_grad()
+def test_padded_batch_under_inference_mode(tiny):
+    batch = torch.zeros(2, 20, dtype=torch.long)
+    mask = torch.zeros_like(batch)
+    batch[0], mask[0] = _ids(20, 5)[0], 1
+    batch[1, 6:], mask[1, 6:] = _ids(14, 6)[0], 1
+    with patch_attention(tiny, "dash", **SPARSE["dash"]):
+        expected = tiny(batch, attention_mask=mask).logits
+        with torch.inference_mode():
+            got = tiny(batch, attention_mask=mask).logits
+    torch.testing.assert_close(got, expected)
 
 
 def test_tally_keeps_calls_it_could_not_read(monkeypatch):
