@@ -19,7 +19,7 @@ from dash_eval.dash_models.decode_cache import forward_with_cache, triton_cache_
 from dash_eval.dash_models.layer_scales import LAYER_SCALE_ATTR, model_layer_scales, set_layer_scales
 from dash_eval.dash_models.tally import SparsityTally
 from dash_eval.kernels import MethodParams, get_method, sparse_attention
-from dash_eval.kernels.api import BACKENDS
+from dash_eval.kernels.api import BACKENDS, row_spans
 from dash_eval.kernels.common import LastResult
 from dash_eval.kernels.stats import deferred_counts
 
@@ -77,7 +77,8 @@ def _valid_keys(mask: torch.Tensor, batch: int, nk: int) -> torch.Tensor | None:
     valid = allowed[:, 0, :, -nk:].any(dim=1)
     if valid.shape[0] != batch:
         valid = valid.expand(batch, -1)
-    return None if bool(valid.all()) else valid
+    # the rows' key spans: one copy to the host, which sparse_attention then finds done for this very tensor
+    return None if all(span == (0, nk) for span in row_spans(valid)) else valid
 
 
 _kv_valid_of = LastResult(_valid_keys)

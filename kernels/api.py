@@ -90,7 +90,7 @@ def _row_spans(kv_valid: torch.Tensor) -> list[tuple[int, int]]:
     return spans
 
 
-_row_spans_of = LastResult(_row_spans)
+row_spans = LastResult(_row_spans)
 
 
 def _empty_stats(b: int, hkv: int, nq: int, block_size: int, device: torch.device) -> AttentionStats:
@@ -158,7 +158,7 @@ def sparse_attention(
 
     b, _, nq, _ = q.shape
     nk = k.shape[2]
-    spans = None if kv_valid is None else _row_spans_of(kv_valid)
+    spans = None if kv_valid is None else row_spans(kv_valid)
     if spans is None or all(span == (0, nk) for span in spans):
         out, stats = run(q, k, v)
         return (out, stats) if return_stats else out

@@ -105,9 +105,9 @@ def main() -> int:
 
 def host_waits(model, ids: torch.Tensor) -> list[str]:
     """Where this package made the host wait for the GPU (CUDA's synchronisation debug mode; transformers' own
-    waits are not counted): never in a prefill or a cached decode step, and in a left-padded batch's forward only
-    twice however many layers (its padding mask and the rows' key spans are read once): a layer that waited would
-    stall the host once per layer. Returns what broke that, as ``file:line xN``."""
+    waits are not counted): never in a prefill or a cached decode step, and in a left-padded batch's forward at most
+    twice however many layers (the rows' key spans are read from its padding mask once a forward pass): a layer
+    that waited would stall the host once per layer. Returns what broke that, as ``file:line xN``."""
     import collections
     import warnings
 

@@ -141,7 +141,7 @@ def test_padding_mask_read_once_per_forward(tiny, monkeypatch):
     import dash_eval.kernels.api as api_module
 
     calls = {"mask": 0, "spans": 0}
-    for memo, name in ((patch_module._kv_valid_of, "mask"), (api_module._row_spans_of, "spans")):
+    for memo, name in ((patch_module._kv_valid_of, "mask"), (api_module.row_spans, "spans")):
         fn = memo.fn
 
         def counted(*args, fn=fn, name=name):
