@@ -9,12 +9,14 @@ additive logit ``bias`` of the same shape.
 
 from __future__ import annotations
 
+import contextlib
 import weakref
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from dash_eval.kernels.stats import AttentionStats, chunk_stats, concat_stats
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 # Upper bound on the elements of one chunk's [B, Hq, L, Nk] logit mask (~128 MB in float32).
 _CHUNK_ELEMENTS = 1 << 25
@@ -39,6 +41,21 @@ class LastResult:
         value = self.fn(tensor, *extra)
         self.entry = (weakref.ref(tensor), key, value)
         return value
+
+
+# PyTorch's SDPA backends other than cuDNN's. cuDNN builds an execution plan for every new shape: on an H200 with
+# torch 2.11, a one-query call against a key length it had not seen took about 72 ms, against 0.16 ms once planned
+# and 0.13-0.19 ms with the flash backend (docs/perf-notes.md, session 15). A decode step meets a new key length every
+# time, and a patched model's first layer paid that plan on every step.
+_ANY_LENGTH_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+
+
+def sdpa_any_length(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, **kwargs) -> torch.Tensor:
+    """``F.scaled_dot_product_attention`` for calls whose key length changes from call to call (decode, chunks,
+    masked references): on CUDA, without the cuDNN backend (``_ANY_LENGTH_BACKENDS``); PyTorch chooses among the
+    others as usual."""
+    with sdpa_kernel(_ANY_LENGTH_BACKENDS) if q.is_cuda else contextlib.nullcontext():
+        return F.scaled_dot_product_attention(q, k, v, **kwargs)
 
 
 def num_blocks(n: int, block_size: int) -> int:
@@ -113,7 +130,7 @@ def _attend_chunk(
         attended = torch.where(sel, tokens_in_block, 0).sum(-1)
         active = (sel & (tokens_in_block > 0)).sum(-1)
     token_mask = torch.where(causal, token_mask, neg)
-    out = F.scaled_dot_product_attention(
+    out = sdpa_any_length(
         qg.reshape(b * hkv, g, length, d),
         k[:, :, :kend].reshape(b * hkv, 1, kend, d),
         v[:, :, :kend].reshape(b * hkv, 1, kend, d),

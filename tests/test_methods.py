@@ -154,3 +154,39 @@ def test_closed_form_counts_match_their_loops():
             ends = [j * stride + size - 1 for j in range(count)]
             loop = sum(e <= p for p in range(first, stop) for e in ends)
             assert visible_kernel_pairs(first, stop, count, stride, size) == loop
+
+
+def test_full_decode_runs_without_the_cudnn_backend_on_cuda(monkeypatch):
+    """A decode step of ``full`` meets a new key length every time, for which cuDNN's SDPA backend builds a plan
+    (about 72 ms on an H200): on CUDA the call excludes that backend and keeps flash, memory-efficient and math;
+    a prefill keeps PyTorch's own choice. Checked here with queries that report themselves as CUDA tensors."""
+    import torch.nn.functional as F
+    from dash_eval.kernels import common
+
+    seen = []
+    real = F.scaled_dot_product_attention
+
+    def recording(q, k, v, **kwargs):
+        seen.append((q.shape[2], torch.backends.cuda.cudnn_sdp_enabled(), torch.backends.cuda.flash_sdp_enabled(),
+                     torch.backends.cuda.math_sdp_enabled()))
+        return real(q.as_subclass(torch.Tensor), k, v, **kwargs)
+
+    class CudaLooking(torch.Tensor):
+        @property
+        def is_cuda(self):
+            return True
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", recording)
+    monkeypatch.setattr(common.F, "scaled_dot_product_attention", recording)
+    gen = torch.Generator().manual_seed(3)
+    k, v = (torch.randn(1, 2, 40, 16, generator=gen) for _ in range(2))
+    before = torch.backends.cuda.cudnn_sdp_enabled()
+    for nq in (1, 3, 40):
+        q = torch.randn(1, 4, nq, 16, generator=gen)
+        out = sparse_attention(q.as_subclass(CudaLooking), k, v, "full", backend="reference")
+        assert torch.allclose(out.as_subclass(torch.Tensor), sparse_attention(q, k, v, "full", backend="reference"))
+    assert [s[0] for s in seen[::2]] == [1, 3, 40]
+    by_len = dict((s[0], s[1:]) for s in seen[::2])
+    assert by_len[1] == (False, True, True) and by_len[3] == (False, True, True)  # decode, a chunk: no cuDNN
+    assert by_len[40][0] == before  # the prefill: PyTorch's own flags, untouched
+    assert torch.backends.cuda.cudnn_sdp_enabled() == before  # restored after each call

@@ -6,7 +6,7 @@ import dataclasses
 
 import torch
 import torch.nn.functional as F
-from dash_eval.kernels.common import query_positions
+from dash_eval.kernels.common import query_positions, sdpa_any_length
 from dash_eval.kernels.registry import AttentionMethod, MethodParams, register_method
 from dash_eval.kernels.stats import AttentionStats, causal_pairs_of, counts_deferred
 
@@ -39,13 +39,13 @@ class FullAttention(AttentionMethod):
     def reference(self, q, k, v, params, *, softmax_scale, return_stats):
         b, hq, nq, _ = q.shape
         hkv, nk = k.shape[1], k.shape[2]
-        if nq == nk:
+        if nq == nk:  # a prefill: PyTorch's own choice of backend (cuDNN's, where it is the fastest)
             out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=softmax_scale, enable_gqa=True)
         elif nq == 1:  # one decode query, the last position: it sees every key, no mask to build
-            out = F.scaled_dot_product_attention(q, k, v, scale=softmax_scale, enable_gqa=True)
+            out = sdpa_any_length(q, k, v, scale=softmax_scale, enable_gqa=True)
         else:
             pos = query_positions(nq, nk, q.device)
             mask = torch.arange(nk, device=q.device)[None, :] <= pos[:, None]
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=softmax_scale, enable_gqa=True)
+            out = sdpa_any_length(q, k, v, attn_mask=mask, scale=softmax_scale, enable_gqa=True)
         stats = full_attention_stats(b, hkv, nq, nk, params.block_size, q.device) if return_stats else None
         return out, stats
