@@ -9,6 +9,7 @@ calibrated to the wanted sparsity at each length by its ``scale`` (bisection on 
 prefill). Only the last position's logits are computed (``logits_to_keep=1``), as in generation.
 
     python scripts/gpu_model_speed.py                                  # Llama-3-8B's shape, 4 layers, 8k and 32k
+    python scripts/gpu_model_speed.py --shape glm4-9b --tokens 32768       # 2 KV heads (groups of 16)
     python scripts/gpu_model_speed.py --shape smollm2-135m --layers 30 --tokens 2048,8192
     python scripts/gpu_model_speed.py --shape path/to/config.json      # any Llama-like config of your own
     python scripts/gpu_model_speed.py --tiny --cpu                     # a smoke run on the CPU (Triton interpreter)
@@ -48,6 +49,10 @@ import torch  # noqa: E402
 SHAPES = {
     "llama3-8b": dict(hidden_size=4096, intermediate_size=14336, num_attention_heads=32, num_key_value_heads=8,
                       head_dim=128, vocab_size=128256, rope_theta=500000.0),
+    # GLM-4-9B's sizes (32 query heads over 2 KV heads: groups of 16, where the sparse kernels are fastest) in
+    # Llama's architecture
+    "glm4-9b": dict(hidden_size=4096, intermediate_size=13696, num_attention_heads=32, num_key_value_heads=2,
+                    head_dim=128, vocab_size=151552, rope_theta=10000.0),
     "smollm2-135m": dict(hidden_size=576, intermediate_size=1536, num_attention_heads=9, num_key_value_heads=3,
                          head_dim=64, vocab_size=49152, tie_word_embeddings=True),
     "tiny": dict(hidden_size=128, intermediate_size=256, num_attention_heads=4, num_key_value_heads=2, head_dim=32,
