@@ -449,9 +449,14 @@ def sweep_configs(run: SparseRun, log) -> None:
             for warps in (4, 8):
                 tq = max(1, rows // gp)
                 try:
-                    ms = _median_ms(lambda tq=tq, chunk=chunk, warps=warps: dash_route(
-                        q, summ, k.shape[2], tile_q=tq, chunk_blocks=chunk, num_warps=warps, **route_kw))
-                    log(f"  sweep route rows={gp * tq} chunk={chunk} warps={warps}: {ms:.3f} ms")
+                    def route(tq=tq, chunk=chunk, warps=warps):
+                        return dash_route(q, summ, k.shape[2], tile_q=tq, chunk_blocks=chunk, num_warps=warps,
+                                          **route_kw)
+
+                    ran = route().chunk_blocks  # narrower than asked where the asked chunk did not fit
+                    shown = f"{chunk}" if ran in (None, chunk) else f"{chunk} (ran {ran})"
+                    ms = _median_ms(route)
+                    log(f"  sweep route rows={gp * tq} chunk={shown} warps={warps}: {ms:.3f} ms")
                 except Exception as exc:  # noqa: BLE001  (a configuration that does not compile)
                     log(f"  sweep route rows={gp * tq} chunk={chunk} warps={warps}: failed {str(exc)[:80]}")
     route = dash_route(q, summ, k.shape[2], **route_kw)

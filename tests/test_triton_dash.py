@@ -242,6 +242,7 @@ def test_dash_routing_narrows_its_chunk_to_fit_shared_memory(monkeypatch):
                        init_blocks=1, local_blocks=1, block_size=c)
     assert chunks[5:] == [(64, 16), (32, 16)], chunks  # the widths that fit, remembered
     assert torch.equal(again.words, route.words)
+    assert route.chunk_blocks == again.chunk_blocks == 16  # what ran, for `bench --sweep`'s label
 
 
 def test_dash_triton_falls_back_on_unsupported_block_size():
@@ -361,3 +362,36 @@ def test_dash_decode_path_matches_reference(case, mode, monkeypatch):
                 n = int(tcount[bi, h, 0])
                 assert torch.equal(tlist[bi, h, 0, :n], ref_list[bi, h, 0, :n])
     torch.testing.assert_close(split.max_beta, fused.max_beta, rtol=1e-4, atol=1e-5)
+
+
+def test_bench_sweep_labels_the_chunk_that_ran(monkeypatch):
+    """``dash-eval bench --sweep`` (its ``sweep_configs``, run here on the interpreter with each timing replaced by
+    one call): every routing and fine-stage configuration runs, and a routing chunk the GPU refused (here: any over
+    16 blocks) is labelled with the chunk that ran."""
+    import dash_eval.kernels.dash.triton_routing as tr
+    from dash_eval.kernels import bench
+    from dash_eval.kernels._triton import launch
+    from triton.runtime.errors import OutOfResources
+
+    kernel = tr._dash_route_kernel
+
+    class SmallSharedMemory:
+        def __getitem__(self, grid):
+            def run(*args, **kwargs):
+                if kwargs["CH"] > 16:
+                    raise OutOfResources(1000 * kwargs["CH"], 16000, "shared memory")
+                return kernel[grid](*args, **kwargs)
+
+            return run
+
+    monkeypatch.setattr(tr, "_dash_route_kernel", SmallSharedMemory())
+    monkeypatch.setattr(launch, "_WIDTH_THAT_FITS", {})
+    monkeypatch.setattr(bench, "_median_ms", lambda fn, graph=False: (fn(), 1.0)[1])
+    case = bench.Case("tiny", "dash", 150, q_heads=4, kv_heads=2, head_dim=16, params={"block_size": 8, "scale": 8.0})
+    q, k, v = bench.structured_inputs(case, torch.float32, torch.device("cpu"))
+    lines = []
+    bench.sweep_configs(bench.SparseRun(case, q, k, v, case.head_dim**-0.5), lines.append)
+    route = [ln for ln in lines if "sweep route" in ln]
+    assert len(route) == 4 and all("chunk=256 (ran 16)" in ln and ln.endswith("1.000 ms") for ln in route), route
+    fine = [ln for ln in lines if "sweep fine" in ln]
+    assert len(fine) == 16 and all(ln.endswith("1.000 ms") for ln in fine), fine
