@@ -9,14 +9,12 @@ additive logit ``bias`` of the same shape.
 
 from __future__ import annotations
 
-import contextlib
 import weakref
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from dash_eval.kernels.stats import AttentionStats, chunk_stats, concat_stats
-from torch.nn.attention import SDPBackend, sdpa_kernel
 
 # Upper bound on the elements of one chunk's [B, Hq, L, Nk] logit mask (~128 MB in float32).
 _CHUNK_ELEMENTS = 1 << 25
@@ -43,19 +41,22 @@ class LastResult:
         return value
 
 
-# PyTorch's SDPA backends other than cuDNN's. cuDNN builds an execution plan for every new shape: on an H200 with
-# torch 2.11, a one-query call against a key length it had not seen took about 72 ms, against 0.16 ms once planned
-# and 0.13-0.19 ms with the flash backend (docs/perf-notes.md, session 15). A decode step meets a new key length every
-# time, and a patched model's first layer paid that plan on every step.
-_ANY_LENGTH_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
-
-
 def sdpa_any_length(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, **kwargs) -> torch.Tensor:
-    """``F.scaled_dot_product_attention`` for calls whose key length changes from call to call (decode, chunks,
-    masked references): on CUDA, without the cuDNN backend (``_ANY_LENGTH_BACKENDS``); PyTorch chooses among the
-    others as usual."""
-    with sdpa_kernel(_ANY_LENGTH_BACKENDS) if q.is_cuda else contextlib.nullcontext():
+    """``F.scaled_dot_product_attention`` for unmasked calls whose key length changes from call to call (a decode
+    step): on CUDA, with PyTorch's cuDNN backend switched off for the call; the other backends stay as the caller
+    set them, PyTorch choosing among them as usual. cuDNN builds an execution plan for every new shape: on an H200
+    with torch 2.11, a one-query call against a key length it had not seen took about 72 ms, against 0.16-0.37 ms
+    once planned and 0.13-0.22 ms with the flash backend (docs/perf-notes.md, session 15). A decode step meets a
+    new key length every time, so a patched ``full`` paid that plan on every step. Not for masked calls with GQA:
+    flash and memory-efficient refuse those, so without cuDNN they fall to the math backend (measured 2-10x slower,
+    with 10-16x the memory)."""
+    if not (q.is_cuda and torch.backends.cuda.cudnn_sdp_enabled()):
         return F.scaled_dot_product_attention(q, k, v, **kwargs)
+    torch.backends.cuda.enable_cudnn_sdp(False)
+    try:
+        return F.scaled_dot_product_attention(q, k, v, **kwargs)
+    finally:
+        torch.backends.cuda.enable_cudnn_sdp(True)
 
 
 def num_blocks(n: int, block_size: int) -> int:
@@ -130,7 +131,7 @@ def _attend_chunk(
         attended = torch.where(sel, tokens_in_block, 0).sum(-1)
         active = (sel & (tokens_in_block > 0)).sum(-1)
     token_mask = torch.where(causal, token_mask, neg)
-    out = sdpa_any_length(
+    out = F.scaled_dot_product_attention(
         qg.reshape(b * hkv, g, length, d),
         k[:, :, :kend].reshape(b * hkv, 1, kend, d),
         v[:, :, :kend].reshape(b * hkv, 1, kend, d),

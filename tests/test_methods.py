@@ -158,17 +158,20 @@ def test_closed_form_counts_match_their_loops():
 
 def test_full_decode_runs_without_the_cudnn_backend_on_cuda(monkeypatch):
     """A decode step of ``full`` meets a new key length every time, for which cuDNN's SDPA backend builds a plan
-    (about 72 ms on an H200): on CUDA the call excludes that backend and keeps flash, memory-efficient and math;
-    a prefill keeps PyTorch's own choice. Checked here with queries that report themselves as CUDA tensors."""
+    (about 72 ms on an H200): on CUDA its one-query call switches that backend off and leaves the others as the
+    caller set them (here math switched off by the caller stays off). Masked calls (a chunk of new queries, the
+    references' block-sparse softmax) and a prefill keep PyTorch's own choice: with GQA and a mask only cuDNN and
+    math take them. Checked with queries that report themselves as CUDA tensors."""
     import torch.nn.functional as F
     from dash_eval.kernels import common
 
     seen = []
     real = F.scaled_dot_product_attention
+    cuda = torch.backends.cuda
 
     def recording(q, k, v, **kwargs):
-        seen.append((q.shape[2], torch.backends.cuda.cudnn_sdp_enabled(), torch.backends.cuda.flash_sdp_enabled(),
-                     torch.backends.cuda.math_sdp_enabled()))
+        if type(q) is not torch.Tensor:
+            seen.append((q.shape[2], cuda.cudnn_sdp_enabled(), cuda.flash_sdp_enabled(), cuda.math_sdp_enabled()))
         return real(q.as_subclass(torch.Tensor), k, v, **kwargs)
 
     class CudaLooking(torch.Tensor):
@@ -180,13 +183,25 @@ def test_full_decode_runs_without_the_cudnn_backend_on_cuda(monkeypatch):
     monkeypatch.setattr(common.F, "scaled_dot_product_attention", recording)
     gen = torch.Generator().manual_seed(3)
     k, v = (torch.randn(1, 2, 40, 16, generator=gen) for _ in range(2))
-    before = torch.backends.cuda.cudnn_sdp_enabled()
-    for nq in (1, 3, 40):
-        q = torch.randn(1, 4, nq, 16, generator=gen)
-        out = sparse_attention(q.as_subclass(CudaLooking), k, v, "full", backend="reference")
-        assert torch.allclose(out.as_subclass(torch.Tensor), sparse_attention(q, k, v, "full", backend="reference"))
-    assert [s[0] for s in seen[::2]] == [1, 3, 40]
-    by_len = dict((s[0], s[1:]) for s in seen[::2])
-    assert by_len[1] == (False, True, True) and by_len[3] == (False, True, True)  # decode, a chunk: no cuDNN
-    assert by_len[40][0] == before  # the prefill: PyTorch's own flags, untouched
-    assert torch.backends.cuda.cudnn_sdp_enabled() == before  # restored after each call
+    flags = (cuda.cudnn_sdp_enabled(), cuda.flash_sdp_enabled(), cuda.math_sdp_enabled())
+    cuda.enable_cudnn_sdp(True)
+    cuda.enable_math_sdp(False)
+    try:
+        for nq in (1, 3, 40):
+            q = torch.randn(1, 4, nq, 16, generator=gen)
+            out = sparse_attention(q.as_subclass(CudaLooking), k, v, "full", backend="reference")
+            expect = sparse_attention(q, k, v, "full", backend="reference")
+            assert torch.allclose(out.as_subclass(torch.Tensor), expect)
+            assert cuda.cudnn_sdp_enabled() and not cuda.math_sdp_enabled()  # restored after each call
+        n_full = len(seen)
+        params = {"block_size": 8, "kernel_size": 8, "kernel_stride": 4, "topk": 1, "local_blocks": 1}
+        q = torch.randn(1, 4, 40, 16, generator=gen)
+        out = sparse_attention(q.as_subclass(CudaLooking), k, v, "infllmv2", backend="reference", **params)
+        assert torch.allclose(out.as_subclass(torch.Tensor),
+                              sparse_attention(q, k, v, "infllmv2", backend="reference", **params))
+    finally:
+        cuda.enable_cudnn_sdp(flags[0])
+        cuda.enable_flash_sdp(flags[1])
+        cuda.enable_math_sdp(flags[2])
+    assert seen[:n_full] == [(1, False, flags[1], False), (3, True, flags[1], False), (40, True, flags[1], False)]
+    assert seen[n_full:] and all(cudnn for _, cudnn, _, _ in seen[n_full:]), seen[n_full:]

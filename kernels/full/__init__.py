@@ -39,13 +39,15 @@ class FullAttention(AttentionMethod):
     def reference(self, q, k, v, params, *, softmax_scale, return_stats):
         b, hq, nq, _ = q.shape
         hkv, nk = k.shape[1], k.shape[2]
-        if nq == nk:  # a prefill: PyTorch's own choice of backend (cuDNN's, where it is the fastest)
+        if nq == nk:  # a prefill: PyTorch's own choice (cuDNN's where available: the fastest once planned,
+            # though each new length costs it a plan)
             out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=softmax_scale, enable_gqa=True)
         elif nq == 1:  # one decode query, the last position: it sees every key, no mask to build
             out = sdpa_any_length(q, k, v, scale=softmax_scale, enable_gqa=True)
         else:
             pos = query_positions(nq, nk, q.device)
             mask = torch.arange(nk, device=q.device)[None, :] <= pos[:, None]
-            out = sdpa_any_length(q, k, v, attn_mask=mask, scale=softmax_scale, enable_gqa=True)
+            # masked with GQA: only cuDNN and math take it, and math is far slower and larger (sdpa_any_length)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=softmax_scale, enable_gqa=True)
         stats = full_attention_stats(b, hkv, nq, nk, params.block_size, q.device) if return_stats else None
         return out, stats
