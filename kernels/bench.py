@@ -453,8 +453,8 @@ def sweep_configs(run: SparseRun, log) -> None:
                         return dash_route(q, summ, k.shape[2], tile_q=tq, chunk_blocks=chunk, num_warps=warps,
                                           **route_kw)
 
-                    ran = route().chunk_blocks  # narrower than asked where the asked chunk did not fit
-                    shown = f"{chunk}" if ran in (None, chunk) else f"{chunk} (ran {ran})"
+                    narrowed = route().narrowed_chunk  # where the asked chunk did not fit in shared memory
+                    shown = f"{chunk}" if narrowed is None else f"{chunk} (narrowed to {narrowed})"
                     ms = _median_ms(route)
                     log(f"  sweep route rows={gp * tq} chunk={shown} warps={warps}: {ms:.3f} ms")
                 except Exception as exc:  # noqa: BLE001  (a configuration that does not compile)

@@ -242,7 +242,13 @@ def test_dash_routing_narrows_its_chunk_to_fit_shared_memory(monkeypatch):
                        init_blocks=1, local_blocks=1, block_size=c)
     assert chunks[5:] == [(64, 16), (32, 16)], chunks  # the widths that fit, remembered
     assert torch.equal(again.words, route.words)
-    assert route.chunk_blocks == again.chunk_blocks == 16  # what ran, for `bench --sweep`'s label
+    assert route.narrowed_chunk == again.narrowed_chunk == 16  # what ran, for `bench --sweep`'s label
+    # where every chunk fits, the segments' widths (64 and 32 blocks) only cap it: nothing was narrowed
+    monkeypatch.setattr(tr, "_dash_route_kernel", kernel)
+    monkeypatch.setattr(launch, "_WIDTH_THAT_FITS", {})
+    fits = dash_route(q, block_summaries(k, None, c, sm), nk, alpha=1.5, scale=8.0, softmax_scale=sm,
+                      init_blocks=1, local_blocks=1, block_size=c)
+    assert fits.narrowed_chunk is None and torch.equal(fits.words, route.words)
 
 
 def test_dash_triton_falls_back_on_unsupported_block_size():
@@ -392,6 +398,7 @@ def test_bench_sweep_labels_the_chunk_that_ran(monkeypatch):
     lines = []
     bench.sweep_configs(bench.SparseRun(case, q, k, v, case.head_dim**-0.5), lines.append)
     route = [ln for ln in lines if "sweep route" in ln]
-    assert len(route) == 4 and all("chunk=256 (ran 16)" in ln and ln.endswith("1.000 ms") for ln in route), route
+    assert len(route) == 4, route
+    assert all("chunk=256 (narrowed to 16)" in ln and ln.endswith("1.000 ms") for ln in route), route
     fine = [ln for ln in lines if "sweep fine" in ln]
     assert len(fine) == 16 and all(ln.endswith("1.000 ms") for ln in fine), fine

@@ -103,9 +103,9 @@ class DashRoute:
     # layout of ``selection.tile_union`` for tiles of ``tile_q`` queries, so no union launch is needed.
     tiles: tuple[torch.Tensor, torch.Tensor] | None = None
     tile_q: int | None = None
-    # the narrowest chunk of summaries a prefill segment was launched with (narrowed where the asked one did not fit
-    # in shared memory); None in decode
-    chunk_blocks: int | None = None
+    # prefill: the narrowest chunk of summaries a segment had to fall back to because the one it asked for (the
+    # asked chunk, or the segment's width if narrower) did not fit in shared memory; None where none did
+    narrowed_chunk: int | None = None
 
 
 @triton.jit
@@ -566,7 +566,7 @@ def dash_route(
             TMA=tma, **chained,
         )
 
-    launched = []
+    narrowed = []
     for q_lo, q_hi, width in segments:
         seg_tq = tile_q if tile_q_given else route_tile(g, width, q_hi - q_lo)
         rows = gp * seg_tq
@@ -579,9 +579,10 @@ def dash_route(
                     ROUTE_TMA)
         run_segment = functools.partial(launch_segment, q_lo, q_hi, width, seg_tq, n_prog, warps)
         # decode's precomputed scores stage no summaries: a narrower chunk would not need less shared memory
-        launched.append(launch_narrowing(run_segment, seg_ch, fits_key, least=seg_ch if precomputed else 16))
-    return DashRoute(words, tau, mean_log, max_beta, active, attended,
-                     chunk_blocks=None if precomputed or not launched else min(launched))
+        ran = launch_narrowing(run_segment, seg_ch, fits_key, least=seg_ch if precomputed else 16)
+        if ran < seg_ch:
+            narrowed.append(ran)
+    return DashRoute(words, tau, mean_log, max_beta, active, attended, narrowed_chunk=min(narrowed, default=None))
 
 
 def width_segments(nq: int, nk: int, block_size: int, nbp: int, most: int) -> list[tuple[int, int, int]]:
