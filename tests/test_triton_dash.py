@@ -200,10 +200,10 @@ def test_dash_routing_by_causal_width_matches_one_launch(chunk, loads, monkeypat
     assert all(desc is not None for desc in made)
 
 
-def test_dash_routing_narrows_its_chunk_to_fit_shared_memory(monkeypatch):
-    """A routing launch the GPU refuses for shared memory (float32 summaries at head dim 256 stage 327,696 bytes in
-    chunks of 256 blocks, over sm_90's 232,448) runs again with half the blocks per chunk, rows wider than the
-    chunk then going through the scratch row; the selection is still the reference's."""
+def _refuse_wide_route_chunks(monkeypatch) -> list[tuple[int, int]]:
+    """The dash routing kernel as a GPU with little shared memory runs it: a launch with more than 16 summaries a
+    chunk is refused (``OutOfResources``), the others run; the widths remembered as fitting are forgotten first.
+    Returns the list of ``(row width, chunk)`` of every launch tried."""
     import dash_eval.kernels.dash.triton_routing as tr
     from dash_eval.kernels._triton import launch
     from triton.runtime.errors import OutOfResources
@@ -223,6 +223,18 @@ def test_dash_routing_narrows_its_chunk_to_fit_shared_memory(monkeypatch):
 
     monkeypatch.setattr(tr, "_dash_route_kernel", SmallSharedMemory())
     monkeypatch.setattr(launch, "_WIDTH_THAT_FITS", {})
+    return chunks
+
+
+def test_dash_routing_narrows_its_chunk_to_fit_shared_memory(monkeypatch):
+    """A routing launch the GPU refuses for shared memory (float32 summaries at head dim 256 stage 327,696 bytes in
+    chunks of 256 blocks, over sm_90's 232,448) runs again with half the blocks per chunk, rows wider than the
+    chunk then going through the scratch row; the selection is still the reference's."""
+    import dash_eval.kernels.dash.triton_routing as tr
+    from dash_eval.kernels._triton import launch
+
+    kernel = tr._dash_route_kernel
+    chunks = _refuse_wide_route_chunks(monkeypatch)
     gen = torch.Generator().manual_seed(29)
     b, hq, hkv, nk, d, c = 1, 4, 2, 600, 32, 16
     q = torch.randn(b, hq, nk, d, generator=gen)
@@ -374,24 +386,9 @@ def test_bench_sweep_labels_the_chunk_that_ran(monkeypatch):
     """``dash-eval bench --sweep`` (its ``sweep_configs``, run here on the interpreter with each timing replaced by
     one call): every routing and fine-stage configuration runs, and a routing chunk the GPU refused (here: any over
     16 blocks) is labelled with the chunk that ran."""
-    import dash_eval.kernels.dash.triton_routing as tr
     from dash_eval.kernels import bench
-    from dash_eval.kernels._triton import launch
-    from triton.runtime.errors import OutOfResources
 
-    kernel = tr._dash_route_kernel
-
-    class SmallSharedMemory:
-        def __getitem__(self, grid):
-            def run(*args, **kwargs):
-                if kwargs["CH"] > 16:
-                    raise OutOfResources(1000 * kwargs["CH"], 16000, "shared memory")
-                return kernel[grid](*args, **kwargs)
-
-            return run
-
-    monkeypatch.setattr(tr, "_dash_route_kernel", SmallSharedMemory())
-    monkeypatch.setattr(launch, "_WIDTH_THAT_FITS", {})
+    _refuse_wide_route_chunks(monkeypatch)
     monkeypatch.setattr(bench, "_median_ms", lambda fn, graph=False: (fn(), 1.0)[1])
     case = bench.Case("tiny", "dash", 150, q_heads=4, kv_heads=2, head_dim=16, params={"block_size": 8, "scale": 8.0})
     q, k, v = bench.structured_inputs(case, torch.float32, torch.device("cpu"))
