@@ -29,7 +29,7 @@ class _LayerCache:
 
 
 class _DashState:
-    """Block summaries (``kernels.dash.triton_routing``)."""
+    """Block summaries (``kernels.dash.triton_summaries``)."""
 
     @staticmethod
     def unsupported(query, params) -> str | None:
@@ -39,7 +39,7 @@ class _DashState:
 
     @staticmethod
     def allocate(key, params):
-        from dash_eval.kernels.dash.triton_routing import allocate_summaries
+        from dash_eval.kernels.dash.triton_summaries import allocate_summaries
 
         return allocate_summaries(key, max(1, key.shape[2] // params.block_size) + _GROWTH_BLOCKS)
 
@@ -50,7 +50,7 @@ class _DashState:
     @staticmethod
     def update(state, key, params, softmax_scale: float) -> None:
         from dash_eval.kernels.dash.triton_attention import _router
-        from dash_eval.kernels.dash.triton_routing import update_summaries
+        from dash_eval.kernels.dash.triton_summaries import update_summaries
 
         update_summaries(state, key, _router(params, key), params.block_size, softmax_scale)
 

@@ -283,7 +283,7 @@ class SparseRun:
         """Decode keeps the block summaries of the cache (``update_summaries`` appends each new block), so a
         step routes against them instead of re-reading every key."""
         from dash_eval.kernels.dash.triton_attention import _router
-        from dash_eval.kernels.dash.triton_routing import block_summaries
+        from dash_eval.kernels.dash.triton_summaries import block_summaries
 
         p = self.params
         self.summaries = block_summaries(self.k, _router(p, self.k), p.block_size, self.scale)
@@ -312,7 +312,7 @@ class SparseRun:
 
         if self.summaries is not None:
             from dash_eval.kernels.dash.triton_attention import dash_attention_triton
-            from dash_eval.kernels.dash.triton_routing import update_summaries
+            from dash_eval.kernels.dash.triton_summaries import update_summaries
 
             update_summaries(self.summaries, self.k, self.params.router, self.params.block_size, self.scale)
             return dash_attention_triton(self.q, self.k, self.v, self.params, softmax_scale=self.scale,
@@ -393,7 +393,8 @@ def _words(run: SparseRun) -> torch.Tensor:
 
 def _words_for_flex(run: SparseRun) -> torch.Tensor | None:
     from dash_eval.kernels.dash.triton_attention import _router
-    from dash_eval.kernels.dash.triton_routing import block_summaries, dash_route
+    from dash_eval.kernels.dash.triton_routing import dash_route
+    from dash_eval.kernels.dash.triton_summaries import block_summaries
 
     if run.case.method != "dash":
         return None
@@ -405,7 +406,8 @@ def _words_for_flex(run: SparseRun) -> torch.Tensor | None:
 
 def _route_time(run: SparseRun) -> float:
     from dash_eval.kernels.dash.triton_attention import _router
-    from dash_eval.kernels.dash.triton_routing import block_summaries, dash_route
+    from dash_eval.kernels.dash.triton_routing import dash_route
+    from dash_eval.kernels.dash.triton_summaries import block_summaries
 
     p = run.params
     if run.kernel_keys is not None:  # decode: routing against the cached kernel keys, as the step uses them
@@ -437,7 +439,8 @@ def sweep_configs(run: SparseRun, log) -> None:
     from dash_eval.kernels._triton.block_sparse import DashPrior, prior_matters, sparse_attention_from_words
     from dash_eval.kernels._triton.launch import next_pow2
     from dash_eval.kernels.dash.triton_attention import _router
-    from dash_eval.kernels.dash.triton_routing import block_summaries, dash_route
+    from dash_eval.kernels.dash.triton_routing import dash_route
+    from dash_eval.kernels.dash.triton_summaries import block_summaries
 
     p, q, k, v = run.params, run.q, run.k, run.v
     gp = next_pow2(q.shape[1] // k.shape[1])

@@ -91,7 +91,7 @@ def _cut_dash(source: str, what: str) -> str:
 
 
 def dash_phases(names: list[str], cases: dict, tmp: Path) -> None:
-    from dash_eval.kernels.dash import triton_routing
+    from dash_eval.kernels.dash import triton_routing, triton_summaries
     from dash_eval.kernels.dash.triton_attention import _router
 
     source = Path(triton_routing.__file__).read_text()
@@ -106,7 +106,7 @@ def dash_phases(names: list[str], cases: dict, tmp: Path) -> None:
         run = SparseRun(case, q, k, v, case.head_dim**-0.5)
         run.calibrate(case.target_sparsity, lambda msg: None)
         p = run.params
-        summ = triton_routing.block_summaries(k, _router(p, k), p.block_size, run.scale)
+        summ = triton_summaries.block_summaries(k, _router(p, k), p.block_size, run.scale)
         for n in widths:
             ms = {}
             for what, module in variants.items():

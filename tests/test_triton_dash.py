@@ -24,7 +24,8 @@ if triton_available:
     from dash_eval.kernels.common import num_blocks
     from dash_eval.kernels.dash.naive import dash_block_summaries
     from dash_eval.kernels.dash.naive import dash_route as reference_route
-    from dash_eval.kernels.dash.triton_routing import block_summaries, dash_route
+    from dash_eval.kernels.dash.triton_routing import dash_route
+    from dash_eval.kernels.dash.triton_summaries import block_summaries
 
 TOL = {torch.float32: 2e-5, torch.bfloat16: 2e-2}
 

@@ -14,7 +14,8 @@ from dash_eval.kernels._triton.block_sparse import (
 )
 from dash_eval.kernels._triton.launch import kernel_supports
 from dash_eval.kernels.dash import layer_router
-from dash_eval.kernels.dash.triton_routing import BlockSummaries, block_summaries, dash_route
+from dash_eval.kernels.dash.triton_routing import dash_route
+from dash_eval.kernels.dash.triton_summaries import BlockSummaries, block_summaries
 from dash_eval.kernels.registry import get_method
 from dash_eval.kernels.stats import AttentionStats
 
@@ -36,7 +37,7 @@ def dash_attention_triton(
     splits: int | None = None,
 ) -> tuple[torch.Tensor, AttentionStats | None]:
     """DashAttention forward (METHODS.md "dash"). ``summaries`` may carry a decode cache's block
-    summaries (``triton_routing.update_summaries``); otherwise they are computed from ``k``."""
+    summaries (``triton_summaries.update_summaries``); otherwise they are computed from ``k``."""
     if kernel_supports(q, params.block_size) is not None:
         return get_method("dash").reference(q, k, v, params, softmax_scale=softmax_scale, return_stats=return_stats)
     nk, c = k.shape[2], params.block_size
