@@ -2,7 +2,10 @@
 """Per-kernel device times of one decode step at 131,072 cached tokens (torch.profiler), for the sparse
 methods as ``dash-eval bench --shapes decode`` runs them: which launch a decode step's time goes to.
 
-    python scripts/gpu_decode_profile.py [case ...]   # from a checkout, on a CUDA machine
+    python scripts/gpu_decode_profile.py [--no-pdl] [case ...]   # from a checkout, on a CUDA machine
+
+With programmatic dependent launch (Hopper) a kernel starts before the one it waits for has finished, so its
+device time includes that wait; ``--no-pdl`` launches the kernels one after the other, each timed alone.
 """
 
 from __future__ import annotations
@@ -27,9 +30,18 @@ STEPS = 50
 def main() -> int:
     import dash_eval.kernels.triton_backend  # noqa: F401
 
-    names = sys.argv[1:] or ["nsa-decode-128k-kv2", "infllmv2-decode-128k-kv2"]
+    from dash_eval.kernels._triton import launch
+
+    args = sys.argv[1:]
+    if "--no-pdl" in args:
+        args.remove("--no-pdl")
+        launch.USE_PDL = False
+    names = args or ["nsa-decode-128k-kv2", "infllmv2-decode-128k-kv2"]
     cases = {c.name: c for c in SHAPE_SETS["decode"]}
-    print(f"# {torch.cuda.get_device_name()}")
+    unknown = [n for n in names if n not in cases]
+    if unknown:
+        raise SystemExit(f"unknown case(s) {unknown}; accepted: {sorted(cases)}")
+    print(f"# {torch.cuda.get_device_name()}; programmatic dependent launch {'on' if launch.USE_PDL else 'off'}")
     for name in names:
         case = cases[name]
         q, k, v = structured_inputs(case, torch.bfloat16, torch.device("cuda"))

@@ -104,6 +104,34 @@ def test_entmax_power_is_integer_only_where_exact():
     assert [entmax_integer_power(1 / (a - 1)) for a in (1.75, 1.333, 1.05, 1.9)] == [0, 0, 0, 0]
 
 
+@pytest.mark.parametrize("paired", [False, True], ids=["two-sums", "paired-sums"])
+@pytest.mark.parametrize("alpha", [1.5, 1.75])
+def test_decode_threshold_launch_finds_the_entmax_threshold(alpha, paired):
+    """Decode's threshold launch alone (``PAIRED``: Newton's two sums in one reduction, as on the GPU, which the
+    routing tests above leave out on the CPU interpreter) on two rows of 40 candidate scores, padded to 64:
+    entmax from its thresholds is the reference's entmax of the rows."""
+    from dash_eval.kernels._triton.ops import entmax_integer_power
+    from dash_eval.kernels.dash import triton_routing as tr
+    from dash_eval.kernels.entmax import entmax
+
+    gen = torch.Generator().manual_seed(3)
+    g, nbp, c, ncand, scale = 2, 64, 16, 40, 3.0
+    scores = torch.randn(g, nbp, generator=gen)
+    tau = torch.full((g,), float("nan"))
+    ent_exp = 1.0 / (alpha - 1.0)
+    # one query at position ncand * C (so blocks 0..ncand-1 are its candidates), one KV head of two query heads
+    tr._dash_tau_kernel[(g,)](
+        scores, tau, 1, ncand * c, ncand, 1, (alpha - 1.0) * scale, ent_exp, 2.0**-21, 1,
+        G=g, GP=g, TQ=1, C=c, NBP=nbp, ENT_POW=entmax_integer_power(ent_exp), MAX_ITERS=tr._MAX_NEWTON_ITERS,
+        PAIRED=paired,
+    )
+    x = (alpha - 1.0) * scale * scores[:, :ncand]
+    mine = torch.clamp(x - tau[:, None], min=0) ** ent_exp
+    ref = entmax(scale * scores[:, :ncand], alpha)
+    assert 0 < int((ref > 0).sum()) < g * ncand  # a sparse distribution, not one block or all
+    assert torch.allclose(mine, ref, atol=1e-5), (mine - ref).abs().max()
+
+
 @pytest.mark.parametrize("alpha", [1.5, 2.0, 1.75, 1.2])
 @pytest.mark.parametrize("chunk", [32, 256], ids=["scratch-rows", "one-chunk"])
 def test_dash_routing_selects_the_reference_blocks(alpha, chunk):

@@ -22,6 +22,7 @@ from dash_eval.kernels._triton.topk_select import TopkRoute, _kernel_scores, _ov
 DECODE_CHUNK_MIN = 64  # kernels per program of the score launch (at least)
 DECODE_BLOCK_CHUNK = 32  # blocks per program of the pooling launch (at most)
 DECODE_LIST = True  # the select launch writes the fine stage's visit list (False: a union launch does)
+DECODE_SELECT_WARPS = 0  # warps of the select program (0: 4, or 8 above 4,096 block scores a tile)
 DECODE_TMA = True  # the score launch reads the kernel keys through tensor descriptors (Hopper's TMA), if it pays
 
 
@@ -221,7 +222,7 @@ def decode_route(
         bs, words, active, attended, tlist, tcount,
         nq, nk - nq, nwords, nblocks, n_qtiles, init_blocks, local_blocks, topk, window,
         TQ=tile_q, C=block_size, NBP=nbp, NBP_BITS=nbp.bit_length() - 1, LIST=listed, EARLY=early,
-        num_warps=4 if tile_q * nbp <= 4096 else 8,
+        num_warps=DECODE_SELECT_WARPS or (4 if tile_q * nbp <= 4096 else 8),
         **chained,
     )
     if listed:

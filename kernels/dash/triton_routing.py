@@ -40,6 +40,7 @@ import triton.language as tl
 from dash_eval.kernels._triton.launch import (
     chain_options,
     dot_mode,
+    interpreting,
     key_descriptors,
     last_dim_contiguous,
     launch_narrowing,
@@ -59,6 +60,10 @@ from dash_eval.kernels._triton.selection import routing_visit_list, store_words,
 from dash_eval.kernels.dash.triton_summaries import BlockSummaries
 
 _MAX_NEWTON_ITERS = 60
+# Decode's threshold launch takes Newton's two row sums in one reduction (v39: 23.9 -> 23.3 us a 2-KV step on an
+# H200; prefill's routing was 1% slower with it, so it keeps two). Not on the CPU interpreter, which runs a
+# reduction with a combine function element by element; tests launch it there directly, on a short row.
+DECODE_TAU_PAIRED = True
 _ROUTE_TILE_ELEMENTS = 16384  # rows x blocks held in registers per program (64 floats a thread at 8 warps)
 # Decode (scores precomputed): the thresholds in a launch of one program per (batch, query head, query) row
 # (``_DECODE_TAU_WARPS`` warps each), then the selection in a launch of one program per query tile and chunk
@@ -79,6 +84,7 @@ ROUTE_SELECT_ELEMENTS = 2048
 # ``launch.tma_descriptor`` allows (chunks of at most 256 blocks); the interpreter runs both paths.
 ROUTE_TMA = True
 DECODE_TMA = True  # the same for decode's block-parallel score launch, where it pays (launch.tma_pays)
+_DECODE_SELECT_WARPS = 0  # warps of a selection program (0: 4, or 2 below 2,048 rows x blocks)
 _DECODE_SELECT_CHUNK = 512  # 128 / 256 / 512 blocks: 3.4 / 3.7 / 3.9 us at 2 KV heads, 6.2 / 5.0 / 3.8 at 8
 
 
@@ -100,18 +106,28 @@ class DashRoute:
 
 
 @triton.jit
-def _entmax_newton(x, tau, ent_exp, tol, has_rows, ENT_POW: tl.constexpr, MAX_ITERS: tl.constexpr):
+def _add_pairs(a, b, c, d):
+    return a + c, b + d
+
+
+@triton.jit
+def _entmax_newton(x, tau, ent_exp, tol, has_rows, ENT_POW: tl.constexpr, MAX_ITERS: tl.constexpr,
+                   PAIRED: tl.constexpr = False):
     """Raise ``tau`` from a point where ``g >= 1`` to the root of ``g(tau) = ||[x - tau]_+||_e = 1``
     (``e = 1/(alpha-1)``; ``x`` is -inf off the candidates). ``g`` is convex and decreasing in ``tau``, so
     Newton's iterates rise monotonically to the root without overshooting; on ``k`` equal scores one
-    step is exact. Stops once every row's step is below ``tol`` (relative) or non-positive (rounding)."""
+    step is exact. Stops once every row's step is below ``tol`` (relative) or non-positive (rounding).
+    ``PAIRED``: an iteration's two row sums in one reduction (one set of the CTA's barriers, not two)."""
     it = 0
     go = has_rows
     while go:
         tt = tl.maximum(x - tau[:, None], 0.0)
         lower, upper = entmax_powers(tt, ent_exp, ENT_POW)
-        f = tl.sum(upper, 1)
-        s1 = tl.sum(lower, 1)
+        if PAIRED:
+            f, s1 = tl.reduce((upper, lower), 1, _add_pairs)
+        else:
+            f = tl.sum(upper, 1)
+            s1 = tl.sum(lower, 1)
         gn = entmax_root(f, ent_exp, ENT_POW)
         step = tl.where(s1 > 0, (gn - 1.0) * f / (tl.maximum(gn, 1e-30) * tl.where(s1 > 0, s1, 1.0)), 0.0)
         tau = tau + tl.maximum(step, 0.0)
@@ -267,7 +283,7 @@ def _dash_scores_kernel(
 def _dash_tau_kernel(
     SCORES, TAU, Nq, q_off, nc, n_qtiles, zscale, ent_exp, tol, HKV,
     G: tl.constexpr, GP: tl.constexpr, TQ: tl.constexpr, C: tl.constexpr, NBP: tl.constexpr,
-    ENT_POW: tl.constexpr, MAX_ITERS: tl.constexpr,
+    ENT_POW: tl.constexpr, MAX_ITERS: tl.constexpr, PAIRED: tl.constexpr,
     PDL: tl.constexpr = False,
 ):
     """The exact threshold of one (batch, query head, query) row from its scores written by
@@ -287,7 +303,7 @@ def _dash_tau_kernel(
     x = tl.load(SCORES + srow * NBP + cols, mask=cols < ncand, other=0.0)
     x = tl.where(cols < ncand, x * zscale, float("-inf"))  # [1, NBP]
     tau = tl.where(ncand > 0, tl.max(x, 1) - 1.0, 0.0)
-    tau = _entmax_newton(x, tau, ent_exp, tol, ncand > 0, ENT_POW, MAX_ITERS)
+    tau = _entmax_newton(x, tau, ent_exp, tol, ncand > 0, ENT_POW, MAX_ITERS, PAIRED)
     tl.store(TAU + row + tl.arange(0, 1), tau)
 
 
@@ -439,6 +455,7 @@ def dash_route(
         _dash_tau_kernel[(b * hq * nq,)](
             scratch, tau, nq, nk - nq, summ.count, n_qtiles, zscale, ent_exp, tol, hkv,
             G=g, GP=gp, TQ=tile_q, C=block_size, NBP=nbp, ENT_POW=ent_pow, MAX_ITERS=_MAX_NEWTON_ITERS,
+            PAIRED=DECODE_TAU_PAIRED and not interpreting(),
             num_warps=max(1, min(_DECODE_TAU_WARPS, nbp // 128)), num_stages=1,
             **chained,
         )
@@ -452,7 +469,7 @@ def dash_route(
             scratch, tau, words, mean_log, max_beta, active, attended, partf, parti, count, tlist, tcount,
             nq, nk - nq, summ.count, nwords, n_qtiles, zscale, ent_exp, init_blocks, local_blocks, 1.0 / sigma, hkv,
             G=g, GP=gp, TQ=tile_q, C=block_size, NBP=nbp, CH=ch_sel, ENT_POW=ent_pow, LIST=listed,
-            num_warps=4 if m_rows * ch_sel >= 2048 else 2, num_stages=1,
+            num_warps=_DECODE_SELECT_WARPS or (4 if m_rows * ch_sel >= 2048 else 2), num_stages=1,
             **chained,
         )
         if listed:
