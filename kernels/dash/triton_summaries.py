@@ -27,7 +27,6 @@ class BlockSummaries:
     count: int
 
 
-
 @triton.jit
 def _block_summary_kernel(
     K, ROUTER, KBAR, KHI, KLO, j0, capacity, router_scale,
