@@ -117,23 +117,26 @@ def test_topk_default_geometry_selects_a_strict_subset(method):
     assert torch.equal(stats.active_blocks, ref_stats.active_blocks)
 
 
+@pytest.mark.parametrize("tq,nq", [(4, 3), (1, 1)], ids=["tile", "one-query"])
 @pytest.mark.parametrize("early", [False, True], ids=["all-bits", "early-exit"])
 @pytest.mark.parametrize("values", [3, 1000], ids=["many-ties", "few-ties"])
-def test_exact_topk_select_on_tied_scores(values, early):
+def test_exact_topk_select_on_tied_scores(values, early, tq, nq):
     """The select launch alone on block scores drawn from ``values`` levels (so many exact ties, -inf and 0
     among them): forced blocks plus the ``topk`` best eligible ones, ties to the more recent block (the radix
-    on the score, then on the block index where the last slot is tied)."""
+    on the score, then on the block index where the last slot is tied). ``one-query``: a decode step's select
+    of its one query's row out of a routing tile of 4 rows."""
     from dash_eval.kernels._triton import topk_decode
     from dash_eval.kernels._triton.launch import next_pow2
     from dash_eval.kernels._triton.selection import tile_union, unpack_selection
     from dash_eval.kernels.common import forced_blocks, topk_recent
 
     gen = torch.Generator().manual_seed(values)
-    tq, nq, c, nblocks, topk, init_b, local_b = 4, 3, 16, 70, 9, 1, 2
+    c, nblocks, topk, init_b, local_b = 16, 70, 9, 1, 2
+    rows = 4  # the routing tile's rows of block scores; the select reads the first tq
     nbp = next_pow2(nblocks)
     q_off = nblocks * c - nq - 5  # the last queries sit in the last-but-one block
     levels = torch.cat([torch.tensor([float("-inf"), 0.0]), torch.rand(values - 2 if values > 2 else 1, generator=gen)])
-    scores = levels[torch.randint(0, levels.numel(), (1, tq, nbp), generator=gen)]
+    scores = levels[torch.randint(0, levels.numel(), (1, rows, nbp), generator=gen)]
     words = torch.zeros(1, 1, nq, -(-nblocks // 32), dtype=torch.int32)
     active = torch.zeros(1, 1, nq, dtype=torch.int32)
     attended = torch.zeros_like(active)
@@ -141,7 +144,7 @@ def test_exact_topk_select_on_tied_scores(values, early):
     tcount = torch.zeros(1, 1, 1, dtype=torch.int32)
     topk_decode._decode_select_kernel[(1,)](
         scores, words, active, attended, tlist, tcount, nq, q_off, words.shape[-1], nblocks, 1, init_b, local_b,
-        topk, 0, TQ=tq, C=c, NBP=nbp, NBP_BITS=nbp.bit_length() - 1, LIST=True, EARLY=early,
+        topk, 0, TQ=tq, BS_ROWS=rows, C=c, NBP=nbp, NBP_BITS=nbp.bit_length() - 1, LIST=True, EARLY=early,
     )
     ref_list, ref_count = tile_union(words, q_off + nq, block_size=c, tile_q=tq)
     assert torch.equal(tcount, ref_count) and torch.equal(tlist[..., : int(tcount)], ref_list[..., : int(tcount)])
