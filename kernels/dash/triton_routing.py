@@ -85,6 +85,7 @@ ROUTE_SELECT_ELEMENTS = 2048
 ROUTE_TMA = True
 DECODE_TMA = True  # the same for decode's block-parallel score launch, where it pays (launch.tma_pays)
 _DECODE_SELECT_WARPS = 0  # warps of a selection program (0: 4, or 2 below 2,048 rows x blocks)
+DECODE_SELECT_ONE = True  # a step of one query: the selection launch reads its rows alone, not the tile's padding
 _DECODE_SELECT_CHUNK = 512  # 128 / 256 / 512 blocks: 3.4 / 3.7 / 3.9 us at 2 KV heads, 6.2 / 5.0 / 3.8 at 8
 
 
@@ -311,8 +312,8 @@ def _dash_tau_kernel(
 def _dash_select_kernel(
     SCORES, TAU, WORDS, MEANLOG, MAXBETA, ACTIVE, ATTENDED, PARTF, PARTI, COUNT, TLIST, TCOUNT,
     Nq, q_off, nc, n_words, n_qtiles, zscale, ent_exp, init_blocks, local_blocks, inv_sigma, HKV,
-    G: tl.constexpr, GP: tl.constexpr, TQ: tl.constexpr, C: tl.constexpr, NBP: tl.constexpr, CH: tl.constexpr,
-    ENT_POW: tl.constexpr, LIST: tl.constexpr,
+    G: tl.constexpr, GP: tl.constexpr, TQ: tl.constexpr, M_ROWS: tl.constexpr, C: tl.constexpr, NBP: tl.constexpr,
+    CH: tl.constexpr, ENT_POW: tl.constexpr, LIST: tl.constexpr,
     PDL: tl.constexpr = False,
 ):
     """Decode's third stage: the selection of one chunk of ``CH`` blocks for one query tile, given the
@@ -321,10 +322,10 @@ def _dash_select_kernel(
     last program of the tile to finish (an arrival counter, zeroed by the scores launch) combines the
     chunks into ``mean_log``, ``max_beta``, ``active`` and ``attended``, and with ``LIST`` (one tile holds
     every query) writes the fine stage's visit list from the words all chunks wrote, so no union launch
-    follows."""
+    follows. ``SCORES`` holds ``M_ROWS`` rows a tile (the score launch's tile of ``M_ROWS // GP`` queries); this
+    launch's tiles are of ``TQ`` queries (one, for a step of one query, which skips the padding rows)."""
     chain_start(PDL)
     NCHUNK: tl.constexpr = NBP // CH
-    M: tl.constexpr = GP * TQ
     c = tl.program_id(0)
     tile = tl.program_id(1)  # bh * n_qtiles + qt
     bh, qt, b, h, r, g, pos, row_ok = _tile_rows(tile, n_qtiles, Nq, HKV, G, GP, TQ)
@@ -332,7 +333,7 @@ def _dash_select_kernel(
     ncand_row = tl.where(row_ok, tl.minimum((pos + q_off) // C, nc), 0)
     cols = c * CH + tl.arange(0, CH)
     cand = cols[None, :] < ncand_row[:, None]
-    x = tl.load(SCORES + (tile * M + r)[:, None] * NBP + cols[None, :], mask=cand, other=0.0)
+    x = tl.load(SCORES + (tile * M_ROWS + r)[:, None] * NBP + cols[None, :], mask=cand, other=0.0)
     x = tl.where(cand, x * zscale, float("-inf"))
     tau = tl.load(TAU + (b * HKV * G + head) * Nq + pos, mask=row_ok, other=0.0)
     lane = tl.arange(0, TQ)
@@ -461,15 +462,16 @@ def dash_route(
         )
         ch_sel = min(nbp, _DECODE_SELECT_CHUNK)
         nchunk = nbp // ch_sel
-        partf = torch.empty(total, nchunk, 3, tile_q, dtype=torch.float32, device=dev)
-        parti = torch.empty(total, nchunk, 3, tile_q, dtype=torch.int32, device=dev)
+        tq_sel = 1 if DECODE_SELECT_ONE and nq == 1 else tile_q  # a step of one query: its rows alone
+        partf = torch.empty(total, nchunk, 3, tq_sel, dtype=torch.float32, device=dev)
+        parti = torch.empty(total, nchunk, 3, tq_sel, dtype=torch.int32, device=dev)
         listed = _DECODE_LIST and n_qtiles == 1  # every query in one tile: the visit list is written here
         tlist, tcount = routing_visit_list(words, nblocks, listed)
         _dash_select_kernel[(nchunk, total)](
             scratch, tau, words, mean_log, max_beta, active, attended, partf, parti, count, tlist, tcount,
             nq, nk - nq, summ.count, nwords, n_qtiles, zscale, ent_exp, init_blocks, local_blocks, 1.0 / sigma, hkv,
-            G=g, GP=gp, TQ=tile_q, C=block_size, NBP=nbp, CH=ch_sel, ENT_POW=ent_pow, LIST=listed,
-            num_warps=_DECODE_SELECT_WARPS or (4 if m_rows * ch_sel >= 2048 else 2), num_stages=1,
+            G=g, GP=gp, TQ=tq_sel, M_ROWS=m_rows, C=block_size, NBP=nbp, CH=ch_sel, ENT_POW=ent_pow, LIST=listed,
+            num_warps=_DECODE_SELECT_WARPS or (4 if gp * tq_sel * ch_sel >= 2048 else 2), num_stages=1,
             **chained,
         )
         if listed:
