@@ -24,8 +24,8 @@ DECODE_BLOCK_CHUNK = 32  # blocks per program of the pooling launch (at most)
 DECODE_LIST = True  # the select launch writes the fine stage's visit list (False: a union launch does)
 DECODE_SELECT_WARPS = 0  # warps of the select program (0: 4, or 8 above 4,096 block scores a tile)
 # A step of one query selects that query's row alone, not its routing tile's padding rows (a tile holds at
-# least 16 rows of heads x queries: 4 queries at 4 heads a group). H200, 128k, 8 KV heads: nsa 32.0 -> 29.6 us,
-# infllmv2 42.1 -> 39.6 (v41).
+# least 16 rows of heads x queries: 4 queries at 4 heads a group). H200, 128k, 8 KV heads, two calls: nsa
+# 32.0-32.3 -> 29.6-30.0 us, infllmv2 42.1-42.2 -> 39.5-39.6 (v41).
 DECODE_SELECT_ONE = True
 DECODE_TMA = True  # the score launch reads the kernel keys through tensor descriptors (Hopper's TMA), if it pays
 
