@@ -84,6 +84,9 @@ ROUTE_SELECT_ELEMENTS = 2048
 # ``launch.tma_descriptor`` allows (chunks of at most 256 blocks); the interpreter runs both paths.
 ROUTE_TMA = True
 DECODE_TMA = True  # the same for decode's block-parallel score launch, where it pays (launch.tma_pays)
+# blocks a program of decode's score launch. H200, 128k, 16 / 32 / 64 / 128 blocks: 2 KV heads 22.8 / 22.2 / 23.05 /
+# 23.4 us a step, 8 KV 53.5 / 52.5 / 53.0 / 53.9 (v44)
+_DECODE_SCORE_CHUNK = 32
 _DECODE_SELECT_WARPS = 0  # warps of a selection program (0: 4, or 2 below 2,048 rows x blocks)
 DECODE_SELECT_ONE = True  # a step of one query: the selection launch reads its rows alone, not the tile's padding
 _DECODE_SELECT_CHUNK = 512  # 128 / 256 / 512 blocks: 3.4 / 3.7 / 3.9 us at 2 KV heads, 6.2 / 5.0 / 3.8 at 8
@@ -437,7 +440,7 @@ def dash_route(
     if precomputed:
         scratch = torch.empty(total, m_rows, nbp, dtype=torch.float32, device=dev)
         count = torch.empty(total if split_select else 1, dtype=torch.int32, device=dev)
-        ch_pre = min(64, nbp)
+        ch_pre = min(_DECODE_SCORE_CHUNK, nbp)
         tma = DECODE_TMA and tma_pays(dev, (nbp // ch_pre) * total)
         khi, klo, tma = key_descriptors(summ.hi, summ.lo, summ.count, ch_pre, tma)
         _dash_scores_kernel[(nbp // ch_pre, total)](
