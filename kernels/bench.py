@@ -42,6 +42,7 @@ class Case:
     target_sparsity: float | None = None  # dash: calibrate `scale` on the inputs to reach this
     flex: bool = False  # also time FlexAttention with this call's selection
     noise: float = 1.0  # per-query noise against the shared direction of a 256-query segment (see inputs)
+    batch: int = 1  # sequences of the same length, each with its own random inputs
 
     @property
     def nq(self) -> int:
@@ -112,6 +113,19 @@ SHAPE_SETS: dict[str, list[Case]] = {
         Case("infllmv2-decode-128k-kv8", "infllmv2", 131072, kv_heads=8, queries=1),
         _dash("dash-decode-128k-kv8-75", 131072, 8, 0.75, queries=1),
     ],
+    # Decode at 131,072 cached tokens with several sequences a step, as a server batches them: the dense step
+    # reads every sequence's cache, the sparse one a quarter (dash) or less, and its fixed costs (routing
+    # launches) are shared by the batch.
+    "decode-batch": [
+        case
+        for batch in (4, 16)
+        for hkv in (2, 8)
+        for case in (
+            Case(f"nsa-decode-128k-kv{hkv}-b{batch}", "nsa", 131072, kv_heads=hkv, queries=1, batch=batch),
+            Case(f"infllmv2-decode-128k-kv{hkv}-b{batch}", "infllmv2", 131072, kv_heads=hkv, queries=1, batch=batch),
+            _dash(f"dash-decode-128k-kv{hkv}-75-b{batch}", 131072, hkv, 0.75, queries=1, batch=batch),
+        )
+    ],
     # nsa and infllmv2 prefill at their defaults with both GQA ratios of the targets (32 query heads over
     # 2 or 8 KV heads): how the routing geometry fares away from the target shapes.
     "topk-prefill": [
@@ -169,7 +183,7 @@ def structured_inputs(case: Case, dtype: torch.dtype, device: torch.device, seed
     ``noise=1`` (the default) neighbours still disagree often: a tile of queries visits the union of
     their blocks, reported as ``visited``; ``-coherent`` cases use ``noise=0.25``."""
     gen = torch.Generator(device=device).manual_seed(seed)
-    b, n, nq, d = 1, case.tokens, case.nq, case.head_dim
+    b, n, nq, d = case.batch, case.tokens, case.nq, case.head_dim
     hq, hkv = case.q_heads, case.kv_heads
 
     def randn(*shape):
@@ -363,7 +377,7 @@ def _visited(run: SparseRun) -> float:
     tq = default_tile_q(q.shape[1] // k.shape[1], nq)
     window = getattr(run.params, "window", 0)
     _, tcount = tile_union(words, nk, block_size=run.params.block_size, tile_q=tq, window=window)
-    causal = (nk - nq + 1 + nk) * nq // 2 * k.shape[1]
+    causal = (nk - nq + 1 + nk) * nq // 2 * k.shape[1] * k.shape[0]
     return min(1.0, float(tcount.sum()) * min(tq, nq) * run.params.block_size / causal)
 
 
@@ -498,7 +512,7 @@ def bench_case(
     device = torch.device("cuda")
     q, k, v = structured_inputs(case, dtype, device)
     scale = case.head_dim**-0.5
-    key = (case.tokens, case.nq, case.q_heads, case.kv_heads, case.head_dim, dtype)
+    key = (case.batch, case.tokens, case.nq, case.q_heads, case.kv_heads, case.head_dim, dtype)
     decode = case.nq < case.tokens
     if key not in baselines:
         baselines[key] = _dense_times(q, k, v, decode, log)
@@ -514,7 +528,8 @@ def bench_case(
         sweep_configs(run, log)
     row = {
         "case": case.name, "method": case.method, "params": json.dumps(run.params.to_dict(), sort_keys=True),
-        "batch": 1, "tokens": case.tokens, "queries": case.nq, "q_heads": case.q_heads, "kv_heads": case.kv_heads,
+        "batch": case.batch, "tokens": case.tokens, "queries": case.nq, "q_heads": case.q_heads,
+        "kv_heads": case.kv_heads,
         "head_dim": case.head_dim, "dtype": str(dtype).replace("torch.", ""), "sparsity": round(stats.sparsity, 5),
         "active_blocks_mean": round(float(stats.active_blocks.float().mean()), 2), "check": verdict,
         "gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
@@ -543,11 +558,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="results/bench.csv", help="CSV file (appended; header when new)")
     parser.add_argument("--flex", action="store_true", help="also time FlexAttention where the case asks")
     parser.add_argument("--sweep", action="store_true", help="dash prefill: also time launch configurations")
+    parser.add_argument("--batch", type=int, default=0,
+                        help="sequences per call for every case (default: each case's own, 1 unless its name says)")
 
 
 def run(args: argparse.Namespace) -> int:
-    if not torch.cuda.is_available():
-        print("dash-eval bench: needs a CUDA GPU (the kernels are checked on the CPU by the tests)", file=sys.stderr)
+    if args.batch < 0:
+        print(f"dash-eval bench: --batch {args.batch}: accepted: a positive number of sequences (0: each case's own)",
+              file=sys.stderr)
         return 2
     if args.shapes not in SHAPE_SETS:
         print(f"dash-eval bench: unknown shape set {args.shapes!r}; known: {', '.join(SHAPE_SETS)}", file=sys.stderr)
@@ -560,6 +578,11 @@ def run(args: argparse.Namespace) -> int:
             print(f"dash-eval bench: unknown case(s) {sorted(unknown)} in set {args.shapes}", file=sys.stderr)
             return 2
         cases = [c for c in cases if c.name in wanted]
+    if args.batch:
+        cases = [dataclasses.replace(c, batch=args.batch) for c in cases]
+    if not torch.cuda.is_available():
+        print("dash-eval bench: needs a CUDA GPU (the kernels are checked on the CPU by the tests)", file=sys.stderr)
+        return 2
     out_path = Path(args.out)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     new = not out_path.exists()
@@ -575,8 +598,8 @@ def run(args: argparse.Namespace) -> int:
             writer.writeheader()
         for case in cases:
             t0 = time.time()
-            log(f"[{case.name}] {case.method} N={case.tokens} Nq={case.nq} Hq={case.q_heads} Hkv={case.kv_heads} "
-                f"D={case.head_dim}")
+            log(f"[{case.name}] {case.method} B={case.batch} N={case.tokens} Nq={case.nq} Hq={case.q_heads} "
+                f"Hkv={case.kv_heads} D={case.head_dim}")
             try:
                 row = bench_case(case, DTYPES[args.dtype], baselines, log, args.flex, args.sweep)
             except torch.cuda.OutOfMemoryError as exc:

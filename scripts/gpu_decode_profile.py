@@ -1,6 +1,6 @@
 # ruff: noqa: I001  (the path setup must run before the package imports)
 """Per-kernel device times of one decode step at 131,072 cached tokens (torch.profiler), for the sparse
-methods as ``dash-eval bench --shapes decode`` runs them: which launch a decode step's time goes to.
+methods as ``dash-eval bench`` runs them (any decode case of any shape set): which launch a step's time goes to.
 
     python scripts/gpu_decode_profile.py [--no-pdl] [case ...]   # from a checkout, on a CUDA machine
 
@@ -37,7 +37,7 @@ def main() -> int:
         args.remove("--no-pdl")
         launch.USE_PDL = False
     names = args or ["nsa-decode-128k-kv2", "infllmv2-decode-128k-kv2"]
-    cases = {c.name: c for c in SHAPE_SETS["decode"]}
+    cases = {c.name: c for cases in SHAPE_SETS.values() for c in cases if c.queries == 1}
     unknown = [n for n in names if n not in cases]
     if unknown:
         raise SystemExit(f"unknown case(s) {unknown}; accepted: {sorted(cases)}")

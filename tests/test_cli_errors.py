@@ -102,3 +102,22 @@ def test_sweep_exit_statuses_tell_failed_cells_from_rejected_configs(tmp_path, m
         main(["sweep", "--help"])
     epilog = capsys.readouterr().out.split("exit status:\n")[1]
     assert [line.split()[0] for line in epilog.splitlines() if line.strip()] == ["0", "2", "3", "130"]
+
+
+# --- bench ---------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--batch", "-2"], "--batch -2: accepted: a positive number of sequences"),
+        (["--shapes", "nope"], "unknown shape set 'nope'; known: smoke, targets, decode, decode-batch"),
+        (["--shapes", "decode", "--cases", "dash-decode-128k-kv2-75,x"], "unknown case(s) ['x'] in set decode"),
+        (["--shapes", "decode-batch", "--batch", "2"], "needs a CUDA GPU"),  # the arguments pass; no GPU here
+    ],
+)
+def test_bench_refuses_bad_arguments_before_touching_a_gpu(tmp_path, capsys, args, message):
+    assert main(["bench", "--out", str(tmp_path / "b.csv"), *args]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "b.csv").exists()
+

@@ -428,3 +428,34 @@ def test_bench_sweep_labels_the_chunk_that_ran(monkeypatch):
     assert all("chunk=256 (narrowed to 16)" in ln and ln.endswith("1.000 ms") for ln in route), route
     fine = [ln for ln in lines if "sweep fine" in ln]
     assert len(fine) == 16 and all(ln.endswith("1.000 ms") for ln in fine), fine
+
+
+
+def test_bench_batch_reaches_the_inputs_and_the_visited_count(monkeypatch):
+    """``dash-eval bench`` with several sequences: each its own random draw, and ``visited`` a fraction of the whole
+    batch's causal range, so a batch of the same selection twice walks what one copy walks."""
+    from types import SimpleNamespace
+
+    from dash_eval.kernels import bench
+    from dash_eval.kernels._triton.selection import pack_selection
+
+    case = bench.Case("b", "dash", 96, q_heads=32, kv_heads=2, head_dim=16, batch=3)
+    q, k, v = bench.structured_inputs(case, torch.float32, torch.device("cpu"))
+    assert q.shape == (3, 32, 96, 16) and k.shape == v.shape == (3, 2, 96, 16)
+    assert not torch.equal(q[0], q[1]) and not torch.equal(k[1], k[2])
+    assert [c.batch for c in bench.SHAPE_SETS["decode-batch"]] == [4] * 6 + [16] * 6
+
+    # 96 queries, blocks of 8: every query its own block and block 0; a tile (4 queries at 16 heads a group) walks 2
+    # blocks, or 1 where its queries' own block is block 0
+    n, bs = 96, 8
+    sel = torch.zeros(1, 2, n, n // bs, dtype=torch.bool)
+    sel[..., 0] = True
+    sel[:, :, torch.arange(n), torch.arange(n) // bs] = True
+    walked = (2 * (n // 4) - 2) * 4 * bs * 2  # tiles x blocks, times 4 queries, block size and 2 KV heads
+    causal = n * (n + 1) // 2 * 2
+    for batch in (1, 2):
+        words = pack_selection(sel.repeat(batch, 1, 1, 1))
+        monkeypatch.setattr(bench, "_words", lambda run, words=words: words)
+        run = SimpleNamespace(q=q[:1].repeat(batch, 1, 1, 1), k=k[:1].repeat(batch, 1, 1, 1),
+                              params=SimpleNamespace(block_size=bs))
+        assert bench._visited(run) == walked / causal
