@@ -20,6 +20,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from dash_eval.kernels.bench_cases import (
+    SHAPE_SETS,
+    SPARSE_METHODS,
+    Case,
+    custom_cases,
+    parse_list,
+    parse_params,
+    structured_inputs,
+)
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 FIELDS = [
@@ -27,175 +36,6 @@ FIELDS = [
     "sparsity", "visited", "active_blocks_mean", "ms", "route_ms", "ms_cudnn", "ms_flash", "ms_flex", "x_cudnn",
     "x_flash", "x_flex", "check", "gpu", "torch", "triton", "inputs",
 ]
-
-
-@dataclasses.dataclass
-class Case:
-    name: str
-    method: str
-    tokens: int
-    q_heads: int = 32
-    kv_heads: int = 2
-    head_dim: int = 128
-    queries: int | None = None  # None: prefill (all tokens are queries); 1: decode
-    params: dict[str, Any] = dataclasses.field(default_factory=dict)
-    target_sparsity: float | None = None  # dash: calibrate `scale` on the inputs to reach this
-    flex: bool = False  # also time FlexAttention with this call's selection
-    noise: float = 1.0  # per-query noise against the shared direction of a 256-query segment (see inputs)
-    batch: int = 1  # sequences of the same length, each with its own random inputs
-
-    @property
-    def nq(self) -> int:
-        return self.tokens if self.queries is None else self.queries
-
-
-def _dash(name, n, hkv, sp, flex=False, **kw):
-    return Case(name, "dash", n, kv_heads=hkv, target_sparsity=sp, flex=flex, **kw)
-
-
-def _geometry_cases() -> list[Case]:
-    """Each method's prefill and decode at head dim 256 (2 KV heads of 32) and at the embedded SmolLM2's
-    geometry (9 query heads over 3 KV heads, head dim 64: a group of 3, padded to 4). Prefill is long enough for
-    ``dash`` to reach 75% over all queries on these inputs (at 4k the early queries' few blocks cap it near 64%)."""
-    cases = []
-    for tag, n_prefill, n_decode, geometry in (
-        ("d256", 16384, 16384, {"kv_heads": 2, "head_dim": 256}),
-        ("smollm2", 8192, 32768, {"q_heads": 9, "kv_heads": 3, "head_dim": 64}),
-    ):
-        for kind, n, queries in (("", n_prefill, None), ("decode-", n_decode, 1)):
-            cases.append(Case(f"geo-dash-{kind}{tag}", "dash", n, queries=queries, target_sparsity=0.75, **geometry))
-            for method in ("nsa", "infllmv2"):
-                cases.append(Case(f"geo-{method}-{kind}{tag}", method, n, queries=queries, **geometry))
-    return cases
-
-
-_INPUT = {"score_precision": "input"}
-
-SHAPE_SETS: dict[str, list[Case]] = {
-    # Small shapes: compile and correctness on the GPU in a few seconds.
-    "smoke": [
-        _dash("smoke-dash", 4096, 2, 0.5),
-        Case("smoke-nsa", "nsa", 16384, kv_heads=2),
-        Case("smoke-infllmv2", "infllmv2", 16384, kv_heads=2),
-        _dash("smoke-dash-decode", 8192, 2, 0.75, queries=1),
-        _dash("smoke-dash-alpha1.25-prior", 4096, 2, 0.5, params={"alpha": 1.25, "sigma": 1.0}),
-        Case("smoke-nsa-decode", "nsa", 16384, kv_heads=2, queries=1),
-        Case("smoke-infllmv2-decode", "infllmv2", 16384, kv_heads=2, queries=1),
-    ],
-    # The targets of issue 3 / PERF.md.
-    "targets": [
-        _dash("dash-32k-kv2-75", 32768, 2, 0.75, flex=True),
-        _dash("dash-32k-kv2-87.5", 32768, 2, 0.875),
-        _dash("dash-32k-kv8-75", 32768, 8, 0.75, flex=True),
-        _dash("dash-32k-kv8-87.5", 32768, 8, 0.875),
-        _dash("dash-32k-kv2-75-coherent", 32768, 2, 0.75, noise=0.25),
-        _dash("dash-32k-kv8-75-coherent", 32768, 8, 0.75, noise=0.25),
-        _dash("dash-32k-kv2-87.5-coherent", 32768, 2, 0.875, noise=0.25),
-        _dash("dash-32k-kv8-87.5-coherent", 32768, 8, 0.875, noise=0.25),
-        Case("nsa-64k-kv2", "nsa", 65536, kv_heads=2),
-        Case("infllmv2-128k-kv2", "infllmv2", 131072, kv_heads=2),
-        Case("nsa-64k-kv2-coherent", "nsa", 65536, kv_heads=2, noise=0.25),
-        Case("infllmv2-128k-kv2-coherent", "infllmv2", 131072, kv_heads=2, noise=0.25),
-        Case("nsa-decode-128k-kv2", "nsa", 131072, kv_heads=2, queries=1),
-        Case("infllmv2-decode-128k-kv2", "infllmv2", 131072, kv_heads=2, queries=1),
-        _dash("dash-128k-kv2-75", 131072, 2, 0.75),
-        _dash("dash-decode-128k-kv2-75", 131072, 2, 0.75, queries=1),
-        _dash("dash-decode-128k-kv8-75", 131072, 8, 0.75, queries=1),
-        Case("nsa-decode-128k-kv8", "nsa", 131072, kv_heads=8, queries=1),
-        Case("infllmv2-decode-128k-kv8", "infllmv2", 131072, kv_heads=8, queries=1),
-    ],
-    # Decode at 131,072 cached tokens only: the three sparse methods, 2 and 8 KV heads.
-    "decode": [
-        Case("nsa-decode-128k-kv2", "nsa", 131072, kv_heads=2, queries=1),
-        Case("infllmv2-decode-128k-kv2", "infllmv2", 131072, kv_heads=2, queries=1),
-        _dash("dash-decode-128k-kv2-75", 131072, 2, 0.75, queries=1),
-        Case("nsa-decode-128k-kv8", "nsa", 131072, kv_heads=8, queries=1),
-        Case("infllmv2-decode-128k-kv8", "infllmv2", 131072, kv_heads=8, queries=1),
-        _dash("dash-decode-128k-kv8-75", 131072, 8, 0.75, queries=1),
-    ],
-    # Decode at 131,072 cached tokens with several sequences a step, as a server batches them: the dense step
-    # reads every sequence's cache, the sparse one a quarter (dash) or less, and its fixed costs (routing
-    # launches) are shared by the batch.
-    "decode-batch": [
-        case
-        for batch in (4, 16)
-        for hkv in (2, 8)
-        for case in (
-            Case(f"nsa-decode-128k-kv{hkv}-b{batch}", "nsa", 131072, kv_heads=hkv, queries=1, batch=batch),
-            Case(f"infllmv2-decode-128k-kv{hkv}-b{batch}", "infllmv2", 131072, kv_heads=hkv, queries=1, batch=batch),
-            _dash(f"dash-decode-128k-kv{hkv}-75-b{batch}", 131072, hkv, 0.75, queries=1, batch=batch),
-        )
-    ],
-    # nsa and infllmv2 prefill at their defaults with both GQA ratios of the targets (32 query heads over
-    # 2 or 8 KV heads): how the routing geometry fares away from the target shapes.
-    "topk-prefill": [
-        Case("nsa-32k-kv2", "nsa", 32768, kv_heads=2),
-        Case("nsa-32k-kv8", "nsa", 32768, kv_heads=8),
-        Case("infllmv2-32k-kv2", "infllmv2", 32768, kv_heads=2),
-        Case("infllmv2-32k-kv8", "infllmv2", 32768, kv_heads=8),
-    ],
-    # nsa and infllmv2 at their defaults with the published kernels' score precision (kernel keys rounded to
-    # bf16, one tensor-core product per kernel score; METHODS.md's float32 keys take two): the targets'
-    # shapes, prefill and decode.
-    "input-precision": [
-        Case("nsa-64k-kv2-input", "nsa", 65536, kv_heads=2, params=_INPUT),
-        Case("infllmv2-128k-kv2-input", "infllmv2", 131072, kv_heads=2, params=_INPUT),
-        Case("nsa-decode-128k-kv2-input", "nsa", 131072, kv_heads=2, queries=1, params=_INPUT),
-        Case("infllmv2-decode-128k-kv2-input", "infllmv2", 131072, kv_heads=2, queries=1, params=_INPUT),
-        Case("nsa-decode-128k-kv8-input", "nsa", 131072, kv_heads=8, queries=1, params=_INPUT),
-        Case("infllmv2-decode-128k-kv8-input", "infllmv2", 131072, kv_heads=8, queries=1, params=_INPUT),
-        Case("nsa-32k-kv8-input", "nsa", 32768, kv_heads=8, params=_INPUT),
-        Case("infllmv2-32k-kv8-input", "infllmv2", 32768, kv_heads=8, params=_INPUT),
-    ],
-    # dash away from alpha = 1.5 (entmax's general power in the routing and, with a sigma small enough to move
-    # bf16 outputs, the prior rebuilt in the fine stage), prefill and decode at 75%.
-    "alpha": [
-        *(_dash(f"dash-32k-kv2-75-a{a}", 32768, 2, 0.75, params={"alpha": a}) for a in (1.25, 1.75, 2.0)),
-        _dash("dash-32k-kv2-75-a1.25-prior", 32768, 2, 0.75, params={"alpha": 1.25, "sigma": 1.0}),
-        *(_dash(f"dash-decode-128k-kv2-75-a{a}", 131072, 2, 0.75, queries=1, params={"alpha": a}) for a in (1.25, 2.0)),
-        _dash("dash-decode-128k-kv2-75-a1.25-prior", 131072, 2, 0.75, queries=1,
-              params={"alpha": 1.25, "sigma": 1.0}),
-    ],
-    # Away from the targets' geometry, prefill and decode of the three methods: head dim 256 (fewer pipeline
-    # stages fit in shared memory; with --dtype fp32 the top-k routing also narrows its score chunk) and the
-    # embedded SmolLM2's 9 query heads over 3 KV heads at head dim 64 (a group of 3, padded to 4).
-    "geometry": _geometry_cases(),
-    # PERF.md's table of the authors' kernel: same shapes, our kernel at their densities (1 - sparsity).
-    "perf-table": [
-        _dash("table-16k-kv2-d56", 16384, 2, 0.44),
-        _dash("table-16k-kv2-d30", 16384, 2, 0.70),
-        _dash("table-32k-kv2-d40", 32768, 2, 0.60),
-        _dash("table-32k-kv2-d19", 32768, 2, 0.81),
-        _dash("table-64k-kv2-d30", 65536, 2, 0.70),
-        _dash("table-32k-kv8-d15", 32768, 8, 0.85),
-        _dash("table-32k-kv8-d7", 32768, 8, 0.93),
-    ],
-}
-
-
-# --- inputs ---------------------------------------------------------------------------------------------
-
-
-def structured_inputs(case: Case, dtype: torch.dtype, device: torch.device, seed: int = 0, segment: int = 256):
-    """Random q, k, v with a routing structure: every 64-key block has a topic vector mixed into its keys,
-    and the queries of each ``segment``-long stretch share a direction (per head) mixed into theirs, plus
-    per-query noise of relative size ``case.noise``, so neighbouring queries prefer similar blocks. At
-    ``noise=1`` (the default) neighbours still disagree often: a tile of queries visits the union of
-    their blocks, reported as ``visited``; ``-coherent`` cases use ``noise=0.25``."""
-    gen = torch.Generator(device=device).manual_seed(seed)
-    b, n, nq, d = case.batch, case.tokens, case.nq, case.head_dim
-    hq, hkv = case.q_heads, case.kv_heads
-
-    def randn(*shape):
-        return torch.randn(*shape, generator=gen, device=device, dtype=torch.float32)
-
-    topics = randn(b, hkv, -(-n // 64), d).repeat_interleave(64, dim=2)[:, :, :n]
-    k = (randn(b, hkv, n, d) + topics).mul_(0.5)
-    nseg = -(-n // segment)
-    dirs = randn(b, hq, nseg, d).repeat_interleave(segment, dim=2)[:, :, n - nq : n]
-    q = (randn(b, hq, nq, d).mul_(case.noise) + dirs).mul_(0.5)
-    v = randn(b, hkv, n, d)
-    return q.to(dtype), k.to(dtype), v.to(dtype)
 
 
 # --- timing ---------------------------------------------------------------------------------------------
@@ -315,7 +155,8 @@ class SparseRun:
                 break
             lo, hi = (mid, hi) if sp < target else (lo, mid)
         self.params = self.spec.make_params(**dict(self.case.params, scale=2.0 ** best[1]))
-        log(f"  calibrated scale={2.0 ** best[1]:.4g} -> sparsity {best[2]:.4f} (target {target})")
+        reached = "" if best[0] < 0.005 else "; NOT reached with scale in [2^-6, 2^14]: the row has the measured one"
+        log(f"  calibrated scale={2.0 ** best[1]:.4g} -> sparsity {best[2]:.4f} (target {target}{reached})")
 
     def sparsity(self) -> float:
         _, stats = self.forward(return_stats=True)
@@ -552,7 +393,7 @@ def bench_case(
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--shapes", default="smoke", help=f"named shape set: {', '.join(SHAPE_SETS)}")
+    parser.add_argument("--shapes", default=None, help=f"named shape set: {', '.join(SHAPE_SETS)} (default smoke)")
     parser.add_argument("--cases", default="", help="comma-separated case names of the set to run (default all)")
     parser.add_argument("--dtype", default="bf16", choices=sorted(DTYPES))
     parser.add_argument("--out", default="results/bench.csv", help="CSV file (appended; header when new)")
@@ -560,26 +401,86 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sweep", action="store_true", help="dash prefill: also time launch configurations")
     parser.add_argument("--batch", type=int, default=0,
                         help="sequences per call for every case (default: each case's own, 1 unless its name says)")
+    parser.add_argument("--noise", type=float, default=None,
+                        help="query noise of the inputs for every case (default: each case's own; 0.25 is coherent)")
+    own = parser.add_argument_group("cases of your own, instead of a shape set (e.g. --method dash,nsa "
+                                    "--tokens 65536 --q-heads 28 --kv-heads 4 --sparsity 0.75)")
+    own.add_argument("--method", default="", help=f"comma-separated sparse methods: {', '.join(SPARSE_METHODS)}")
+    own.add_argument("--tokens", default="", help="comma-separated lengths (the cached tokens with --decode)")
+    own.add_argument("--q-heads", type=int, default=None, help="query heads (default 32)")
+    own.add_argument("--kv-heads", type=int, default=None, help="KV heads (default 2)")
+    own.add_argument("--head-dim", type=int, default=None, help="head dim, 16 to 256 (default 128)")
+    own.add_argument("--decode", action="store_true", help="one new query against the cache instead of a prefill")
+    own.add_argument("--sparsity", default="", help="dash: comma-separated target sparsities its scale is fitted to")
+    own.add_argument("--param", action="append", default=[], metavar="[METHOD.]KEY=VALUE",
+                     help="a method parameter (repeatable), e.g. alpha=1.25, nsa.topk=32, block_size=128")
+
+
+def _own_cases(args: argparse.Namespace) -> list[Case]:
+    """The cases that ``--method`` and its flags describe; ValueError names the flag and what it accepts."""
+    if args.shapes is not None or args.cases:
+        raise ValueError("--method: cases of your own replace a shape set; accepted: --method with --tokens, or "
+                         "--shapes / --cases, not both")
+    methods = [m.strip() for m in args.method.split(",")]
+    bad = [m for m in methods if m not in SPARSE_METHODS]
+    if bad:
+        raise ValueError(f"--method {args.method!r}: unknown {', '.join(map(repr, bad))}; accepted: "
+                         f"{', '.join(SPARSE_METHODS)} (full attention is timed as the baseline of every case)")
+    if not args.tokens:
+        raise ValueError("--tokens: required with --method; accepted: comma-separated lengths, e.g. 32768,65536")
+    tokens = parse_list("--tokens", args.tokens, int, low=1)
+    q_heads, kv_heads, head_dim = (32 if args.q_heads is None else args.q_heads,
+                                   2 if args.kv_heads is None else args.kv_heads,
+                                   128 if args.head_dim is None else args.head_dim)
+    for flag, value, low, high in (("--q-heads", q_heads, 1, None), ("--kv-heads", kv_heads, 1, None),
+                                   ("--head-dim", head_dim, 16, 256)):
+        parse_list(flag, str(value), int, low=low, high=high)
+    sparsities = parse_list("--sparsity", args.sparsity, float, low=0.0, high=1.0, open_low=True) \
+        if args.sparsity else []
+    return custom_cases(methods, tokens, q_heads=q_heads, kv_heads=kv_heads, head_dim=head_dim,
+                        decode=args.decode, sparsities=sparsities, params=parse_params(args.param, methods),
+                        flex=args.flex, dtype=DTYPES[args.dtype])
+
+
+def _cases(args: argparse.Namespace) -> list[Case]:
+    """The cases to run, every flag checked; ValueError names the flag and what it accepts."""
+    if args.batch < 0:
+        raise ValueError(f"--batch {args.batch}: accepted: a positive number of sequences (0: each case's own)")
+    if args.noise is not None and not (args.noise >= 0 and math.isfinite(args.noise)):
+        raise ValueError(f"--noise {args.noise}: accepted: a finite number >= 0 (0.25 coherent, 1 the default)")
+    own = {"--tokens": args.tokens, "--q-heads": args.q_heads, "--kv-heads": args.kv_heads,
+           "--head-dim": args.head_dim, "--decode": args.decode, "--sparsity": args.sparsity, "--param": args.param}
+    given = [flag for flag, value in own.items() if value not in (None, "", False, [])]
+    if args.method or given:
+        if not args.method:
+            raise ValueError(f"{', '.join(given)}: for cases of your own, which need --method (accepted: "
+                             f"{', '.join(SPARSE_METHODS)})")
+        cases = _own_cases(args)
+    else:
+        shapes = args.shapes or "smoke"
+        if shapes not in SHAPE_SETS:
+            raise ValueError(f"--shapes: unknown shape set {shapes!r}; known: {', '.join(SHAPE_SETS)}")
+        cases = SHAPE_SETS[shapes]
+        if args.cases:
+            wanted = set(args.cases.split(","))
+            unknown = wanted - {c.name for c in cases}
+            if unknown:
+                raise ValueError(f"--cases: unknown case(s) {sorted(unknown)} in set {shapes}; known: "
+                                 f"{', '.join(c.name for c in cases)}")
+            cases = [c for c in cases if c.name in wanted]
+    if args.batch:
+        cases = [dataclasses.replace(c, batch=args.batch) for c in cases]
+    if args.noise is not None:
+        cases = [dataclasses.replace(c, noise=args.noise) for c in cases]
+    return cases
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.batch < 0:
-        print(f"dash-eval bench: --batch {args.batch}: accepted: a positive number of sequences (0: each case's own)",
-              file=sys.stderr)
+    try:
+        cases = _cases(args)
+    except ValueError as exc:
+        print(f"dash-eval bench: {exc}", file=sys.stderr)
         return 2
-    if args.shapes not in SHAPE_SETS:
-        print(f"dash-eval bench: unknown shape set {args.shapes!r}; known: {', '.join(SHAPE_SETS)}", file=sys.stderr)
-        return 2
-    cases = SHAPE_SETS[args.shapes]
-    if args.cases:
-        wanted = set(args.cases.split(","))
-        unknown = wanted - {c.name for c in cases}
-        if unknown:
-            print(f"dash-eval bench: unknown case(s) {sorted(unknown)} in set {args.shapes}", file=sys.stderr)
-            return 2
-        cases = [c for c in cases if c.name in wanted]
-    if args.batch:
-        cases = [dataclasses.replace(c, batch=args.batch) for c in cases]
     if not torch.cuda.is_available():
         print("dash-eval bench: needs a CUDA GPU (the kernels are checked on the CPU by the tests)", file=sys.stderr)
         return 2

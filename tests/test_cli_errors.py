@@ -121,3 +121,56 @@ def test_bench_refuses_bad_arguments_before_touching_a_gpu(tmp_path, capsys, arg
     assert message in capsys.readouterr().err
     assert not (tmp_path / "b.csv").exists()
 
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--tokens", "100"], "--tokens: for cases of your own, which need --method (accepted: dash, nsa, infllmv2)"),
+        (["--method", "dash"], "--tokens: required with --method"),
+        (["--method", "dash,full", "--tokens", "10"], "unknown 'full'; accepted: dash, nsa, infllmv2"),
+        (["--method", "nsa", "--tokens", "1024", "--sparsity", "0.5"], "--sparsity: calibrates dash's scale"),
+        (["--method", "dash", "--tokens", "1024,x"], "--tokens '1024,x': 'x' is not a number"),
+        (["--method", "dash", "--tokens", "1024", "--sparsity", "1"],
+         "--sparsity '1': 1 is out of range; accepted: comma-separated numbers > 0.0 and < 1.0"),
+        (["--method", "dash", "--tokens", "64", "--q-heads", "30", "--kv-heads", "4"],
+         "--q-heads 30 --kv-heads 4: accepted: query heads a multiple of KV heads"),
+        (["--method", "dash", "--tokens", "64", "--head-dim", "512"], "512 is out of range"),
+        (["--method", "dash,nsa", "--tokens", "64", "--param", "foo=1"], "no parameter 'foo' in dash or nsa"),
+        (["--method", "dash", "--tokens", "64", "--param", "nsa.topk=3"], "'nsa' is not among --method (dash)"),
+        (["--method", "dash", "--tokens", "64", "--param", "alpha=0.5"], "parameter alpha=0.5 must be"),
+        (["--method", "dash", "--tokens", "64", "--param", "block_size=48"], "do not take block_size=48"),
+        (["--method", "dash", "--tokens", "64", "--shapes", "smoke"], "replace a shape set"),
+        (["--noise", "-1"], "--noise -1.0: accepted"),
+    ],
+)
+def test_bench_refuses_bad_cases_of_ones_own(tmp_path, capsys, args, message):
+    assert main(["bench", "--out", str(tmp_path / "b.csv"), *args]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_bench_builds_cases_of_ones_own():
+    """``--method``, ``--tokens`` and the rest: one case per method, length and dash sparsity, each with its
+    parameters (unscoped ones to every method that has them), the batch and noise overrides applied."""
+    import argparse
+
+    from dash_eval.kernels import bench
+
+    parser = argparse.ArgumentParser()
+    bench.configure(parser)
+    args = parser.parse_args(["--method", "dash,nsa", "--tokens", "4096,8192", "--q-heads", "28", "--kv-heads", "4",
+                              "--head-dim", "64", "--sparsity", "0.5,0.75", "--param", "block_size=32",
+                              "--param", "nsa.topk=4", "--param", "alpha=1.25", "--batch", "2", "--noise", "0.25"])
+    cases = bench._cases(args)
+    assert [c.name for c in cases] == [
+        "dash-4096-q28-kv4-d64-s0.5", "dash-4096-q28-kv4-d64-s0.75", "dash-8192-q28-kv4-d64-s0.5",
+        "dash-8192-q28-kv4-d64-s0.75", "nsa-4096-q28-kv4-d64", "nsa-8192-q28-kv4-d64",
+    ]
+    assert cases[0].params == {"block_size": 32, "alpha": 1.25} and cases[0].target_sparsity == 0.5
+    assert cases[-1].params == {"block_size": 32, "topk": 4} and cases[-1].target_sparsity is None
+    assert all((c.q_heads, c.kv_heads, c.head_dim, c.batch, c.noise, c.nq) == (28, 4, 64, 2, 0.25, c.tokens)
+               for c in cases)
+    decode = bench._cases(parser.parse_args(["--method", "infllmv2", "--tokens", "65536", "--decode"]))
+    assert [(c.name, c.nq, c.q_heads, c.kv_heads, c.head_dim) for c in decode] == [
+        ("infllmv2-65536-q32-kv2-d128-decode", 1, 32, 2, 128)
+    ]
