@@ -25,6 +25,7 @@ from dash_eval.kernels.bench_cases import (
     SPARSE_METHODS,
     Case,
     custom_cases,
+    model_geometry,
     parse_list,
     parse_params,
     structured_inputs,
@@ -407,6 +408,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
                                     "--tokens 65536 --q-heads 28 --kv-heads 4 --sparsity 0.75)")
     own.add_argument("--method", default="", help=f"comma-separated sparse methods: {', '.join(SPARSE_METHODS)}")
     own.add_argument("--tokens", default="", help="comma-separated lengths (the cached tokens with --decode)")
+    own.add_argument("--model", default="", help="take the heads and head dim from this model's config (default, a "
+                     "model directory or a hub name)")
     own.add_argument("--q-heads", type=int, default=None, help="query heads (default 32)")
     own.add_argument("--kv-heads", type=int, default=None, help="KV heads (default 2)")
     own.add_argument("--head-dim", type=int, default=None, help="head dim, 16 to 256 (default 128)")
@@ -429,9 +432,17 @@ def _own_cases(args: argparse.Namespace) -> list[Case]:
     if not args.tokens:
         raise ValueError("--tokens: required with --method; accepted: comma-separated lengths, e.g. 32768,65536")
     tokens = parse_list("--tokens", args.tokens, int, low=1)
-    q_heads, kv_heads, head_dim = (32 if args.q_heads is None else args.q_heads,
-                                   2 if args.kv_heads is None else args.kv_heads,
-                                   128 if args.head_dim is None else args.head_dim)
+    q_heads, kv_heads, head_dim = 32, 2, 128
+    if args.model:
+        given = [f for f, v in (("--q-heads", args.q_heads), ("--kv-heads", args.kv_heads),
+                                ("--head-dim", args.head_dim)) if v is not None]
+        if given:
+            raise ValueError(f"--model {args.model!r} with {', '.join(given)}: --model sets the heads and head dim; "
+                             "accepted: one or the other")
+        q_heads, kv_heads, head_dim = model_geometry(args.model)
+    q_heads, kv_heads, head_dim = (q_heads if args.q_heads is None else args.q_heads,
+                                   kv_heads if args.kv_heads is None else args.kv_heads,
+                                   head_dim if args.head_dim is None else args.head_dim)
     for flag, value, low, high in (("--q-heads", q_heads, 1, None), ("--kv-heads", kv_heads, 1, None),
                                    ("--head-dim", head_dim, 16, 256)):
         parse_list(flag, str(value), int, low=low, high=high)
@@ -448,7 +459,7 @@ def _cases(args: argparse.Namespace) -> list[Case]:
         raise ValueError(f"--batch {args.batch}: accepted: a positive number of sequences (0: each case's own)")
     if args.noise is not None and not (args.noise >= 0 and math.isfinite(args.noise)):
         raise ValueError(f"--noise {args.noise}: accepted: a finite number >= 0 (0.25 coherent, 1 the default)")
-    own = {"--tokens": args.tokens, "--q-heads": args.q_heads, "--kv-heads": args.kv_heads,
+    own = {"--tokens": args.tokens, "--model": args.model, "--q-heads": args.q_heads, "--kv-heads": args.kv_heads,
            "--head-dim": args.head_dim, "--decode": args.decode, "--sparsity": args.sparsity, "--param": args.param}
     given = [flag for flag, value in own.items() if value not in (None, "", False, [])]
     if args.method or given:

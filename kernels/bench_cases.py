@@ -235,6 +235,27 @@ def parse_params(items: list[str], methods: list[str]) -> dict[str, dict[str, An
     return out
 
 
+def model_geometry(name: str) -> tuple[int, int, int]:
+    """``(query heads, KV heads, head dim)`` of a Hugging Face model's config: ``default`` (the embedded model), a
+    model directory or a hub name. Only the config is read."""
+    from dash_eval.dash_models.embedded import resolve_model_path
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(resolve_model_path(name))
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"--model {name!r}: no model config could be read ({str(exc).splitlines()[0][:160]}); "
+                         "accepted: default, a model directory or a hub name") from None
+    config = getattr(config, "text_config", None) or config  # a multimodal model's language part
+    hq = getattr(config, "num_attention_heads", None)
+    if not hq:
+        raise ValueError(f"--model {name!r}: its config names no num_attention_heads; give --q-heads, --kv-heads and "
+                         "--head-dim instead")
+    hkv = getattr(config, "num_key_value_heads", None) or hq
+    d = getattr(config, "head_dim", None) or config.hidden_size // hq
+    return hq, hkv, d
+
+
 def custom_cases(methods: list[str], tokens: list[int], *, q_heads: int, kv_heads: int, head_dim: int,
                  decode: bool, sparsities: list[float], params: dict[str, dict[str, Any]], flex: bool,
                  dtype: torch.dtype) -> list[Case]:

@@ -174,3 +174,29 @@ def test_bench_builds_cases_of_ones_own():
     assert [(c.name, c.nq, c.q_heads, c.kv_heads, c.head_dim) for c in decode] == [
         ("infllmv2-65536-q32-kv2-d128-decode", 1, 32, 2, 128)
     ]
+
+
+def test_bench_takes_the_geometry_of_a_model_config(tmp_path, capsys):
+    """``--model DIR``: the heads and head dim come from the model's config (an explicit ``head_dim`` wins over
+    ``hidden_size / heads``); given together with a head flag, or unreadable, it is refused in one line."""
+    import argparse
+
+    import transformers
+    from dash_eval.kernels import bench
+
+    transformers.Qwen3Config(num_attention_heads=16, num_key_value_heads=8, hidden_size=1024,
+                             head_dim=128).save_pretrained(tmp_path / "qwen3")
+    transformers.LlamaConfig(num_attention_heads=12, num_key_value_heads=4, hidden_size=768).save_pretrained(
+        tmp_path / "llama")
+    parser = argparse.ArgumentParser()
+    bench.configure(parser)
+    for name, geometry in (("qwen3", (16, 8, 128)), ("llama", (12, 4, 64))):
+        (case,) = bench._cases(parser.parse_args(["--method", "nsa", "--tokens", "4096", "--model",
+                                                  str(tmp_path / name)]))
+        assert (case.q_heads, case.kv_heads, case.head_dim) == geometry
+    out = str(tmp_path / "b.csv")
+    assert main(["bench", "--out", out, "--method", "dash", "--tokens", "64", "--model", str(tmp_path / "llama"),
+                 "--kv-heads", "2"]) == 2
+    assert "--model sets the heads and head dim; accepted: one or the other" in capsys.readouterr().err
+    assert main(["bench", "--out", out, "--method", "dash", "--tokens", "64", "--model", str(tmp_path / "none")]) == 2
+    assert "no model config could be read" in capsys.readouterr().err
