@@ -262,8 +262,7 @@ def custom_cases(methods: list[str], tokens: list[int], *, q_heads: int, kv_head
     """One case per method, length and (``dash``) target sparsity, named after them. Raises ValueError, naming the
     flag, where the Triton kernels would not run: the benchmark would time the reference instead."""
     from dash_eval.kernels import get_method
-    from dash_eval.kernels._triton.launch import kernel_supports
-    from dash_eval.kernels._triton.topk_attention import topk_unsupported
+    from dash_eval.kernels.triton_backend import triton_unsupported
 
     if q_heads % kv_heads:
         raise ValueError(f"--q-heads {q_heads} --kv-heads {kv_heads}: accepted: query heads a multiple of KV heads")
@@ -277,7 +276,7 @@ def custom_cases(methods: list[str], tokens: list[int], *, q_heads: int, kv_head
             made = get_method(method).make_params(**params[method])
         except (TypeError, ValueError) as exc:
             raise ValueError(f"--param: {exc}") from None
-        why = kernel_supports(probe, made.block_size) if method == "dash" else topk_unsupported(probe, made)
+        why = triton_unsupported(method, probe, made)
         if why is not None:
             raise ValueError(f"--method {method}: the Triton kernels do not take {why}, so there would be no kernel "
                              "to time")

@@ -8,7 +8,10 @@ above 256) are computed by each method's reference implementation instead.
 
 from __future__ import annotations
 
+import torch
 import triton  # noqa: F401  (fail the import, and so the backend, where Triton is missing)
+from dash_eval.kernels._triton.launch import kernel_supports
+from dash_eval.kernels._triton.topk_attention import topk_unsupported
 from dash_eval.kernels.dash.triton_attention import dash_attention_triton
 from dash_eval.kernels.infllmv2.triton_attention import infllmv2_attention_triton
 from dash_eval.kernels.nsa.triton_attention import nsa_attention_triton
@@ -19,6 +22,20 @@ _KERNELS = {
     "nsa": nsa_attention_triton,
     "infllmv2": infllmv2_attention_triton,
 }
+
+# Why a method's kernels would hand these inputs to the reference (None: the kernels run them).
+_UNSUPPORTED = {
+    "dash": lambda q, params: kernel_supports(q, params.block_size),
+    "nsa": topk_unsupported,
+    "infllmv2": topk_unsupported,
+}
+
+
+def triton_unsupported(method: str, q: torch.Tensor, params) -> str | None:
+    """Why ``backend="triton"`` would compute ``method`` on queries like ``q`` (any device, ``meta`` included) with
+    ``params`` by its reference instead of a kernel; None when a kernel runs them."""
+    return _UNSUPPORTED[method](q, params)
+
 
 for _name, _fn in _KERNELS.items():
     if get_backend(_name, "triton") is None:

@@ -140,6 +140,8 @@ def test_bench_refuses_bad_arguments_before_touching_a_gpu(tmp_path, capsys, arg
         (["--method", "dash", "--tokens", "64", "--param", "nsa.topk=3"], "'nsa' is not among --method (dash)"),
         (["--method", "dash", "--tokens", "64", "--param", "alpha=0.5"], "parameter alpha=0.5 must be"),
         (["--method", "dash", "--tokens", "64", "--param", "block_size=48"], "do not take block_size=48"),
+        (["--method", "nsa,dash", "--tokens", "64", "--param", "block_size=48", "--param", "nsa.kernel_size=32"],
+         "--method nsa: the Triton kernels do not take block_size=48"),
         (["--method", "dash", "--tokens", "64", "--shapes", "smoke"], "replace a shape set"),
         (["--noise", "-1"], "--noise -1.0: accepted"),
     ],
