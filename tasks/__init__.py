@@ -7,65 +7,51 @@ and lm-eval task configs.
 1.0
 """
 
-from pathlib import Path
+if "." not in __name__:  # imported as a bare top-level name from the checkout's root: dash_eval/_shadow.py
+    from dash_eval._shadow import stand_aside
 
-from dash_eval.tasks import aggregation as _aggregation  # noqa: F401  (registers the tasks)
-from dash_eval.tasks import niah as _niah  # noqa: F401
-from dash_eval.tasks import vt as _vt  # noqa: F401
-from dash_eval.tasks.base import (
-    TASKS,
-    Task,
-    TaskOptions,
-    count_tokens,
-    generate_samples,
-    render_prompt,
-    resolve_tokenizer,
-    task_names,
-)
-from dash_eval.tasks.haystacks import HAYSTACKS, haystack_names
-from dash_eval.tasks.registry import UnknownNameError
-from dash_eval.tasks.sample import Sample, read_jsonl, write_jsonl
-from dash_eval.tasks.scoring import METRICS, metric_names, score, string_match_all, string_match_part
+    stand_aside(__name__, __file__)
+else:
+    from dash_eval.tasks import aggregation as _aggregation  # noqa: F401  (registers the tasks)
+    from dash_eval.tasks import niah as _niah  # noqa: F401
+    from dash_eval.tasks import vt as _vt  # noqa: F401
+    from dash_eval.tasks.base import (
+        TASKS,
+        Task,
+        TaskOptions,
+        count_tokens,
+        generate_samples,
+        lm_eval_task_dir,
+        render_prompt,
+        resolve_tokenizer,
+        task_info,
+        task_names,
+    )
+    from dash_eval.tasks.haystacks import HAYSTACKS, haystack_names
+    from dash_eval.tasks.registry import UnknownNameError
+    from dash_eval.tasks.sample import Sample, read_jsonl, write_jsonl
+    from dash_eval.tasks.scoring import METRICS, metric_names, score, string_match_all, string_match_part
 
-
-def lm_eval_task_dir() -> Path:
-    """The folder of the lm-eval task configs (``dash_*`` tasks), for ``lm_eval --include_path``."""
-    return Path(__file__).resolve().parent / "lm_eval_configs"
-
-
-def task_info(name: str) -> dict:
-    """A task's description, metric, accepted haystacks and default options."""
-    cls = TASKS.get(name)
-    return {
-        "name": name,
-        "description": cls.description,
-        "metric": cls.metric,
-        "haystacks": list(cls.haystacks),
-        "default_haystack": cls.default_haystack,
-        "options": cls.Options().__dict__.copy(),
-    }
-
-
-__all__ = [
-    "HAYSTACKS",
-    "METRICS",
-    "TASKS",
-    "Sample",
-    "Task",
-    "TaskOptions",
-    "UnknownNameError",
-    "count_tokens",
-    "generate_samples",
-    "haystack_names",
-    "lm_eval_task_dir",
-    "metric_names",
-    "read_jsonl",
-    "render_prompt",
-    "resolve_tokenizer",
-    "score",
-    "string_match_all",
-    "string_match_part",
-    "task_info",
-    "task_names",
-    "write_jsonl",
-]
+    __all__ = [
+        "HAYSTACKS",
+        "METRICS",
+        "TASKS",
+        "Sample",
+        "Task",
+        "TaskOptions",
+        "UnknownNameError",
+        "count_tokens",
+        "generate_samples",
+        "haystack_names",
+        "lm_eval_task_dir",
+        "metric_names",
+        "read_jsonl",
+        "render_prompt",
+        "resolve_tokenizer",
+        "score",
+        "string_match_all",
+        "string_match_part",
+        "task_info",
+        "task_names",
+        "write_jsonl",
+    ]

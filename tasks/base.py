@@ -13,6 +13,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 from typing import Any, ClassVar
 
 from dash_eval.tasks.haystacks import HAYSTACKS, Haystack
@@ -288,3 +289,21 @@ def generate_samples(
         }
         samples.append(Sample(draft.input, draft.outputs, length, draft.answer_prefix, opts.max_new_tokens, metadata))
     return samples
+
+
+def lm_eval_task_dir() -> Path:
+    """The folder of the lm-eval task configs (``dash_*`` tasks), for ``lm_eval --include_path``."""
+    return Path(__file__).resolve().parent / "lm_eval_configs"
+
+
+def task_info(name: str) -> dict:
+    """A task's description, metric, accepted haystacks and default options."""
+    cls = TASKS.get(name)
+    return {
+        "name": name,
+        "description": cls.description,
+        "metric": cls.metric,
+        "haystacks": list(cls.haystacks),
+        "default_haystack": cls.default_haystack,
+        "options": cls.Options().__dict__.copy(),
+    }
