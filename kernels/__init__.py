@@ -7,7 +7,7 @@ PyTorch reference in ``naive.py``; Triton kernels plug in as the ``triton`` back
 if "." not in __name__:  # imported as a bare top-level name from the checkout's root: dash_eval/_shadow.py
     from dash_eval._shadow import stand_aside
 
-    stand_aside(__name__, __file__)
+    stand_aside(__name__)
 else:
     from dash_eval.kernels import dash, full, infllmv2, nsa  # noqa: F401  (registers the methods)
     from dash_eval.kernels.api import BACKENDS, sparse_attention

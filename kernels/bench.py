@@ -324,7 +324,7 @@ def sweep_configs(run: SparseRun, log) -> None:
                       init_blocks=p.init_blocks, local_blocks=p.local_blocks)
     from dash_eval.kernels._triton.selection import tile_union
 
-    causal = q.shape[2] * (q.shape[2] + 1) // 2 * k.shape[1]
+    causal = q.shape[2] * (q.shape[2] + 1) // 2 * k.shape[1] * k.shape[0]
     fine_rows = sorted({max(16, gp), 32, 64, 128})
     for rows in fine_rows:
         _, tcount = tile_union(route.words, k.shape[2], block_size=p.block_size, tile_q=max(1, rows // gp))
@@ -431,8 +431,9 @@ def _own_cases(args: argparse.Namespace) -> list[Case]:
                          f"{', '.join(SPARSE_METHODS)} (full attention is timed as the baseline of every case)")
     if not args.tokens:
         raise ValueError("--tokens: required with --method; accepted: comma-separated lengths, e.g. 32768,65536")
-    tokens = parse_list("--tokens", args.tokens, int, low=1)
+    tokens = parse_list("--tokens", args.tokens, int, low=2 if args.decode else 1)
     q_heads, kv_heads, head_dim = 32, 2, 128
+    source = {"--q-heads": "--q-heads", "--kv-heads": "--kv-heads", "--head-dim": "--head-dim"}
     if args.model:
         given = [f for f, v in (("--q-heads", args.q_heads), ("--kv-heads", args.kv_heads),
                                 ("--head-dim", args.head_dim)) if v is not None]
@@ -440,12 +441,13 @@ def _own_cases(args: argparse.Namespace) -> list[Case]:
             raise ValueError(f"--model {args.model!r} with {', '.join(given)}: --model sets the heads and head dim; "
                              "accepted: one or the other")
         q_heads, kv_heads, head_dim = model_geometry(args.model)
+        source = dict.fromkeys(source, f"--model {args.model!r} (its config's heads and head dim)")
     q_heads, kv_heads, head_dim = (q_heads if args.q_heads is None else args.q_heads,
                                    kv_heads if args.kv_heads is None else args.kv_heads,
                                    head_dim if args.head_dim is None else args.head_dim)
     for flag, value, low, high in (("--q-heads", q_heads, 1, None), ("--kv-heads", kv_heads, 1, None),
                                    ("--head-dim", head_dim, 16, 256)):
-        parse_list(flag, str(value), int, low=low, high=high)
+        parse_list(source[flag], str(value), int, low=low, high=high)
     sparsities = parse_list("--sparsity", args.sparsity, float, low=0.0, high=1.0, open_low=True) \
         if args.sparsity else []
     return custom_cases(methods, tokens, q_heads=q_heads, kv_heads=kv_heads, head_dim=head_dim,
@@ -461,7 +463,7 @@ def _cases(args: argparse.Namespace) -> list[Case]:
         raise ValueError(f"--noise {args.noise}: accepted: a finite number >= 0 (0.25 coherent, 1 the default)")
     own = {"--tokens": args.tokens, "--model": args.model, "--q-heads": args.q_heads, "--kv-heads": args.kv_heads,
            "--head-dim": args.head_dim, "--decode": args.decode, "--sparsity": args.sparsity, "--param": args.param}
-    given = [flag for flag, value in own.items() if value not in (None, "", False, [])]
+    given = [flag for flag, value in own.items() if value is not None and value is not False and value not in ("", [])]
     if args.method or given:
         if not args.method:
             raise ValueError(f"{', '.join(given)}: for cases of your own, which need --method (accepted: "

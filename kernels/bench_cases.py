@@ -243,7 +243,7 @@ def model_geometry(name: str) -> tuple[int, int, int]:
 
     try:
         config = AutoConfig.from_pretrained(resolve_model_path(name))
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, TypeError) as exc:
         raise ValueError(f"--model {name!r}: no model config could be read ({str(exc).splitlines()[0][:160]}); "
                          "accepted: default, a model directory or a hub name") from None
     config = getattr(config, "text_config", None) or config  # a multimodal model's language part
@@ -252,7 +252,10 @@ def model_geometry(name: str) -> tuple[int, int, int]:
         raise ValueError(f"--model {name!r}: its config names no num_attention_heads; give --q-heads, --kv-heads and "
                          "--head-dim instead")
     hkv = getattr(config, "num_key_value_heads", None) or hq
-    d = getattr(config, "head_dim", None) or config.hidden_size // hq
+    d = getattr(config, "head_dim", None) or (getattr(config, "hidden_size", None) or 0) // hq
+    if not all(isinstance(x, int) and x > 0 for x in (hq, hkv, d)):
+        raise ValueError(f"--model {name!r}: its config gives {hq} query heads, {hkv} KV heads and head dim {d}; "
+                         "give --q-heads, --kv-heads and --head-dim instead")
     return hq, hkv, d
 
 
@@ -262,13 +265,19 @@ def custom_cases(methods: list[str], tokens: list[int], *, q_heads: int, kv_head
     """One case per method, length and (``dash``) target sparsity, named after them. Raises ValueError, naming the
     flag, where the Triton kernels would not run: the benchmark would time the reference instead."""
     from dash_eval.kernels import get_method
-    from dash_eval.kernels.triton_backend import triton_unsupported
+    try:
+        from dash_eval.kernels.triton_backend import triton_unsupported
+    except ImportError as exc:
+        raise ValueError(f"--method: the Triton kernels cannot be imported here ({exc}); install triton") from None
 
     if q_heads % kv_heads:
         raise ValueError(f"--q-heads {q_heads} --kv-heads {kv_heads}: accepted: query heads a multiple of KV heads")
     if sparsities and "dash" not in methods:
         raise ValueError("--sparsity: calibrates dash's scale; accepted only with --method dash (top-k methods' "
                          "sparsity follows from topk: --param topk=N)")
+    if sparsities and "scale" in params.get("dash", {}):
+        raise ValueError("--param scale with --sparsity: the sparsity target sets dash's scale; accepted: one or the "
+                         "other")
     probe = torch.empty(1, q_heads, 1, head_dim, dtype=dtype, device="meta")
     cases = []
     for method in methods:

@@ -34,6 +34,8 @@ _UNSUPPORTED = {
 def triton_unsupported(method: str, q: torch.Tensor, params) -> str | None:
     """Why ``backend="triton"`` would compute ``method`` on queries like ``q`` (any device, ``meta`` included) with
     ``params`` by its reference instead of a kernel; None when a kernel runs them."""
+    if method not in _UNSUPPORTED:
+        return f"method {method!r} (kernels: {', '.join(_UNSUPPORTED)})"
     return _UNSUPPORTED[method](q, params)
 
 

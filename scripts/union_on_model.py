@@ -150,12 +150,18 @@ def main() -> int:
     parser.add_argument("--sparsity", type=float, default=0.75)
     parser.add_argument("--block-size", type=int, default=64)
     parser.add_argument("--inputs", choices=("model", "bench", "bench-coherent"), default="model")
-    parser.add_argument("--kv-heads", type=int, default=2, help="--inputs bench: KV heads of 32 query heads")
+    parser.add_argument("--kv-heads", type=int, default=None, help="--inputs bench: KV heads of 32 query heads (2)")
     parser.add_argument("--reorder", type=int, default=0, metavar="W",
                         help="also count tiles of 4 and 16 queries grouped by selection within windows of W queries")
     args = parser.parse_args()
     if not 0 < args.sparsity < 1:
         parser.error(f"--sparsity {args.sparsity}: accepted: a fraction strictly between 0 and 1")
+    if args.block_size < 1 or args.tokens < 2 * args.block_size:
+        parser.error(f"--tokens {args.tokens} --block-size {args.block_size}: accepted: a positive block size and at "
+                     "least two blocks of tokens")
+    if args.inputs == "model" and args.kv_heads is not None:
+        parser.error("--kv-heads: the model has its own heads; accepted only with --inputs bench or bench-coherent")
+    args.kv_heads = 2 if args.kv_heads is None else args.kv_heads
     if args.kv_heads not in (1, 2, 4, 8, 16, 32):
         parser.error(f"--kv-heads {args.kv_heads}: accepted: a divisor of the 32 query heads")
     if args.reorder < 0 or (args.reorder and args.reorder % 16):

@@ -10,7 +10,7 @@ and lm-eval task configs.
 if "." not in __name__:  # imported as a bare top-level name from the checkout's root: dash_eval/_shadow.py
     from dash_eval._shadow import stand_aside
 
-    stand_aside(__name__, __file__)
+    stand_aside(__name__)
 else:
     from dash_eval.tasks import aggregation as _aggregation  # noqa: F401  (registers the tasks)
     from dash_eval.tasks import niah as _niah  # noqa: F401

@@ -116,7 +116,10 @@ def test_sweep_exit_statuses_tell_failed_cells_from_rejected_configs(tmp_path, m
         (["--shapes", "decode-batch", "--batch", "2"], "needs a CUDA GPU"),  # the arguments pass; no GPU here
     ],
 )
-def test_bench_refuses_bad_arguments_before_touching_a_gpu(tmp_path, capsys, args, message):
+def test_bench_refuses_bad_arguments_before_touching_a_gpu(tmp_path, capsys, monkeypatch, args, message):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # on a GPU machine too: nothing may run
     assert main(["bench", "--out", str(tmp_path / "b.csv"), *args]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "b.csv").exists()
@@ -144,9 +147,17 @@ def test_bench_refuses_bad_arguments_before_touching_a_gpu(tmp_path, capsys, arg
          "--method nsa: the Triton kernels do not take block_size=48"),
         (["--method", "dash", "--tokens", "64", "--shapes", "smoke"], "replace a shape set"),
         (["--noise", "-1"], "--noise -1.0: accepted"),
+        (["--q-heads", "0"], "--q-heads: for cases of your own, which need --method"),
+        (["--method", "dash", "--tokens", "1", "--decode"],
+         "--tokens '1': 1 is out of range; accepted: comma-separated integers >= 2"),
+        (["--method", "dash", "--tokens", "64", "--sparsity", "0.5", "--param", "scale=2"],
+         "--param scale with --sparsity"),
     ],
 )
-def test_bench_refuses_bad_cases_of_ones_own(tmp_path, capsys, args, message):
+def test_bench_refuses_bad_cases_of_ones_own(tmp_path, capsys, monkeypatch, args, message):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert main(["bench", "--out", str(tmp_path / "b.csv"), *args]) == 2
     assert message in capsys.readouterr().err
 
@@ -202,3 +213,8 @@ def test_bench_takes_the_geometry_of_a_model_config(tmp_path, capsys):
     assert "--model sets the heads and head dim; accepted: one or the other" in capsys.readouterr().err
     assert main(["bench", "--out", out, "--method", "dash", "--tokens", "64", "--model", str(tmp_path / "none")]) == 2
     assert "no model config could be read" in capsys.readouterr().err
+    transformers.LlamaConfig(num_attention_heads=2, num_key_value_heads=1, hidden_size=1024).save_pretrained(
+        tmp_path / "wide")
+    assert main(["bench", "--out", out, "--method", "dash", "--tokens", "64", "--model", str(tmp_path / "wide")]) == 2
+    assert f"--model {str(tmp_path / 'wide')!r} (its config's heads and head dim) '512': 512 is out of range" in (
+        capsys.readouterr().err)
