@@ -25,6 +25,7 @@ from dash_eval.kernels.bench_cases import (
     SPARSE_METHODS,
     Case,
     custom_cases,
+    describe_cases,
     model_geometry,
     parse_list,
     parse_params,
@@ -402,6 +403,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sweep", action="store_true", help="dash prefill: also time launch configurations")
     parser.add_argument("--batch", type=int, default=0,
                         help="sequences per call for every case (default: each case's own, 1 unless its name says)")
+    parser.add_argument("--list", action="store_true",
+                        help="print the cases these options select (no GPU needed) instead of running them")
     parser.add_argument("--noise", type=float, default=None,
                         help="query noise of the inputs for every case (default: each case's own; 0.25 is coherent)")
     own = parser.add_argument_group("cases of your own, instead of a shape set (e.g. --method dash,nsa "
@@ -494,6 +497,9 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"dash-eval bench: {exc}", file=sys.stderr)
         return 2
+    if args.list:
+        print(describe_cases(cases))
+        return 0
     if not torch.cuda.is_available():
         print("dash-eval bench: needs a CUDA GPU (the kernels are checked on the CPU by the tests)", file=sys.stderr)
         return 2

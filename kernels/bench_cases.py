@@ -298,3 +298,16 @@ def custom_cases(methods: list[str], tokens: list[int], *, q_heads: int, kv_head
             else:
                 cases.append(Case(tag, method, n, **common))
     return cases
+
+
+def describe_cases(cases: list[Case]) -> str:
+    """A Markdown table of ``cases``: what ``dash-eval bench --list`` prints."""
+    lines = ["| case | method | batch | tokens | kind | heads (q / kv) | head dim | dash sparsity | parameters "
+             "| noise |", "|---|---|---:|---:|---|---|---:|---:|---|---:|"]
+    for c in cases:
+        kind = "prefill" if c.queries is None else f"decode ({c.nq} quer{'y' if c.nq == 1 else 'ies'})"
+        params = ", ".join(f"{k}={v}" for k, v in sorted(c.params.items())) or "defaults"
+        target = "" if c.target_sparsity is None else f"{c.target_sparsity:g}"
+        lines.append(f"| {c.name} | {c.method} | {c.batch} | {c.tokens} | {kind} | {c.q_heads} / {c.kv_heads} | "
+                     f"{c.head_dim} | {target} | {params} | {c.noise:g} |")
+    return "\n".join(lines)

@@ -218,3 +218,19 @@ def test_bench_takes_the_geometry_of_a_model_config(tmp_path, capsys):
     assert main(["bench", "--out", out, "--method", "dash", "--tokens", "64", "--model", str(tmp_path / "wide")]) == 2
     assert f"--model {str(tmp_path / 'wide')!r} (its config's heads and head dim) '512': 512 is out of range" in (
         capsys.readouterr().err)
+
+
+def test_bench_list_prints_the_selected_cases_without_a_gpu(capsys, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert main(["bench", "--list", "--shapes", "decode", "--cases", "dash-decode-128k-kv8-75", "--batch", "3"]) == 0
+    rows = capsys.readouterr().out.strip().splitlines()
+    assert len(rows) == 3 and rows[0].startswith("| case | method | batch | tokens |")
+    assert rows[2].split(" | ")[:7] == [
+        "| dash-decode-128k-kv8-75", "dash", "3", "131072", "decode (1 query)", "32 / 8", "128"
+    ]
+    assert main(["bench", "--list", "--method", "nsa", "--tokens", "1024", "--param", "topk=8"]) == 0
+    row = "| nsa-1024-q32-kv2-d128 | nsa | 1 | 1024 | prefill | 32 / 2 | 128 |  | topk=8 | 1 |"
+    assert row in capsys.readouterr().out
+    assert main(["bench", "--list", "--shapes", "nope"]) == 2  # the same checks as a run
