@@ -37,13 +37,16 @@ from dash_eval.tasks import generate_samples
 TILES = (1, 2, 4, 8, 16)
 
 
-def capture(tokens: int) -> tuple[list[tuple[torch.Tensor, torch.Tensor, float]], int]:
+Layers = list[tuple[torch.Tensor, torch.Tensor, float]]  # each layer's (q, k, softmax scale)
+
+
+def capture(tokens: int) -> tuple[Layers, int]:
     """Each layer's (q, k, softmax scale) on a needle prompt of about ``tokens`` tokens."""
     model, tokenizer = load_model("default", method="full")
     sample = generate_samples("niah_single", length=tokens, n=1, seed=0, tokenizer=tokenizer, haystack="essay")[0]
     ids = tokenizer(sample.prompt(), return_tensors="pt").input_ids
     apply_attention(model, "dash")
-    seen: list[tuple[torch.Tensor, torch.Tensor, float]] = []
+    seen: Layers = []
     original = patch_module.sparse_attention
 
     def recording(query, key, value, method, **kw):
@@ -59,12 +62,9 @@ def capture(tokens: int) -> tuple[list[tuple[torch.Tensor, torch.Tensor, float]]
     return seen, ids.shape[1]
 
 
-Layers = list[tuple[torch.Tensor, torch.Tensor, float]]
-
-
 def bench_layers(tokens: int, kv_heads: int, coherent: bool) -> tuple[Layers, int]:
     """``dash-eval bench``'s structured random q and k (float32) as one layer."""
-    from dash_eval.kernels.bench import Case, structured_inputs
+    from dash_eval.kernels.bench_cases import Case, structured_inputs
 
     case = Case("union", "dash", tokens, kv_heads=kv_heads, noise=0.25 if coherent else 1.0)
     q, k, _ = structured_inputs(case, torch.float32, torch.device("cpu"))
