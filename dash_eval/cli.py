@@ -31,7 +31,10 @@ def _top_level_help() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help"):
+    if not argv:  # a command is required: the usage goes to stderr, and the exit code says it was not run
+        print(_top_level_help(), file=sys.stderr)
+        return 2
+    if argv[0] in ("-h", "--help"):
         print(_top_level_help())
         return 0
     if argv[0] == "--version":

@@ -42,6 +42,19 @@ def device_problem(device: str) -> str | None:
     return None
 
 
+def missing_model_dir(pretrained: str) -> str | None:
+    """``"no such directory"`` (or why the path is not a model directory) where ``pretrained`` is written as a
+    local path (``/...``, ``./...``, ``../...``, ``~...``) and is not a directory here; ``None`` otherwise (a
+    directory, ``default``, or a hub id such as ``org/name``, which the caller reads from the local cache)."""
+    text = str(pretrained)
+    if not text.startswith(("/", ".", "~")):
+        return None
+    p = os.path.expanduser(text)
+    if os.path.isdir(p):
+        return None
+    return "a file, not a model directory" if os.path.exists(p) else "no such directory"
+
+
 def load_model(
     pretrained: str,
     *,
@@ -73,8 +86,8 @@ def load_model(
     if backend not in BACKENDS:
         raise ValueError(f"backend={backend!r}; accepted: {', '.join(BACKENDS)}")
     path = resolve_model_path(str(pretrained))
-    if str(pretrained).startswith(("/", ".", "~")) and not os.path.isdir(os.path.expanduser(path)):
-        raise ValueError(f"pretrained={str(pretrained)!r}: no such directory; {accepted}")
+    if (problem := missing_model_dir(path)) is not None:
+        raise ValueError(f"pretrained={str(pretrained)!r}: {problem}; {accepted}")
     try:
         config = AutoConfig.from_pretrained(path, local_files_only=True)
     except (OSError, ValueError) as exc:
@@ -84,8 +97,7 @@ def load_model(
     if router is not None and not (isinstance(router, str) and router == NO_ROUTER):
         # read and checked against the model's layers and heads before any weight loads
         routers = load_router_file(router) if isinstance(router, (str, os.PathLike)) else router
-        check_routers(routers, config.num_hidden_layers, config)
-        router = routers
+        check_routers(routers, config.num_hidden_layers, config)  # apply_attention reads a path again
     saved = getattr(config, CONFIG_KEY, None)
     if method is None:
         method = saved["method"] if saved else "full"

@@ -180,7 +180,14 @@ def apply_attention(
     a JSON file or a ``{layer: multiplier}`` mapping; ``None`` keeps those set, ``"none"`` clears them.
     """
     from dash_eval.dash_models.layer_scales import resolve_layer_scales
-    from dash_eval.dash_models.router import NO_ROUTER, attach_routers, detach_routers, load_router_file
+    from dash_eval.dash_models.router import (
+        NO_ROUTER,
+        attach_routers,
+        detach_routers,
+        load_router_file,
+        model_routers,
+        warn_router_mismatch,
+    )
 
     if not isinstance(model, torch.nn.Module) or getattr(model, "config", None) is None:
         raise ValueError(f"model: a {type(model).__name__}; accepted: a Hugging Face causal LM (a torch module with a "
@@ -208,6 +215,8 @@ def apply_attention(
         detach_routers(model)
     if routers is not None:
         attach_routers(model, routers)
+        if method == "dash":
+            warn_router_mismatch(router, model_routers(model), len(modules), parsed.block_size)
     runtime = AttentionRuntime(method=method, params=parsed, backend=backend, tally=get_tally(model))
     for module in modules:
         module._dash_runtime = runtime

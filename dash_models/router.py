@@ -8,12 +8,15 @@ uses as ``u_h`` (METHODS.md, stage 1).
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import re
 from pathlib import Path
 
 import torch
 
+logger = logging.getLogger(__name__)
 ROUTER_FILENAME = "router.safetensors"
 NO_ROUTER = "none"  # router="none": drop any attached routers, so dash pools block keys by their mean
 _KEY = re.compile(r"(?:^|\.)layers\.(\d+)\.(?:self_attn\.)?indexer_q$")
@@ -31,6 +34,7 @@ def routers_from_state(tensors: dict[str, torch.Tensor]) -> dict[int, torch.Tens
 
 def load_router_file(path: str | os.PathLike) -> dict[int, torch.Tensor]:
     """Routers from a router directory, a ``.safetensors`` file, or a checkpoint directory."""
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     p = Path(path)
@@ -42,7 +46,15 @@ def load_router_file(path: str | os.PathLike) -> dict[int, torch.Tensor]:
         raise ValueError(f"router={str(path)!r}: no such file or directory")
     routers: dict[int, torch.Tensor] = {}
     for f in files:
-        routers.update(routers_from_state(load_file(str(f))))
+        try:
+            state = load_file(str(f))
+        except (SafetensorError, OSError) as exc:
+            raise ValueError(
+                f"router={str(path)!r}: cannot read {f.name} as safetensors ({exc}); accepted: a directory or "
+                f".safetensors file written by dash-eval fit-router, or a checkpoint directory whose safetensors "
+                f"hold 'layers.<i>.indexer_q' tensors"
+            ) from exc
+        routers.update(routers_from_state(state))
     if not routers:
         raise ValueError(f"router={str(path)!r}: no 'layers.<i>.indexer_q' tensors found in {[f.name for f in files]}")
     return routers
@@ -131,3 +143,42 @@ def model_routers(model: torch.nn.Module) -> dict[int, torch.Tensor]:
     from dash_eval.dash_models.patch import ROUTER_BUFFER, attention_modules
 
     return {m.layer_idx: getattr(m, ROUTER_BUFFER) for m in attention_modules(model) if hasattr(m, ROUTER_BUFFER)}
+
+
+def _fit_block_size(path: str | os.PathLike) -> int | None:
+    """The block size a ``dash-eval fit-router`` directory (or its ``router.safetensors``) was fitted at, from the
+    ``router.json`` beside it; ``None`` for other routers (a checkpoint's, a mapping) or an unreadable record."""
+    p = Path(path)
+    record = (p if p.is_dir() else p.parent) / "router.json"
+    try:
+        size = json.loads(record.read_text(encoding="utf-8"))["settings"]["block_size"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return size if isinstance(size, int) else None
+
+
+_WARNED: set[tuple] = set()
+
+
+def warn_router_mismatch(source, routers: dict[int, torch.Tensor], n_layers: int, block_size: int) -> list[str]:
+    """Warn (once per source and setting) where routers about to drive ``dash`` differ from how they were
+    made: fitted at another block size (a fit-router directory records it), or covering only some layers (the
+    others pool block keys by their mean). Returns the warnings given this time."""
+    said = []
+    if isinstance(source, (str, os.PathLike)):
+        fitted = _fit_block_size(source)
+        if fitted is not None and fitted != block_size:
+            said.append(f"router={str(source)!r} was fitted at block_size={fitted} and now routes blocks of "
+                        f"{block_size}: its vectors pool keys over blocks of a size they were not fitted for "
+                        f"(fit it again with --block-size {block_size}, or evaluate at block_size={fitted})")
+    missing = sorted(set(range(n_layers)) - set(routers))
+    if missing:
+        said.append(f"router{'=' + repr(str(source)) if isinstance(source, (str, os.PathLike)) else ''} covers "
+                    f"{n_layers - len(missing)} of {n_layers} layers; layers {missing} pool block keys by their mean")
+    fresh = []
+    for text in said:
+        if text not in _WARNED:
+            _WARNED.add(text)
+            logger.warning(text)
+            fresh.append(text)
+    return fresh

@@ -85,13 +85,18 @@ def _check_args(args: argparse.Namespace) -> FitSettings:
     return settings
 
 
+def _say(exc: Exception, prefix: str = "") -> None:
+    """``dash-eval fit-router: <message>`` on stderr (the library's own ``fit-router:`` prefix dropped)."""
+    print(f"dash-eval fit-router: {prefix}{str(exc).removeprefix('fit-router: ')}", file=sys.stderr)
+
+
 def run(args: argparse.Namespace) -> int:
     import time
 
     try:
         settings = _check_args(args)
     except ValueError as exc:
-        print(f"dash-eval fit-router: {exc}", file=sys.stderr)
+        _say(exc)
         return 2
 
     from dash_eval.dash_models.loading import load_model
@@ -102,14 +107,14 @@ def run(args: argparse.Namespace) -> int:
     try:
         model, tokenizer = load_model(args.model, method="full", dtype=args.dtype, device=args.device)
     except (ValueError, OSError) as exc:
-        print(f"dash-eval fit-router: --model {args.model!r}: {exc}", file=sys.stderr)
+        _say(exc, f"--model {args.model!r}: ")
         return 2
     load_s = time.perf_counter() - t0
     try:
         result = fit_router(model, tokenizer, settings, args.output, progress=not args.no_progress,
                             model_name=args.model)
     except ValueError as exc:
-        print(f"dash-eval fit-router: {exc}", file=sys.stderr)
+        _say(exc)
         return 2
     print(summary_table(result.layers))
     t = result.timing

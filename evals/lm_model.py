@@ -34,6 +34,8 @@ from dash_eval.dash_models import apply_attention, current_attention, get_tally,
 from dash_eval.dash_models.embedded import DEFAULT_MODEL_NAME
 from dash_eval.evals._lm_eval_sparsity import SampleRecorder
 from dash_eval.kernels import get_method, method_names
+from dash_eval.kernels.api import BACKENDS
+from lm_eval import utils as lm_eval_utils
 from lm_eval.api.model import CacheHook
 from lm_eval.models.huggingface import HFLM
 
@@ -141,6 +143,17 @@ def _checked_hflm_values(hflm: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _check_dash_only(method: str, **given: Any) -> None:
+    """``router`` and ``layer_scales`` configure ``dash``'s routing; given with another method they would be
+    ignored, so they are refused (``"none"``, which clears them, is accepted with any method)."""
+    if method == "dash":
+        return
+    for key, value in given.items():
+        if value is not None and not (isinstance(value, str) and value == "none"):
+            raise ValueError(f"model_args {key}={value!r}: only method=dash uses a {key.replace('_', ' ')}; "
+                             f"method={method} has none (accepted with {method}: leave {key} out, or 'none')")
+
+
 def resolve_device(device: str | None) -> str:
     """HFLM's rule for a single device: the device asked for if this machine has it, else CUDA if
     available, else CPU (lm-eval's CLI passes ``cuda:0`` when ``--device`` is not given)."""
@@ -230,6 +243,9 @@ class DashLM(HFLM):
             kwargs = {**(saved or {}).get("params", {}), **kwargs}
         hflm_kwargs, params = split_model_args(method, kwargs)
         get_method(method).make_params(**params)  # every bad value fails here, before any weight loads
+        _check_dash_only(method, router=router, layer_scales=layer_scales)
+        if attn_backend not in BACKENDS:
+            raise ValueError(f"model_args attn_backend={attn_backend!r}; accepted: {', '.join(BACKENDS)}")
         if loaded:
             if hflm_kwargs.get("tokenizer") is None:
                 raise ValueError("model_args tokenizer: required when pretrained is a loaded model")
@@ -252,6 +268,18 @@ class DashLM(HFLM):
         with _quiet_about_loaded_model():
             super().__init__(pretrained=model, **hflm_kwargs)
         get_tally(self.model).reset()
+
+    # lm-eval hands its own --device / --batch_size / --max_batch_size (or their defaults) to every model next
+    # to model_args; HFLM then fails on a key given both ways ("got multiple values for keyword argument").
+    # Here a key in model_args wins, and the command-line value fills in only what model_args leaves out.
+    @classmethod
+    def create_from_arg_string(cls, arg_string: str, additional_config: dict | None = None) -> DashLM:
+        return cls.create_from_arg_obj(lm_eval_utils.simple_parse_args_string(arg_string), additional_config)
+
+    @classmethod
+    def create_from_arg_obj(cls, arg_dict: dict[str, Any], additional_config: dict | None = None) -> DashLM:
+        extra = {k: v for k, v in (additional_config or {}).items() if v is not None and k not in arg_dict}
+        return cls(**arg_dict, **extra)
 
     # --- switching the method (a sweep loads once and switches per cell) -------------------------------
 
@@ -293,8 +321,29 @@ class DashLM(HFLM):
     # --- request types: attribute every batch row's sparsity to its requests ---------------------------
 
     def generate_until(self, requests, disable_tqdm: bool = False):
+        self._refuse_truncation(requests)
         with self._recorder.serving("generate_until", requests):
             return super().generate_until(requests, disable_tqdm=disable_tqdm)
+
+    def _refuse_truncation(self, requests) -> None:
+        """HFLM cuts a prompt longer than ``max_length`` minus the tokens to generate from the left, with one log
+        line: a long-context task would then score a prompt whose start (often the needle) is gone. Every
+        prompt is measured first, and any that would be cut is an error before anything is generated."""
+        over = []
+        for req in requests:
+            context, gen_kwargs = req.args[0], req.args[1] if len(req.args) > 1 else {}
+            gen = (gen_kwargs or {}).get("max_gen_toks", self.max_gen_toks)
+            n = len(self.tok_encode(context))
+            if n + int(gen) > self.max_length:
+                over.append((getattr(req, "task_name", "?"), getattr(req, "doc_id", "?"), n, int(gen)))
+        if over:
+            task, doc, n, gen = over[0]
+            raise ValueError(
+                f"{len(over)} of {len(requests)} prompt(s) do not fit the model: task {task} doc {doc} has {n} tokens "
+                f"+ {gen} to generate > max_length {self.max_length}; lm-eval would cut them from the left, losing "
+                f"what a long-context task asks about. Accepted: prompts of at most {self.max_length - gen} tokens "
+                f"(shorter lengths), or model_args max_length=N where the model's positions allow"
+            )
 
     def loglikelihood(self, requests, disable_tqdm: bool = False):
         with self._recorder.serving("loglikelihood", requests):

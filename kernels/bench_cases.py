@@ -239,13 +239,21 @@ def model_geometry(name: str) -> tuple[int, int, int]:
     """``(query heads, KV heads, head dim)`` of a Hugging Face model's config: ``default`` (the embedded model), a
     model directory or a hub name. Only the config is read."""
     from dash_eval.dash_models.embedded import resolve_model_path
+    from dash_eval.dash_models.loading import missing_model_dir
     from transformers import AutoConfig
 
-    try:
-        config = AutoConfig.from_pretrained(resolve_model_path(name))
-    except (OSError, ValueError, TypeError) as exc:
-        raise ValueError(f"--model {name!r}: no model config could be read ({str(exc).splitlines()[0][:160]}); "
-                         "accepted: default, a model directory or a hub name") from None
+    accepted = "accepted: default, a model directory or a hub name"
+    path = resolve_model_path(name)
+    if (problem := missing_model_dir(path)) is not None:
+        raise ValueError(f"--model {name!r}: {problem}; {accepted}")
+    try:  # the local Hugging Face cache first: offline, a hub name would otherwise retry the network for ~25 s
+        config = AutoConfig.from_pretrained(path, local_files_only=True)
+    except (OSError, ValueError, TypeError):
+        try:
+            config = AutoConfig.from_pretrained(path)
+        except (OSError, ValueError, TypeError) as exc:
+            raise ValueError(f"--model {name!r}: no model config could be read, neither from the local Hugging Face "
+                             f"cache nor from the hub ({str(exc).splitlines()[0][:160]}); {accepted}") from None
     config = getattr(config, "text_config", None) or config  # a multimodal model's language part
     hq = getattr(config, "num_attention_heads", None)
     if not hq:

@@ -212,6 +212,9 @@ def test_bench_takes_the_geometry_of_a_model_config(tmp_path, capsys):
                  "--kv-heads", "2"]) == 2
     assert "--model sets the heads and head dim; accepted: one or the other" in capsys.readouterr().err
     assert main(["bench", "--out", out, "--method", "dash", "--tokens", "64", "--model", str(tmp_path / "none")]) == 2
+    assert "none': no such directory; accepted: default, a model directory or a hub name" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert main(["bench", "--out", out, "--method", "dash", "--tokens", "64", "--model", str(tmp_path / "empty")]) == 2
     assert "no model config could be read" in capsys.readouterr().err
     transformers.LlamaConfig(num_attention_heads=2, num_key_value_heads=1, hidden_size=1024).save_pretrained(
         tmp_path / "wide")
@@ -234,3 +237,12 @@ def test_bench_list_prints_the_selected_cases_without_a_gpu(capsys, monkeypatch)
     row = "| nsa-1024-q32-kv2-d128 | nsa | 1 | 1024 | prefill | 32 / 2 | 128 |  | topk=8 | 1 |"
     assert row in capsys.readouterr().out
     assert main(["bench", "--list", "--shapes", "nope"]) == 2  # the same checks as a run
+
+
+def test_no_command_is_a_usage_error(capsys):
+    from dash_eval.cli import main
+
+    assert main([]) == 2
+    err = capsys.readouterr().err
+    assert "usage: dash-eval COMMAND" in err and "fit-router" in err
+    assert main(["--help"]) == 0 and "usage: dash-eval COMMAND" in capsys.readouterr().out

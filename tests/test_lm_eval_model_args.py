@@ -18,6 +18,11 @@ from dash_eval.evals.lm_model import DashLM, method_param_names, split_model_arg
         pytest.param({"method": "infllmv2", "block_size": 0}, ["block_size=0", ">= 1"], id="block_size-zero"),
         pytest.param({"method": "nsa", "topk": "many"}, ["topk='many'", "integer"], id="topk-not-int"),
         pytest.param({"method": "full", "dtype": "float8"}, ["dtype='float8'", "bfloat16"], id="bad-dtype"),
+        pytest.param({"method": "nsa", "router": "r"}, ["router='r'", "only method=dash", "nsa"], id="router-not-dash"),
+        pytest.param({"method": "full", "layer_scales": "s.json"}, ["layer_scales='s.json'", "only method=dash"],
+                     id="layer-scales-not-dash"),
+        pytest.param({"method": "dash", "attn_backend": "cuda"}, ["attn_backend='cuda'", "auto, reference, triton"],
+                     id="bad-attn-backend"),
     ],
 )
 def test_bad_model_args_are_named(model_args, expected):
@@ -45,3 +50,30 @@ def test_loaded_model_needs_its_tokenizer():
 
     with pytest.raises(ValueError, match="tokenizer"):
         DashLM(pretrained=torch.nn.Linear(2, 2), method="full")
+
+
+def test_model_args_win_over_lm_evals_own_device_and_batch_size(monkeypatch):
+    """lm-eval passes its --device / --batch_size (or their defaults) beside model_args; a key given both ways
+    takes model_args' value instead of failing with "got multiple values for keyword argument"."""
+    seen = {}
+    monkeypatch.setattr(DashLM, "__init__", lambda self, **kw: seen.update(kw))
+    cli = {"batch_size": 1, "max_batch_size": None, "device": "cuda:0"}
+    DashLM.create_from_arg_string("pretrained=default,device=cpu,batch_size=2", cli)
+    assert seen == {"pretrained": "default", "device": "cpu", "batch_size": 2}
+    seen.clear()
+    DashLM.create_from_arg_obj({"pretrained": "default"}, cli)
+    assert seen == {"pretrained": "default", "batch_size": 1, "device": "cuda:0"}
+
+
+def test_prompts_longer_than_the_model_are_refused_not_cut():
+    """HFLM would cut an over-long prompt from the left (a needle at its start would be gone): every prompt is
+    measured before anything is generated, and one that does not fit is an error naming its task and doc."""
+    from types import SimpleNamespace
+
+    lm = DashLM(pretrained="default", method="full", device="cpu", max_length=64)
+    fits = SimpleNamespace(args=("Hello there.", {"max_gen_toks": 4}), task_name="t", doc_id=0)
+    long = SimpleNamespace(args=("word " * 80, {"max_gen_toks": 4}), task_name="t", doc_id=1)
+    with pytest.raises(ValueError, match=r"1 of 2 prompt\(s\) do not fit the model: task t doc 1 has \d+ tokens "
+                                         r"\+ 4 to generate > max_length 64.*at most 60 tokens"):
+        lm.generate_until([fits, long])
+    lm._refuse_truncation([fits])  # a prompt that fits passes

@@ -322,7 +322,8 @@ def test_cli_writes_a_router_and_rejects_bad_arguments(tmp_path, capsys):
     assert set(load_router_file(out)) == {0, 1}
     assert main(args) == 2 and "already holds a router" in capsys.readouterr().err
     assert main([*args[:5], "--tokens", "10", "--block-size", "8"]) == 2
-    assert "tokens=10" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "tokens=10" in err and err.startswith("dash-eval fit-router: tokens=10")  # the prefix said once
     assert main(["fit-router", "--model", str(tmp_path / "missing"), "--output", str(tmp_path / "o2")]) == 2
 
 
@@ -369,3 +370,33 @@ def test_recall_calibration_repeats_first_half_passages_in_the_second_half():
             end += 1
         run = row[start : end + 1]
         assert any(row[s : s + len(run)] == run for s in range(0, half - len(run) + 1))
+
+
+def test_router_fitted_elsewhere_warns_once(tmp_path, tiny, caplog):
+    """Routers about to drive dash warn where they differ from how they were made: another block size than
+    the fit-router record's, or only some layers covered; each warning once."""
+    import logging
+
+    from dash_eval.dash_models.router import ROUTER_FILENAME, warn_router_mismatch
+    from safetensors.torch import save_file
+
+    out = tmp_path / "r"
+    out.mkdir()
+    save_file({"layers.0.self_attn.indexer_q": torch.randn(32)}, str(out / ROUTER_FILENAME))
+    (out / "router.json").write_text(json.dumps({"settings": {"block_size": 8}}))
+    with caplog.at_level(logging.WARNING, logger="dash_eval.dash_models.router"):
+        apply_attention(tiny, "dash", router=str(out), block_size=16)
+        apply_attention(tiny, "dash", router=str(out), block_size=16)
+    said = [r.getMessage() for r in caplog.records]
+    assert len(said) == 2, said
+    assert "fitted at block_size=8" in said[0] and "blocks of 16" in said[0]
+    assert "covers 1 of 2 layers" in said[1] and "[1]" in said[1]
+    assert warn_router_mismatch(str(out), {0: None, 1: None}, 2, 8) == []  # its own block size, every layer
+    apply_attention(tiny, "dash", router="none")
+
+
+def test_a_router_file_that_is_not_safetensors_is_named(tmp_path):
+    bad = tmp_path / "router.safetensors"
+    bad.write_text("not a safetensors file")
+    with pytest.raises(ValueError, match=r"cannot read router.safetensors as safetensors .*accepted: a directory"):
+        load_router_file(bad)
