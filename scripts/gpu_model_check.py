@@ -14,21 +14,10 @@ DashAttention summaries) against recomputation, and a left-padded batch against 
 
 from __future__ import annotations
 
+import argparse
 import sys
 import time
 from pathlib import Path
-
-if "--inplace" in sys.argv:
-    root = Path(__file__).resolve().parent.parent
-    sys.path.insert(0, str(root))
-    import dash_eval
-
-    dash_eval.__path__.append(str(root))
-
-import torch
-from transformers import LlamaConfig, LlamaForCausalLM
-
-from dash_eval.dash_models import apply_attention, get_tally
 
 SETTINGS = {
     "full": {},
@@ -36,6 +25,68 @@ SETTINGS = {
     "infllmv2": {"local_blocks": 2, "topk": 4},
     "nsa": {"topk": 4, "window": 128},
 }
+INT_SETTINGS = ("init_blocks", "local_blocks", "block_size")  # --dash values read as integers; others as floats
+
+
+def _dash_settings(text: str) -> dict[str, float | int]:
+    settings: dict[str, float | int] = {}
+    for item in text.split(","):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise argparse.ArgumentTypeError(f"takes KEY=VALUE[,KEY=VALUE...], got {item!r}")
+        try:
+            settings[key] = int(value) if key in INT_SETTINGS else float(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{key}: not a number: {value!r}") from None
+    return settings
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="GPU check of patched models: a small random Llama on CUDA with each method; the Triton backend "
+        "against the reference backend (prefill logits), generation with the KV cache against recomputation, a "
+        "left-padded batch against its rows alone, and host waits for the GPU in the package. Prints a table; the "
+        "exit status is the number of methods that failed.",
+        epilog="Needs a CUDA GPU: without one it exits at once with status 2.",
+    )
+    parser.add_argument("--inplace", action="store_true",
+                        help="import the package from this checkout, without installing it")
+    parser.add_argument("--fp32", action="store_true",
+                        help="float32 instead of bfloat16: no near-tie flips of top-k selections")
+    parser.add_argument("--steps", type=int, default=12,
+                        help="tokens to generate after a 2,000-token prefix (default 12); 70 crosses the block "
+                        "boundary at 2,048 and four kernel completions")
+    parser.add_argument("--methods", default=",".join(SETTINGS), metavar="M[,M...]",
+                        help=f"only these methods, comma-separated (default: all of {', '.join(SETTINGS)})")
+    parser.add_argument("--dash", type=_dash_settings, default={}, metavar="KEY=VALUE[,...]",
+                        help="change dash's settings, e.g. alpha=1.25,sigma=1 (numbers; default: "
+                        + ", ".join(f"{k}={v}" for k, v in SETTINGS["dash"].items()) + ")")
+    args = parser.parse_args(argv)
+    args.methods = args.methods.split(",")
+    unknown = sorted(set(args.methods) - set(SETTINGS))
+    if unknown:
+        raise SystemExit(f"--methods: unknown {unknown}; known: {', '.join(SETTINGS)}")
+    return args
+
+
+if __name__ == "__main__":  # before the slow imports: --help and bad options answer at once
+    ARGS = parse_args()
+    if ARGS.inplace:
+        root = Path(__file__).resolve().parent.parent
+        sys.path.insert(0, str(root))
+        import dash_eval
+
+        dash_eval.__path__.append(str(root))
+
+import torch  # noqa: E402
+
+if __name__ == "__main__" and not torch.cuda.is_available():  # asks the driver; creates no CUDA context
+    print(f"gpu_model_check.py: needs a CUDA GPU, and torch {torch.__version__} finds none", file=sys.stderr)
+    sys.exit(2)
+
+from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
+
+from dash_eval.dash_models import apply_attention, get_tally  # noqa: E402
 
 
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -43,20 +94,14 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 @torch.no_grad()
-def main() -> int:
+def main(args: argparse.Namespace) -> int:
     torch.manual_seed(0)
     cfg = LlamaConfig(hidden_size=1024, intermediate_size=2048, num_hidden_layers=4, num_attention_heads=16,
                       num_key_value_heads=4, head_dim=64, vocab_size=1000, max_position_embeddings=8192)
-    dtype = torch.float32 if "--fp32" in sys.argv else torch.bfloat16
-    steps = int(sys.argv[sys.argv.index("--steps") + 1]) if "--steps" in sys.argv else 12
-    methods = sys.argv[sys.argv.index("--methods") + 1].split(",") if "--methods" in sys.argv else list(SETTINGS)
-    unknown = sorted(set(methods) - set(SETTINGS))
-    if unknown:
-        raise SystemExit(f"--methods: unknown {unknown}; known: {', '.join(SETTINGS)}")
-    if "--dash" in sys.argv:  # e.g. alpha=1.25,sigma=1 (numbers)
-        for item in sys.argv[sys.argv.index("--dash") + 1].split(","):
-            key, value = item.split("=", 1)
-            SETTINGS["dash"][key] = int(value) if key in ("init_blocks", "local_blocks", "block_size") else float(value)
+    dtype = torch.float32 if args.fp32 else torch.bfloat16
+    steps = args.steps
+    methods = args.methods
+    SETTINGS["dash"].update(args.dash)
     tol = 1e-3 if dtype == torch.float32 else 2e-2
     model = LlamaForCausalLM(cfg).to("cuda", dtype).eval()
     ids = torch.randint(1, 1000, (1, 3000), device="cuda")  # 0 is the pad token
@@ -142,4 +187,4 @@ def host_waits(model, ids: torch.Tensor) -> list[str]:
     return broken
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(ARGS))

@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dash_eval.file_modes import set_default_mode
+
 DEFAULT_MAX_NEW_TOKENS = 128
 
 
@@ -118,6 +120,7 @@ def write_jsonl(samples: Iterable[Sample], path: str | os.PathLike[str]) -> Path
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        set_default_mode(tmp)  # mkstemp's 0600 would be kept by the rename
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.writelines(lines)
         os.replace(tmp, path)

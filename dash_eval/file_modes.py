@@ -1,0 +1,67 @@
+"""The modes of files and folders written atomically: made under a temporary name, then renamed into place.
+
+``tempfile.mkstemp`` creates its file 0600 and ``tempfile.mkdtemp`` its folder 0700, whatever the umask, and a
+rename keeps the mode. Results directories and the model cache are shared (Slurm jobs, group-readable results
+folders), so what is renamed into place first gets the mode a plain ``open()`` or ``mkdir()`` would have given it:
+0666 or 0777 less the process umask (0644 and 0755 under umask 022).
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import threading
+
+_lock = threading.Lock()
+_umask: int | None = None
+
+
+def _read_umask() -> int:
+    # Linux (4.7 and later) reports the umask without changing it.
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    # Elsewhere the only way to read it is to set it and set it back. In between, a file another thread creates
+    # gets umask 077 (private), never 0 (world-writable).
+    mask = os.umask(0o077)
+    os.umask(mask)
+    return mask
+
+
+def process_umask() -> int:
+    """The process umask, read once (the first call) and remembered."""
+    global _umask
+    if _umask is None:
+        with _lock:
+            if _umask is None:
+                _umask = _read_umask()
+    return _umask
+
+
+def default_mode(directory: bool = False, executable: bool = False) -> int:
+    """The mode ``open()`` (``0o666``) or ``mkdir()`` (``0o777``) gives under the process umask."""
+    return (0o777 if directory or executable else 0o666) & ~process_umask()
+
+
+def set_default_mode(path: str | os.PathLike[str], directory: bool = False) -> None:
+    """Give a file (or, with ``directory``, a folder) the mode ``open()`` (or ``mkdir()``) would have given it; for a
+    temporary file or folder of ``tempfile`` before it is renamed into place."""
+    os.chmod(path, default_mode(directory))
+
+
+def set_default_modes_tree(root: str | os.PathLike[str]) -> None:
+    """:func:`set_default_mode` for a folder and everything in it (symbolic links left alone); a file that has an
+    execute bit keeps execute bits where the umask allows them."""
+    os.chmod(root, default_mode(directory=True))
+    for folder, dirs, files in os.walk(root):
+        for name in dirs + files:
+            path = os.path.join(folder, name)
+            st = os.lstat(path)
+            if stat.S_ISLNK(st.st_mode):
+                continue
+            is_dir = stat.S_ISDIR(st.st_mode)
+            os.chmod(path, default_mode(directory=is_dir, executable=bool(st.st_mode & 0o111)))
