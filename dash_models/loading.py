@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from typing import Any
 
 import torch
@@ -42,17 +43,35 @@ def device_problem(device: str) -> str | None:
     return None
 
 
+# A Hugging Face hub id: ``name`` or ``org/name`` (letters, digits, '-', '_', '.'; one slash at most).
+HUB_ID_PATTERN = re.compile(r"^(?:[A-Za-z0-9][\w.-]*/)?[A-Za-z0-9][\w.-]*$")
+
+
+def looks_like_path(value: str) -> bool:
+    """Whether a model name is written as a directory rather than a hub id: absolute, ``~``, ``.``, ``..``,
+    starting with ``./`` or ``../``, or with path separators where a hub id (``name`` or ``org/name``, one
+    slash) has none. ``org/name`` stays a hub id even when no such directory exists."""
+    seps = tuple({os.sep, "/", *([os.altsep] if os.altsep else [])})
+    if os.path.isabs(value) or value.startswith("~") or value in (".", ".."):
+        return True
+    if value.startswith(tuple(dots + sep for dots in (".", "..") for sep in seps)):
+        return True
+    return any(sep in value for sep in seps) and not HUB_ID_PATTERN.match(value)
+
+
 def missing_model_dir(pretrained: str) -> str | None:
-    """``"no such directory"`` (or why the path is not a model directory) where ``pretrained`` is written as a
-    local path (``/...``, ``./...``, ``../...``, ``~...``) and is not a directory here; ``None`` otherwise (a
-    directory, ``default``, or a hub id such as ``org/name``, which the caller reads from the local cache)."""
+    """Why ``pretrained``, written as a local path (``looks_like_path``), names no model directory here (``no such
+    directory '...'``, with the working directory for a relative path), or ``None``: a directory, ``default``, or
+    a hub id such as ``org/name``, which the caller reads from the local cache."""
     text = str(pretrained)
-    if not text.startswith(("/", ".", "~")):
+    if os.path.isdir(text) or not looks_like_path(text):
         return None
-    p = os.path.expanduser(text)
-    if os.path.isdir(p):
+    expanded = os.path.expanduser(text)
+    if os.path.isdir(expanded):
         return None
-    return "a file, not a model directory" if os.path.exists(p) else "no such directory"
+    where = "" if os.path.isabs(expanded) else f" (relative paths start at {os.getcwd()})"
+    what = "is a file, not a model directory" if os.path.exists(expanded) else "no such directory"
+    return f"{what} {text!r}{where}"
 
 
 def load_model(
@@ -87,7 +106,8 @@ def load_model(
         raise ValueError(f"backend={backend!r}; accepted: {', '.join(BACKENDS)}")
     path = resolve_model_path(str(pretrained))
     if (problem := missing_model_dir(path)) is not None:
-        raise ValueError(f"pretrained={str(pretrained)!r}: {problem}; {accepted}")
+        raise ValueError(f"pretrained: {problem}; {accepted}")
+    path = os.path.expanduser(path)  # from_pretrained does not expand '~'
     try:
         config = AutoConfig.from_pretrained(path, local_files_only=True)
     except (OSError, ValueError) as exc:

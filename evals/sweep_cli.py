@@ -8,7 +8,6 @@ so running the same command again resumes a killed or interrupted sweep. The exi
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 
 from dash_eval.evals.sweep import EXIT_CELLS_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, run_sweep
@@ -59,15 +58,14 @@ def run(args: argparse.Namespace) -> int:
         print(f"dash-eval sweep: {exc}", file=sys.stderr)
         return EXIT_USAGE
     try:
-        config = load_config(args.config)
+        # --output replaces the config's results directory before the check, so it is checked in its place
+        config = load_config(args.config, output=args.output) if args.output else load_config(args.config)
     except ConfigError as exc:
         print(f"dash-eval sweep: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("dash-eval sweep: interrupted while checking the config; no cell ran", file=sys.stderr)
         return EXIT_INTERRUPTED
-    if args.output:
-        config = dataclasses.replace(config, output=args.output)
     if args.dry_run:
         states = _cell_states(config, shard)
         for index, name, complete in states:

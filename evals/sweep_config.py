@@ -27,6 +27,7 @@ import hashlib
 import json
 import os
 import re
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,10 @@ __all__ = [
 
 DTYPES = ("float32", "bfloat16", "float16", "auto")
 DEVICE_PATTERN = re.compile(r"^(cpu|cuda(:\d+)?|mps)$")
+PRETRAINED_ACCEPTED = (
+    "accepted: 'default' (the embedded model), a model directory, or a Hugging Face model id available "
+    "offline (org/name)"
+)
 
 
 @dataclass(frozen=True)
@@ -118,6 +123,8 @@ def _parse_model(c: Checker, raw: Any) -> ModelSpec | None:
         c.error("model.pretrained", "missing; give a model directory, a cached hub id or 'default'")
         return None
     pretrained = c.string(m["pretrained"], "model.pretrained")
+    if pretrained is not None:
+        pretrained = _check_pretrained(c, pretrained)
     dtype = c.string(m.get("dtype", "float32"), "model.dtype")
     if dtype is not None and dtype not in DTYPES:
         c.error("model.dtype", f"bad value {dtype!r}; accepted: {', '.join(DTYPES)}")
@@ -140,6 +147,18 @@ def _parse_model(c: Checker, raw: Any) -> ModelSpec | None:
     return ModelSpec(
         pretrained, dtype or "float32", device or "cpu", batch_size or 1, router, bool(chat), backend or "auto"
     )
+
+
+def _check_pretrained(c: Checker, pretrained: str) -> str | None:
+    """``pretrained`` (``~`` expanded), or None after an error when it is a path to no directory: Hugging
+    Face would read it as a malformed hub id and say only that."""
+    from dash_eval.dash_models.loading import missing_model_dir
+
+    if (problem := missing_model_dir(pretrained)) is not None:
+        c.error("model.pretrained", f"{problem}; {PRETRAINED_ACCEPTED}")
+        return None
+    expanded = os.path.expanduser(pretrained)
+    return expanded if not os.path.isdir(pretrained) and os.path.isdir(expanded) else pretrained  # HF keeps '~'
 
 
 def _parse_task(c: Checker, raw: Any, path: str, task_names: tuple[str, ...]) -> TaskSpec | None:
@@ -262,14 +281,15 @@ def _parse_calibration(c: Checker, raw: Any, task_names: tuple[str, ...]) -> Cal
 def _check_task_data(
     c: Checker, tasks: list[tuple[str, TaskSpec]], model: ModelSpec | None, context: int | None
 ) -> None:
-    """Read every JSONL file, and (given the model) draw one sample of every generated task and length
-    with the model's tokenizer, so that a length too short for a task's template, an unknown haystack or a
-    broken record fails now rather than hours into a sweep."""
-    from dash_eval.tasks import generate_samples, read_jsonl
+    """Read every JSONL file and (given the model) count the tokens of each record's prompt the way the
+    model will see it, and draw one sample of every generated task and length with the model's tokenizer,
+    so that a prompt too long for the model, a length too short for a task's template, an unknown haystack
+    or a broken record fails now rather than hours into a sweep (or, worse, as a silently truncated prompt)."""
+    from dash_eval.tasks import read_jsonl
 
     tokenizer = None
     model_unreadable = any(e.startswith("model.pretrained:") for e in c.errors)
-    if model is not None and not model_unreadable and any(t.task for _, t in tasks):
+    if model is not None and not model_unreadable and tasks:
         from dash_eval.dash_models import resolve_model_path
         from transformers import AutoTokenizer
 
@@ -277,6 +297,13 @@ def _check_task_data(
             tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(model.pretrained))
         except Exception as exc:  # noqa: BLE001 - any failure to read the tokenizer is a config error here
             c.error("model.pretrained", f"cannot load the tokenizer of {model.pretrained!r}: {exc}")
+    chat = model is not None and model.apply_chat_template
+    if tokenizer is not None and chat and not getattr(tokenizer, "chat_template", None):
+        c.error(
+            "model.apply_chat_template",
+            f"true, but the tokenizer of {model.pretrained!r} has no chat template; accepted: false for this model",
+        )
+        tokenizer = None  # every prompt would fail the same way
     for path, t in tasks:
         if t.jsonl is not None:
             try:
@@ -290,21 +317,15 @@ def _check_task_data(
                     f"{t.samples} asked for but {t.jsonl} holds {len(records)} samples; "
                     f"accepted: at most {len(records)}",
                 )
-            too_long = [r.length for r in records if r.length is not None and context and r.length > context]
-            if too_long:
-                c.error(
-                    f"{path}.jsonl",
-                    f"{len(too_long)} record(s) have a length above the model's context "
-                    f"({max(too_long)} > max_position_embeddings={context})",
-                )
+            if tokenizer is not None and context is not None:
+                # lm-eval runs the first `samples` records (--limit)
+                _check_jsonl_prompts(c, path, t, records[: t.samples], tokenizer, chat, context)
         elif tokenizer is not None:
             for j, length in enumerate(t.lengths):
                 if context is not None and length > context:
                     continue  # reported already
                 try:
-                    generate_samples(
-                        t.task, length=length, n=1, seed=t.seed, tokenizer=tokenizer, haystack=t.haystack, **t.options
-                    )
+                    _draw(t, tokenizer, length, chat)
                 except (ValueError, KeyError, TypeError) as exc:
                     text = str(exc)
                     where = (
@@ -314,8 +335,120 @@ def _check_task_data(
                         if "option" in text or any(k in text for k in t.options)
                         else f"{path}.lengths[{j}]"
                     )
-                    c.error(where, str(exc).strip("'\""))
+                    message = text.strip("'\"")
+                    if where.endswith(f"lengths[{j}]") and TOO_SHORT.search(text):
+                        shortest = _shortest_length(t, tokenizer, length, context, chat)
+                        message += (
+                            f"; accepted: a length of at least {shortest} for this task"
+                            if shortest is not None
+                            else f"; accepted: none, the task fits no length up to the model's context "
+                            f"(max_position_embeddings={context})"
+                        )
+                    c.error(where, message)
                     break
+
+
+# the messages of generate_samples for a length below what the task's template and answer budget need
+TOO_SHORT = re.compile(r"too short|leaves no room")
+# records of a JSONL file named one by one in an error; the rest are counted
+LISTED_RECORDS = 5
+
+
+def _draw(t: TaskSpec, tokenizer: Any, length: int, chat: bool, n: int = 1) -> None:
+    """``n`` samples of generated task ``t`` at ``length``, drawn as its lm-eval task draws them."""
+    from dash_eval.tasks import generate_samples
+
+    generate_samples(
+        t.task, length=length, n=n, seed=t.seed, tokenizer=tokenizer, haystack=t.haystack, chat_template=chat,
+        **t.options,
+    )
+
+
+def _shortest_length(t: TaskSpec, tokenizer: Any, length: int, context: int | None, chat: bool) -> int | None:
+    """The shortest length at which the task's template and answer budget fit (``length`` does not),
+    searched by doubling then bisection; None when none up to the model's context does. Every sample the
+    cell will draw takes part (up to 100: the needles, and so the template's cost, differ per sample and per
+    length), so that the length given is one the run accepts too, not only this check's single sample."""
+    n = min(t.samples or 1, 100)
+
+    def fits(m: int) -> bool:
+        try:
+            _draw(t, tokenizer, m, chat, n)
+        except (ValueError, KeyError, TypeError):
+            return False
+        return True
+
+    cap = context or 1 << 20
+    lo, hi = length, max(2 * length, 64)  # lo does not fit
+    while not fits(min(hi, cap)):
+        if hi >= cap:
+            return None
+        lo, hi = hi, 2 * hi
+    hi = min(hi, cap)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if fits(mid) else (mid, hi)
+    return hi
+
+
+def _record_lines(path: str) -> list[int]:
+    """The line number of each record of a JSONL file, in order (``read_jsonl`` skips blank lines)."""
+    with open(path, encoding="utf-8") as handle:
+        return [n for n, line in enumerate(handle, start=1) if line.strip()]
+
+
+def lm_eval_prompt_tokens(tokenizer: Any, texts: list[str], chunk: int = 32) -> list[int]:
+    """How many tokens lm-eval's ``HFLM.generate_until`` feeds the model for each context: the tokenizer's
+    special tokens are added unless the text starts with its BOS token already (``tok_batch_encode``; a
+    chat template writes its own). Counted in chunks, keeping only the counts."""
+    bos = getattr(tokenizer, "bos_token", None)
+    counts: list[int] = [0] * len(texts)
+    for special in (True, False):
+        picked = [i for i, text in enumerate(texts) if (not (bos and text.startswith(bos))) == special]
+        for k in range(0, len(picked), chunk):
+            ids = tokenizer([texts[i] for i in picked[k : k + chunk]], add_special_tokens=special)["input_ids"]
+            for i, row in zip(picked[k : k + chunk], ids):
+                counts[i] = len(row)
+    return counts
+
+
+def _check_jsonl_prompts(
+    c: Checker, path: str, t: TaskSpec, records: list, tokenizer: Any, chat: bool, context: int
+) -> None:
+    """Every record's prompt, as lm-eval builds it (``input``, then ``answer_prefix``; inside the chat template
+    when the model runs with one), plus the task's answer budget must fit the model's context: lm-eval would
+    otherwise cut the prompt's start off (the needle with it, often) and score what is left."""
+    from dash_eval.evals.sweep_tasks import generation_budget
+    from dash_eval.tasks import render_prompt
+
+    budget = generation_budget(t.lm_eval_task)
+    limit = context - budget
+    texts = [render_prompt(r.input, r.answer_prefix, tokenizer, chat) for r in records]
+    counts = lm_eval_prompt_tokens(tokenizer, texts)
+    over = [(i, n) for i, n in enumerate(counts) if n > limit]
+    if not over:
+        return
+    lines = _record_lines(t.jsonl)
+
+    def name(i: int) -> str:
+        r = records[i]
+        parts = [f"index {r.metadata['index']}"] if "index" in r.metadata else []
+        if r.length is not None:
+            parts.append(f"declared length {r.length}")
+        return f"line {lines[i]}" + (f" ({', '.join(parts)})" if parts else "")
+
+    listed = ", ".join(f"{name(i)}: {n} tokens" for i, n in over[:LISTED_RECORDS])
+    more = len(over) - LISTED_RECORDS
+    if more > 0:
+        listed += f", and {more} more (longest {max(n for _, n in over)} tokens)"
+    how = "inside the chat template, " if chat else ""
+    c.error(
+        f"{path}.jsonl",
+        f"{len(over)} of {len(records)} prompt(s) of {t.jsonl} are too long for the model: {listed}; a prompt "
+        f"({how}counted with the model's tokenizer) plus the answer budget max_gen_toks={budget} of "
+        f"{t.lm_eval_task} must fit the model's context (max_position_embeddings={context}), or lm-eval cuts "
+        f"the prompt's start off; accepted: prompts of at most {limit} tokens",
+    )
 
 
 def model_config(model: ModelSpec):
@@ -359,9 +492,12 @@ def _check_against_model(c: Checker, config, model: ModelSpec, methods: list[tup
                 c.error(f"{path}.layer_scales", str(exc))
 
 
-def parse_config(raw: Any, *, source: str = "sweep config", check_model: bool = True) -> SweepConfig:
+def parse_config(
+    raw: Any, *, source: str = "sweep config", check_model: bool = True, output: str | None = None
+) -> SweepConfig:
     """Validate a loaded YAML document whole and return the typed config, or raise ``ConfigError`` listing
-    every problem. ``check_model`` reads the model's config to check lengths against its context."""
+    every problem. ``check_model`` reads the model's config and tokenizer (never its weights) to check lengths
+    and prompts against its context. ``output`` (``--output``) replaces the config's results directory."""
     from dash_eval.tasks import task_names as _task_names
 
     task_names = tuple(_task_names())
@@ -409,11 +545,15 @@ def parse_config(raw: Any, *, source: str = "sweep config", check_model: bool = 
                 f"seed {t.seed} equals calibration.seed; calibration samples must be "
                 "held apart from evaluation samples (pick another seed for one of them)",
             )
-    output = top.get("output", f"results/{name}" if name else None)
+    configured = top.get("output", f"results/{name}" if name else None)
     if "output" in top:
-        output = c.string(top["output"], "output")
+        configured = c.string(top["output"], "output")
+    if output is None:
+        output = configured
     if output is not None and Path(output).exists() and not Path(output).is_dir():
         c.error("output", f"{output!r} is a file; accepted: a results directory (new, or one a sweep wrote)")
+    elif output is not None and (problem := output_problem(output)) is not None:
+        c.error("output", f"cannot write {output!r}: {problem}; accepted: a directory this user can create and write")
     context = None
     if model is not None and check_model and (tasks or methods):
         try:
@@ -437,12 +577,36 @@ def parse_config(raw: Any, *, source: str = "sweep config", check_model: bool = 
     # the valid entries' data is checked even when other entries have errors: all problems show at once
     _check_task_data(c, list(zip(task_paths, tasks)), model if check_model else None, context)
     if c.errors:
-        raise ConfigError(c.errors, source)
+        raise ConfigError(_unique(c.errors), source)
     config = SweepConfig(name, model, tuple(tasks), tuple(methods), output, calibration, raw=top)
     _check_duplicate_cells(c, config)
     if c.errors:
-        raise ConfigError(c.errors, source)
+        raise ConfigError(_unique(c.errors), source)
     return config
+
+
+def _unique(errors: list[str]) -> list[str]:
+    """The errors without repeats, in order (one mistake reached by several checks is reported once)."""
+    return list(dict.fromkeys(errors))
+
+
+def output_problem(output: str | os.PathLike) -> str | None:
+    """Why the results directory ``output`` cannot be created and written to, or None. A temporary
+    directory is made and removed in it (or, while it does not exist, in its nearest existing parent, where
+    the sweep would create it), so the probe leaves nothing behind and also catches what permission bits do
+    not tell (a read-only file system, running as root)."""
+    path = Path(output).absolute()
+    parent = path
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        return f"{str(parent)!r} is a file, not a directory"
+    try:
+        probe = tempfile.mkdtemp(prefix=".dash-eval-write-check-", dir=parent)
+    except OSError as exc:
+        return f"cannot create a directory in {str(parent)!r} ({exc.strerror or exc})"
+    os.rmdir(probe)
+    return None
 
 
 def _check_duplicate_cells(c: Checker, config: SweepConfig) -> None:
@@ -464,8 +628,9 @@ def _check_duplicate_cells(c: Checker, config: SweepConfig) -> None:
         entry_of.setdefault(key, owner)
 
 
-def load_config(path: str | os.PathLike, *, check_model: bool = True) -> SweepConfig:
-    """Read a sweep YAML file with ``yaml.safe_load`` (no object construction) and validate it whole."""
+def load_config(path: str | os.PathLike, *, check_model: bool = True, output: str | None = None) -> SweepConfig:
+    """Read a sweep YAML file with ``yaml.safe_load`` (no object construction) and validate it whole;
+    ``output`` replaces the config's results directory (``--output``)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError([f"config file {str(path)!r} does not exist"], str(path))
@@ -473,4 +638,4 @@ def load_config(path: str | os.PathLike, *, check_model: bool = True) -> SweepCo
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
         raise ConfigError([f"not valid YAML: {exc}"], str(path)) from exc
-    return parse_config(raw, source=str(path), check_model=check_model)
+    return parse_config(raw, source=str(path), check_model=check_model, output=output)

@@ -233,9 +233,12 @@ def parse_method(c: Checker, raw: Any, path: str) -> MethodEntry | None:
         if not alone:
             c.error(path, f"invalid parameters {fixed}: {msg}")
         bad = True
+    # with bad fixed parameters (reported above), each grid value is checked alone: with them, every value
+    # would fail for the fixed parameter's fault, repeating its error once per grid value
+    base = {} if bad else fixed
     for key, values in grid.items():
         for j, v in enumerate(values):
-            if (msg := _validate_params(params_cls, {**fixed, key: v})) is not None:
+            if (msg := _validate_params(params_cls, {**base, key: v})) is not None:
                 c.error(f"{path}.grid.{key}[{j}]", msg)
                 bad = True
     if not bad:

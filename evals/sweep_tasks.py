@@ -67,6 +67,25 @@ def lm_eval_variants() -> tuple[Variant, ...]:
     return tuple(variants)
 
 
+# HFLM's answer budget for a task whose YAML gives no ``max_gen_toks`` (``HFLM.max_gen_toks``)
+LM_EVAL_DEFAULT_MAX_GEN_TOKS = 256
+
+
+@functools.cache
+def generation_budget(lm_eval_task: str) -> int:
+    """The answer budget (``generation_kwargs.max_gen_toks``, includes followed) of one of this project's
+    lm-eval tasks: lm-eval keeps that many positions of the model's context free for the answer and cuts
+    whatever of the prompt does not fit in the rest off its start."""
+    from dash_eval.tasks import lm_eval_task_dir
+
+    for path in sorted(lm_eval_task_dir().glob("*.yaml")):
+        data = _read(path)
+        if data.get("task") == lm_eval_task:
+            budget = (data.get("generation_kwargs") or {}).get("max_gen_toks", LM_EVAL_DEFAULT_MAX_GEN_TOKS)
+            return int(budget)
+    raise ValueError(f"no lm-eval task {lm_eval_task!r} in {lm_eval_task_dir()}")
+
+
 def resolve_variant(task: str, haystack: str | None, options: dict[str, Any]) -> Variant:
     """The lm-eval task for a config entry; ``ValueError`` naming what is available when none fits."""
     variants = lm_eval_variants()

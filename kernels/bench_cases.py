@@ -245,7 +245,7 @@ def model_geometry(name: str) -> tuple[int, int, int]:
     accepted = "accepted: default, a model directory or a hub name"
     path = resolve_model_path(name)
     if (problem := missing_model_dir(path)) is not None:
-        raise ValueError(f"--model {name!r}: {problem}; {accepted}")
+        raise ValueError(f"--model: {problem}; {accepted}")
     try:  # the local Hugging Face cache first: offline, a hub name would otherwise retry the network for ~25 s
         config = AutoConfig.from_pretrained(path, local_files_only=True)
     except (OSError, ValueError, TypeError):

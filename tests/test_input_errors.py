@@ -82,7 +82,7 @@ def test_router_file_values_must_be_finite():
     ({"backend": "xyz"}, r"backend='xyz'; accepted: auto, reference, triton"),
     ({"router": "/nonexistent/router"}, r"router='/nonexistent/router': no such file or directory"),
     ({"layer_scales": {99: 1.0}}, r"layer_scales has layers \[99\] that the model lacks \(model layers: 0..29\)"),
-    ({"pretrained": "/nonexistent/model"}, r"pretrained='/nonexistent/model': no such directory; accepted"),
+    ({"pretrained": "/nonexistent/model"}, r"pretrained: no such directory '/nonexistent/model'; accepted"),
     ({"pretrained": None}, r"pretrained=None; accepted: a model directory"),
 ])
 def test_load_model_checks_its_arguments_before_any_weight_loads(kwargs, needle, monkeypatch):
