@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import os
 from typing import Any
 
 import torch
@@ -230,6 +231,8 @@ class DashLM(HFLM):
         **kwargs: Any,
     ) -> None:
         self._recorder = SampleRecorder()
+        if isinstance(pretrained, str) and pretrained.startswith("~"):
+            pretrained = os.path.expanduser(pretrained)  # transformers does not expand '~'
         loaded = not isinstance(pretrained, str)
         if loaded and not isinstance(pretrained, torch.nn.Module):
             raise ValueError(
@@ -329,20 +332,26 @@ class DashLM(HFLM):
         """HFLM cuts a prompt longer than ``max_length`` minus the tokens to generate from the left, with one log
         line: a long-context task would then score a prompt whose start (often the needle) is gone. Every
         prompt is measured first, and any that would be cut is an error before anything is generated."""
+        from dash_eval.tasks.base import count_tokens
+        from lm_eval.models.utils import normalize_gen_kwargs
+
         over = []
         for req in requests:
             context, gen_kwargs = req.args[0], req.args[1] if len(req.args) > 1 else {}
-            gen = (gen_kwargs or {}).get("max_gen_toks", self.max_gen_toks)
-            n = len(self.tok_encode(context))
-            if n + int(gen) > self.max_length:
-                over.append((getattr(req, "task_name", "?"), getattr(req, "doc_id", "?"), n, int(gen)))
+            # the answer budget as HFLM reads it (max_gen_toks, or an alias such as max_new_tokens)
+            gen = int(normalize_gen_kwargs(dict(gen_kwargs or {}), self.max_gen_toks)["max_gen_toks"])
+            n = count_tokens(self.tokenizer, context)  # as HFLM's tok_batch_encode adds special tokens
+            if n + gen > self.max_length:
+                over.append((getattr(req, "task_name", "?"), getattr(req, "doc_id", "?"), n, gen))
         if over:
             task, doc, n, gen = over[0]
+            room = (f"prompts of at most {self.max_length - gen} tokens (shorter lengths)" if gen < self.max_length
+                    else f"an answer budget below max_length {self.max_length}")
             raise ValueError(
                 f"{len(over)} of {len(requests)} prompt(s) do not fit the model: task {task} doc {doc} has {n} tokens "
                 f"+ {gen} to generate > max_length {self.max_length}; lm-eval would cut them from the left, losing "
-                f"what a long-context task asks about. Accepted: prompts of at most {self.max_length - gen} tokens "
-                f"(shorter lengths), or model_args max_length=N where the model's positions allow"
+                f"what a long-context task asks about. Accepted: {room}, or model_args max_length=N where the "
+                f"model's positions allow"
             )
 
     def loglikelihood(self, requests, disable_tqdm: bool = False):

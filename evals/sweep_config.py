@@ -401,10 +401,11 @@ def lm_eval_prompt_tokens(tokenizer: Any, texts: list[str], chunk: int = 32) -> 
     """How many tokens lm-eval's ``HFLM.generate_until`` feeds the model for each context: the tokenizer's
     special tokens are added unless the text starts with its BOS token already (``tok_batch_encode``; a
     chat template writes its own). Counted in chunks, keeping only the counts."""
-    bos = getattr(tokenizer, "bos_token", None)
+    from dash_eval.tasks.base import adds_special_tokens
+
     counts: list[int] = [0] * len(texts)
     for special in (True, False):
-        picked = [i for i, text in enumerate(texts) if (not (bos and text.startswith(bos))) == special]
+        picked = [i for i, text in enumerate(texts) if adds_special_tokens(tokenizer, text) == special]
         for k in range(0, len(picked), chunk):
             ids = tokenizer([texts[i] for i in picked[k : k + chunk]], add_special_tokens=special)["input_ids"]
             for i, row in zip(picked[k : k + chunk], ids):

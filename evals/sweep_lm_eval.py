@@ -67,12 +67,12 @@ def lm_eval_model_args(config: SweepConfig, cell: Cell, params: dict[str, Any]) 
     m = config.model
     # The device goes on lm_eval's own --device flag: given in both places, lm-eval passes it twice.
     args: dict[str, Any] = {"pretrained": m.pretrained, "dtype": m.dtype, "method": cell.method}
-    router = cell.effective_router(config)
+    router = cell.effective_router(config) if cell.method == "dash" else None  # only dash takes one
     if router is not None:
         args["router"] = router
-    if cell.per_layer:  # the cell's calibration record holds the per-layer multipliers
+    if cell.method == "dash" and cell.per_layer:  # the cell's calibration record holds the per-layer multipliers
         args["layer_scales"] = str(ResultsStore(config.output).calibration_path(cell.calibration_key(config)))
-    elif cell.layer_scales is not None:
+    elif cell.method == "dash" and cell.layer_scales is not None:
         args["layer_scales"] = cell.layer_scales
     if m.attn_backend != "auto":
         args["attn_backend"] = m.attn_backend
@@ -307,6 +307,8 @@ class LmEvalRunner:
         key = cell.calibration_key(self.config)
         cached = self.store.read_calibration(key)
         if cached is not None:
+            if not cached.get("per_layer"):  # earlier records called an integer's closest value reached, always
+                cached["reached"] = abs(cached["sparsity"] - cached["target"]) <= self.config.calibration.tolerance
             return cached
         t0 = time.perf_counter()
         from dash_eval.evals.sweep_cells import method_defaults

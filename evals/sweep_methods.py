@@ -225,6 +225,7 @@ def parse_method(c: Checker, raw: Any, path: str) -> MethodEntry | None:
         return None
     # Values one at a time first, so that an error points at the grid entry that causes it.
     bad = False
+    alone: dict[str, str] = {}
     if (msg := _validate_params(params_cls, fixed)) is not None:
         # every parameter that is wrong on its own, at its own path; else the combination
         alone = {k: m for k, v in fixed.items() if (m := _validate_params(params_cls, {k: v})) is not None}
@@ -233,9 +234,9 @@ def parse_method(c: Checker, raw: Any, path: str) -> MethodEntry | None:
         if not alone:
             c.error(path, f"invalid parameters {fixed}: {msg}")
         bad = True
-    # with bad fixed parameters (reported above), each grid value is checked alone: with them, every value
-    # would fail for the fixed parameter's fault, repeating its error once per grid value
-    base = {} if bad else fixed
+    # grid values are checked with the fixed parameters that are valid on their own: with a bad one, every
+    # value would fail for its fault, repeating its error once per grid value
+    base = {k: v for k, v in fixed.items() if k not in alone}
     for key, values in grid.items():
         for j, v in enumerate(values):
             if (msg := _validate_params(params_cls, {**base, key: v})) is not None:

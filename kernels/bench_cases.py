@@ -4,6 +4,7 @@ structured random inputs every case is checked and timed on. See docs/bench.md."
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Any
 
 import torch
@@ -246,6 +247,7 @@ def model_geometry(name: str) -> tuple[int, int, int]:
     path = resolve_model_path(name)
     if (problem := missing_model_dir(path)) is not None:
         raise ValueError(f"--model: {problem}; {accepted}")
+    path = os.path.expanduser(path)  # transformers does not expand '~'
     try:  # the local Hugging Face cache first: offline, a hub name would otherwise retry the network for ~25 s
         config = AutoConfig.from_pretrained(path, local_files_only=True)
     except (OSError, ValueError, TypeError):

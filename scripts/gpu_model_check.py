@@ -25,6 +25,7 @@ SETTINGS = {
     "infllmv2": {"local_blocks": 2, "topk": 4},
     "nsa": {"topk": 4, "window": 128},
 }
+NO_GPU_EXIT = 10  # apart from the count of failed methods (at most 4)
 INT_SETTINGS = ("init_blocks", "local_blocks", "block_size")  # --dash values read as integers; others as floats
 
 
@@ -46,8 +47,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description="GPU check of patched models: a small random Llama on CUDA with each method; the Triton backend "
         "against the reference backend (prefill logits), generation with the KV cache against recomputation, a "
         "left-padded batch against its rows alone, and host waits for the GPU in the package. Prints a table; the "
-        "exit status is the number of methods that failed.",
-        epilog="Needs a CUDA GPU: without one it exits at once with status 2.",
+        "exit status is the number of methods that failed (10 without a CUDA GPU).",
+        epilog="Needs a CUDA GPU: without one it exits at once with status 10.",
     )
     parser.add_argument("--inplace", action="store_true",
                         help="import the package from this checkout, without installing it")
@@ -82,7 +83,7 @@ import torch  # noqa: E402
 
 if __name__ == "__main__" and not torch.cuda.is_available():  # asks the driver; creates no CUDA context
     print(f"gpu_model_check.py: needs a CUDA GPU, and torch {torch.__version__} finds none", file=sys.stderr)
-    sys.exit(2)
+    sys.exit(NO_GPU_EXIT)
 
 from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
 

@@ -127,9 +127,17 @@ def resolve_tokenizer(tokenizer: Any) -> Any:
     return tokenizer
 
 
-def count_tokens(tokenizer: Any, text: str, add_special_tokens: bool = True) -> int:
-    """Tokens the model sees for ``text``, special tokens (BOS) included unless the text already has them
-    (a chat-templated prompt)."""
+def adds_special_tokens(tokenizer: Any, text: str) -> bool:
+    """Whether lm-eval's ``HFLM`` encodes ``text`` with the tokenizer's special tokens: yes, unless the text starts
+    with the BOS token already (a chat template writes its own)."""
+    bos = getattr(tokenizer, "bos_token", None)
+    return not (bos and text.startswith(bos))
+
+
+def count_tokens(tokenizer: Any, text: str, add_special_tokens: bool | None = None) -> int:
+    """Tokens the model sees for ``text``: by default as lm-eval encodes a prompt (``adds_special_tokens``)."""
+    if add_special_tokens is None:
+        add_special_tokens = adds_special_tokens(tokenizer, text)
     return len(tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"])
 
 
@@ -258,7 +266,7 @@ def generate_samples(
         def cost(units: int, state: Any = state) -> int:
             draft = runner.render(state, units)
             text = render_prompt(draft.input, draft.answer_prefix, tok, chat_template)
-            return count_tokens(tok, text, add_special_tokens=not chat_template)
+            return count_tokens(tok, text)  # as lm-eval will encode it
 
         start = runner.min_units()
         c0 = cost(start)

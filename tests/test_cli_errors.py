@@ -203,6 +203,11 @@ def test_bench_takes_the_geometry_of_a_model_config(tmp_path, capsys):
         tmp_path / "llama")
     parser = argparse.ArgumentParser()
     bench.configure(parser)
+    from dash_eval.kernels.bench_cases import model_geometry
+
+    with pytest.MonkeyPatch.context() as mp:  # '~' is expanded: transformers would read it as a hub id
+        mp.setenv("HOME", str(tmp_path))
+        assert model_geometry("~/llama") == (12, 4, 64)
     for name, geometry in (("qwen3", (16, 8, 128)), ("llama", (12, 4, 64))):
         (case,) = bench._cases(parser.parse_args(["--method", "nsa", "--tokens", "4096", "--model",
                                                   str(tmp_path / name)]))

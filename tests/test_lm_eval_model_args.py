@@ -77,3 +77,26 @@ def test_prompts_longer_than_the_model_are_refused_not_cut():
                                          r"\+ 4 to generate > max_length 64.*at most 60 tokens"):
         lm.generate_until([fits, long])
     lm._refuse_truncation([fits])  # a prompt that fits passes
+    # the answer budget as lm-eval reads it: max_new_tokens is an alias of max_gen_toks (else 256 would count)
+    near = SimpleNamespace(args=("word " * 50, {"max_new_tokens": 4}), task_name="t", doc_id=2)
+    lm._refuse_truncation([near])
+    with pytest.raises(ValueError, match="an answer budget below max_length 64"):
+        lm._refuse_truncation([SimpleNamespace(args=("hi", {"max_gen_toks": 64}), task_name="t", doc_id=3)])
+
+
+def test_a_home_relative_model_path_is_expanded(tmp_path, monkeypatch):
+    """transformers does not expand '~': the path is expanded before the saved method is read or the model loads."""
+    import dash_eval.evals.lm_model as lm_model
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    seen = []
+    monkeypatch.setattr(lm_model, "_saved_attention", lambda p: seen.append(p) or None)
+
+    def stop(pretrained, **kw):
+        seen.append(pretrained)
+        raise RuntimeError("loaded")
+
+    monkeypatch.setattr(lm_model, "load_model", stop)
+    with pytest.raises(RuntimeError, match="loaded"):
+        DashLM(pretrained="~/ckpt", device="cpu")
+    assert seen == [str(tmp_path / "ckpt")] * 2

@@ -271,3 +271,36 @@ def test_run_cell_quiets_lm_eval_unless_verbose(monkeypatch, verbose):
     shown = {"bar": verbose, "git": "lm_eval.loggers.utils" if verbose else "dash_eval.evals.sweep_lm_eval",
              "warning": verbose}
     assert seen == shown
+
+
+def test_equivalent_command_gives_the_model_router_to_dash_cells_only(tmp_path):
+    """``model.router`` applies to the dash cells; the reproduce command of a full or nsa cell carries no router,
+    which ``--model dash`` refuses with any other method."""
+    from dash_eval.evals.sweep_lm_eval import lm_eval_model_args
+
+    router = tmp_path / "router.safetensors"
+    router.write_bytes(b"x")  # only its existence is checked without the model
+    config = _config([{"method": "full"}, {"method": "nsa", "topk": 4}, {"method": "dash", "scale": 1.0}],
+                     model={"pretrained": "default", "router": str(router)})
+    by_method = {cell.method: lm_eval_model_args(config, cell, {}) for cell in expand_cells(config)}
+    assert "router" not in by_method["full"] and "router" not in by_method["nsa"]
+    assert by_method["dash"]["router"] == str(router)
+
+
+def test_a_cached_integer_calibration_outside_tolerance_is_not_reached(tmp_path):
+    """Records written before calibration_reached meant 'within tolerance' called an integer's closest value
+    reached; read back, ``reached`` is worked out again from the record's own figures."""
+    from types import SimpleNamespace
+
+    from dash_eval.evals.sweep_lm_eval import LmEvalRunner
+    from dash_eval.evals.sweep_store import ResultsStore
+
+    config = _config([{"method": "nsa", "target_sparsity": [0.6]}])
+    cell = expand_cells(config)[0]
+    store = ResultsStore(tmp_path)
+    key = cell.calibration_key(config)
+    store.write_calibration(key, {"parameter": "topk", "target": 0.6, "value": 1, "sparsity": 0.559, "reached": True})
+    record = LmEvalRunner.calibrate(SimpleNamespace(config=config, store=store), cell)
+    assert record["value"] == 1 and record["reached"] is False
+    store.write_calibration(key, {"parameter": "topk", "target": 0.6, "value": 1, "sparsity": 0.605, "reached": False})
+    assert LmEvalRunner.calibrate(SimpleNamespace(config=config, store=store), cell)["reached"] is True
