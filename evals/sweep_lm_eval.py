@@ -31,6 +31,7 @@ from dash_eval.evals.sweep_calibrate import (
 from dash_eval.evals.sweep_cells import Cell
 from dash_eval.evals.sweep_config import SweepConfig
 from dash_eval.evals.sweep_store import ResultsStore
+from dash_eval.tasks.base import count_tokens
 
 PHASE_FIGURES = ("sparsity", "active_blocks_mean", "active_blocks_p10", "active_blocks_p50", "active_blocks_p90")
 # lm-eval result keys that are not the task's accuracy metric
@@ -258,9 +259,13 @@ class LmEvalRunner:
         return prompts
 
     def _jsonl_length(self, path: str) -> int:
-        from dash_eval.tasks import read_jsonl
+        """The median length of a JSONL file's prompts as the model sees them (inside the chat template when the
+        sweep uses one), for calibration prompts of the same length."""
+        from dash_eval.tasks import read_jsonl, render_prompt
 
-        lengths = [len(self.tokenizer(s.prompt()).input_ids) for s in read_jsonl(path)]
+        chat = self.config.model.apply_chat_template
+        lengths = [count_tokens(self.tokenizer, render_prompt(s.input, s.answer_prefix, self.tokenizer, chat))
+                   for s in read_jsonl(path)]
         return int(statistics.median(lengths))
 
     def _set_attention(self, cell: Cell, params: dict[str, Any],
@@ -426,7 +431,7 @@ class LmEvalRunner:
         for s in samples:
             context = s["arguments"][0][0] if s.get("arguments") else ""
             prediction = s["filtered_resps"][0] if s.get("filtered_resps") else ""
-            n_prompt = len(self.tokenizer(context).input_ids)
+            n_prompt = count_tokens(self.tokenizer, context)  # as HFLM encoded it
             n_new = len(self.tokenizer(prediction, add_special_tokens=False).input_ids)
             prompt_tokens.append(n_prompt)
             new_tokens.append(n_new)

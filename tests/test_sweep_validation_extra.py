@@ -371,3 +371,20 @@ def test_integer_calibration_outside_tolerance_is_not_reached():
     # within tolerance, it is reached
     cal = bisect_sparsity(measure, 0.555, parameter="topk", low=0, high=8, integer=True, tolerance=0.01)
     assert cal.value == 1 and cal.reached
+
+
+def test_jsonl_calibration_length_counts_the_prompt_the_model_sees(tmp_path, tokenizer):
+    """A JSONL cell's calibration prompts match its records' length as the model sees them: inside the chat
+    template when the sweep runs with one (the template's tokens count)."""
+    from types import SimpleNamespace
+
+    from dash_eval.evals.sweep_lm_eval import LmEvalRunner
+    from dash_eval.tasks import render_prompt
+
+    path = _write(tmp_path / "r.jsonl", [{"input": _text(n), "outputs": ["a"]} for n in (100, 200, 300)])
+    for chat in (False, True):
+        model = SimpleNamespace(apply_chat_template=chat)
+        fake = SimpleNamespace(tokenizer=tokenizer, config=SimpleNamespace(model=model))
+        expect = len(tokenizer(render_prompt(_text(200), "", tokenizer, chat), add_special_tokens=False).input_ids)
+        assert LmEvalRunner._jsonl_length(fake, str(path)) == expect
+    assert expect > 210  # the template's tokens are in
