@@ -13,7 +13,8 @@ import pytest
 import yaml
 from dash_eval.dash_models.loading import looks_like_path
 from dash_eval.evals.sweep_calibrate import bisect_sparsity
-from dash_eval.evals.sweep_config import ConfigError, lm_eval_prompt_tokens, parse_config
+from dash_eval.evals.sweep_config import ConfigError, parse_config
+from dash_eval.evals.sweep_task_data import lm_eval_prompt_tokens
 
 from dash_eval.cli import main
 
