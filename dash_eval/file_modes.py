@@ -1,4 +1,4 @@
-"""The modes of files and folders written atomically: made under a temporary name, then renamed into place.
+"""Files and folders written atomically (made under a temporary name, then renamed into place), and their modes.
 
 ``tempfile.mkstemp`` creates its file 0600 and ``tempfile.mkdtemp`` its folder 0700, whatever the umask, and a
 rename keeps the mode. Results directories and the model cache are shared (Slurm jobs, group-readable results
@@ -10,22 +10,16 @@ from __future__ import annotations
 
 import os
 import stat
+import tempfile
 import threading
+from pathlib import Path
 
 _lock = threading.Lock()
 _umask: int | None = None
 
 
 def _read_umask() -> int:
-    # Linux (4.7 and later) reports the umask without changing it.
-    try:
-        with open("/proc/self/status", encoding="ascii", errors="replace") as status:
-            for line in status:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    # Elsewhere the only way to read it is to set it and set it back. In between, a file another thread creates
+    # The only portable way to read it is to set it and set it back. In between, a file another thread creates
     # gets umask 077 (private), never 0 (world-writable).
     mask = os.umask(0o077)
     os.umask(mask)
@@ -65,3 +59,24 @@ def set_default_modes_tree(root: str | os.PathLike[str]) -> None:
                 continue
             is_dir = stat.S_ISDIR(st.st_mode)
             os.chmod(path, default_mode(directory=is_dir, executable=bool(st.st_mode & 0o111)))
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically: a temporary file in the same folder (given the umask's mode, not
+    ``mkstemp``'s 0600), flushed to disk, then renamed into place; on any failure the temporary file goes."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        set_default_mode(tmp)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise

@@ -26,11 +26,10 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
-from dash_eval.file_modes import set_default_mode
+from dash_eval.file_modes import atomic_write_bytes
 
 METRICS_FILE = "metrics.json"
 ERROR_FILE = "error.json"
@@ -47,25 +46,6 @@ def row_order(row: dict) -> tuple:
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        set_default_mode(tmp)  # mkstemp's 0600 would be kept by the rename
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
 
 
 def _json_default(obj: Any) -> Any:

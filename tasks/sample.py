@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dash_eval.file_modes import set_default_mode
+from dash_eval.file_modes import atomic_write_bytes
 
 DEFAULT_MAX_NEW_TOKENS = 128
 
@@ -116,16 +115,5 @@ def read_jsonl(path: str | os.PathLike[str]) -> list[Sample]:
 def write_jsonl(samples: Iterable[Sample], path: str | os.PathLike[str]) -> Path:
     """Write samples as JSONL atomically: a temporary file in the same folder, renamed into place."""
     path = Path(path)
-    lines = [json.dumps(s.to_json(), ensure_ascii=False) + "\n" for s in samples]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        set_default_mode(tmp)  # mkstemp's 0600 would be kept by the rename
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.writelines(lines)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write_bytes(path, "".join(json.dumps(s.to_json(), ensure_ascii=False) + "\n" for s in samples).encode())
     return path
