@@ -20,10 +20,11 @@ TOKENIZER_ACCEPTED = (
 
 def load_tokenizer(name: str) -> Any:
     """The tokenizer that ``--tokenizer`` names, or a one-line ValueError naming the flag and what it accepts."""
+    from dash_eval.dash_models.loading import looks_like_path
     from dash_eval.tasks import resolve_tokenizer
 
     path = Path(name).expanduser()
-    if name.startswith(("/", ".", "~")) and not path.exists():  # a path, not a hub id: no lookup
+    if looks_like_path(name) and not path.exists():  # a path, not a hub id: no lookup
         raise ValueError(f"--tokenizer {name!r}: no such directory; accepted: {TOKENIZER_ACCEPTED}")
     try:
         return resolve_tokenizer(name)
