@@ -144,15 +144,24 @@ def _checked_hflm_values(hflm: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _check_dash_only(method: str, **given: Any) -> None:
-    """``router`` and ``layer_scales`` configure ``dash``'s routing; given with another method they would be
-    ignored, so they are refused (``"none"``, which clears them, is accepted with any method)."""
-    if method == "dash":
-        return
+# model_args that configure a method's routing, and the parameter a method must have to use each
+ROUTING_OPTIONS = {"router": "router", "layer_scales": "scale"}
+
+
+def _check_routing_options(method: str, **given: Any) -> None:
+    """``router`` and ``layer_scales`` configure the routing of methods with a ``router`` / ``scale`` parameter
+    (``dash``); given with another method they would be ignored, so they are refused (``"none"``, which clears
+    them, is accepted with any method)."""
+    def has(name: str, field: str) -> bool:
+        return any(f.name == field for f in dataclasses.fields(get_method(name).params_cls))
+
     for key, value in given.items():
-        if value is not None and not (isinstance(value, str) and value == "none"):
-            raise ValueError(f"model_args {key}={value!r}: only method=dash uses a {key.replace('_', ' ')}; "
-                             f"method={method} has none (accepted with {method}: leave {key} out, or 'none')")
+        field = ROUTING_OPTIONS[key]
+        if value is None or (isinstance(value, str) and value == "none") or has(method, field):
+            continue
+        takers = "/".join(m for m in method_names() if has(m, field))
+        raise ValueError(f"model_args {key}={value!r}: only method={takers} uses a {key.replace('_', ' ')}; "
+                         f"method={method} has none (accepted with {method}: leave {key} out, or 'none')")
 
 
 def resolve_device(device: str | None) -> str:
@@ -246,7 +255,7 @@ class DashLM(HFLM):
             kwargs = {**(saved or {}).get("params", {}), **kwargs}
         hflm_kwargs, params = split_model_args(method, kwargs)
         get_method(method).make_params(**params)  # every bad value fails here, before any weight loads
-        _check_dash_only(method, router=router, layer_scales=layer_scales)
+        _check_routing_options(method, router=router, layer_scales=layer_scales)
         if attn_backend not in BACKENDS:
             raise ValueError(f"model_args attn_backend={attn_backend!r}; accepted: {', '.join(BACKENDS)}")
         if loaded:
