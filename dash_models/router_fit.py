@@ -34,7 +34,7 @@ from dash_eval.dash_models.router_calibration import (  # noqa: F401 - part of t
     repeat_passages,
 )
 from dash_eval.kernels.dash.naive import dash_block_summaries
-from dash_eval.kernels.entmax import entmax
+from dash_eval.kernels.entmax import entmax, entmax_with_support
 
 CAPTURE_IMPLEMENTATION = "dash_eval_router_capture"
 # What each query head's entmax distribution is fitted to: the group's mean block mass (what METHODS.md's
@@ -364,11 +364,10 @@ def fit_losses(cap: Capture, batch: Batch, kbar: torch.Tensor, scale: torch.Tens
 
 
 def routed_sets(cap: Capture, batch: Batch, kbar: torch.Tensor, scale: torch.Tensor, alpha: float) -> torch.Tensor:
-    """``R_i`` as the ``dash`` method builds it (``pbar > 0``, METHODS.md stage 2), restricted to the
-    routable blocks: ``[B, L, Hkv, M', nc]`` bool."""
+    """``R_i`` as the ``dash`` method builds it (``pbar > 0``, METHODS.md stage 2: the union of the heads'
+    supports), restricted to the routable blocks: ``[B, L, Hkv, M', nc]`` bool."""
     z = routing_logits(cap, batch, kbar, scale)
-    pbar = entmax(z, alpha, batch.candidates).mean(3)
-    return (pbar > 0) & batch.routable
+    return entmax_with_support(z, alpha, batch.candidates)[1].any(3) & batch.routable
 
 
 def recall_and_fraction(batch: Batch, routed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -136,6 +136,13 @@ SHAPE_SETS: dict[str, list[Case]] = {
         *(_dash(f"dash-decode-128k-kv2-75-a{a}", 131072, 2, 0.75, queries=1, params={"alpha": a}) for a in (1.25, 2.0)),
         _dash("dash-decode-128k-kv2-75-a1.25-prior", 131072, 2, 0.75, queries=1,
               params={"alpha": 1.25, "sigma": 1.0}),
+        # near alpha = 1 (a power of 20): routed blocks whose probability underflows, and the prior rebuilt on
+        # blocks past a query's own (where the power overflows). sigma 5, not 1: beta = 20 log(tt) / sigma is
+        # ill-conditioned near the support's edge (tt -> 0), and at sigma 1 the bf16 check's 2e-2 is within
+        # the float32 rounding of tau (measured 2.7e-2 / 3.6e-2, five times the alpha-1.25 cases' errors)
+        _dash("dash-32k-kv2-75-a1.05-prior", 32768, 2, 0.75, params={"alpha": 1.05, "sigma": 5.0}),
+        _dash("dash-decode-128k-kv2-75-a1.05-prior", 131072, 2, 0.75, queries=1,
+              params={"alpha": 1.05, "sigma": 5.0}),
     ],
     # Away from the targets' geometry, prefill and decode of the three methods: head dim 256 (fewer pipeline
     # stages fit in shared memory; with --dtype fp32 the top-k routing also narrows its score chunk) and the

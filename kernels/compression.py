@@ -38,14 +38,25 @@ def kernel_probs(
     return probs.nan_to_num(0.0), visible
 
 
+def pooled_kernels(max_pool: bool, kernel_size: int, kernel_stride: int) -> int:
+    """How many kernels before ``j*r`` block ``j`` pools (``r = block_size / kernel_stride``), with the ``r``
+    from ``j*r`` on.
+
+    InfLLM-V2's max-pooling (``max_pool``) takes kernels ``j*r - 1 .. j*r + r - 1`` whatever the kernel size
+    (METHODS.md: pool ``r + 1``, stride ``r``, padding 1). NSA's overlap-weighted sum takes the kernels that
+    share tokens with the block: ``kernel_size / kernel_stride - 1`` of them start before it. With the
+    defaults (``kernel_size = 2 * kernel_stride``) both are one."""
+    return 1 if max_pool else kernel_size // kernel_stride - 1
+
+
 def block_kernel_index(
-    nblocks: int, num_kernels: int, block_size: int, kernel_size: int, kernel_stride: int, device
+    nblocks: int, num_kernels: int, block_size: int, kernel_size: int, kernel_stride: int, device, lead: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Kernels overlapping each block: ``index [nblocks, W]`` (clamped), ``in_range [nblocks, W]``, and
-    ``overlap [W]``: the number of tokens kernel ``j*r - a + o`` shares with block ``j``, in units of
-    ``kernel_stride`` (``[1, 2, 2, 2, 1]`` for the defaults)."""
+    """The kernels block ``j`` pools, ``j*r - lead .. j*r + r - 1`` (``pooled_kernels``): ``index [nblocks, W]``
+    (clamped), ``in_range [nblocks, W]``, and ``overlap [W]``: the number of tokens kernel ``j*r - lead + o``
+    shares with block ``j``, in units of ``kernel_stride`` (``[1, 2, 2, 2, 1]`` for the defaults)."""
     r = block_size // kernel_stride
-    a = kernel_size // kernel_stride - 1  # kernels that start before the block yet reach into it
+    a = lead
     width = a + r
     offsets = torch.arange(width, device=device)
     index = torch.arange(nblocks, device=device)[:, None] * r - a + offsets[None, :]
@@ -56,13 +67,17 @@ def block_kernel_index(
 
 
 def gather_block_kernels(
-    scores: torch.Tensor, visible: torch.Tensor, nk: int, block_size: int, kernel_size: int, kernel_stride: int
+    scores: torch.Tensor, visible: torch.Tensor, nk: int, block_size: int, kernel_size: int, kernel_stride: int,
+    lead: int,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``scores: [B, Hkv, L, M]`` -> per block ``[B, Hkv, L, nblocks, W]`` kernel scores, the mask of
-    visible kernels ``[L, nblocks, W]`` and the overlap weights ``[W]``."""
+    """``scores: [B, Hkv, L, M]`` -> per block ``[B, Hkv, L, nblocks, W]`` kernel scores (the kernels
+    ``block_kernel_index`` gives with ``lead``), the mask of visible kernels ``[L, nblocks, W]`` and the
+    overlap weights ``[W]``."""
     nb = num_blocks(nk, block_size)
     m = scores.shape[-1]
-    index, in_range, overlap = block_kernel_index(nb, m, block_size, kernel_size, kernel_stride, scores.device)
+    index, in_range, overlap = block_kernel_index(
+        nb, m, block_size, kernel_size, kernel_stride, scores.device, lead
+    )
     if m == 0:
         shape = scores.shape[:-1] + index.shape
         return scores.new_zeros(shape), torch.zeros(visible.shape[0], *index.shape, dtype=torch.bool), overlap

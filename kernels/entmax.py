@@ -3,6 +3,10 @@
 ``alpha-entmax(z)_j = [(alpha - 1) z_j - tau]_+ ^ (1 / (alpha - 1))`` with ``tau`` such that the
 output sums to one. ``alpha = 2`` (sparsemax) and ``alpha = 1.5`` have exact sort-based thresholds;
 other alphas use bisection run to convergence in float64. Rows without any valid entry give zeros.
+
+The support ``{j : (alpha - 1) z_j > tau}`` is decided on the threshold itself, not on the output being
+nonzero: with ``alpha`` near 1 the power ``1 / (alpha - 1)`` is large, and an entry inside the support can
+underflow to 0 in the output's dtype (``alpha = 1.01``: ``0.3 ** 100 = 5e-53``) while still being routed.
 """
 
 from __future__ import annotations
@@ -26,18 +30,24 @@ def _support_threshold(tau: torch.Tensor, support: torch.Tensor) -> tuple[torch.
     return tau_star, k
 
 
-def sparsemax(z: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def _masked(p: torch.Tensor, gap: torch.Tensor, mask: torch.Tensor, k: torch.Tensor):
+    """``p`` and the support ``gap > 0`` on valid entries of rows with a support; zeros and False elsewhere."""
+    keep = mask & (k > 0)
+    return torch.where(keep, p, torch.zeros((), dtype=p.dtype, device=p.device)), keep & (gap > 0)
+
+
+def sparsemax(z: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     xs, valid_sorted, _ = _sorted_valid(z, mask)
     rho = torch.arange(1, z.shape[-1] + 1, device=z.device, dtype=z.dtype)
     cs = xs.cumsum(-1)
     support = (1 + rho * xs > cs) & valid_sorted
     tau = (cs - 1) / rho
     tau_star, k = _support_threshold(tau, support)
-    p = (z - tau_star).clamp(min=0)
-    return torch.where(mask & (k > 0), p, torch.zeros((), dtype=z.dtype, device=z.device))
+    gap = z - tau_star
+    return _masked(gap.clamp(min=0), gap, mask, k)
 
 
-def entmax15(z: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def entmax15(z: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     x = z / 2
     xs, valid_sorted, _ = _sorted_valid(x, mask)
     rho = torch.arange(1, z.shape[-1] + 1, device=z.device, dtype=z.dtype)
@@ -48,11 +58,11 @@ def entmax15(z: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     tau = mean - delta.clamp(min=0).sqrt()
     support = (tau <= xs) & valid_sorted
     tau_star, k = _support_threshold(tau, support)
-    p = (x - tau_star).clamp(min=0) ** 2
-    return torch.where(mask & (k > 0), p, torch.zeros((), dtype=z.dtype, device=z.device))
+    gap = x - tau_star
+    return _masked(gap.clamp(min=0) ** 2, gap, mask, k)
 
 
-def entmax_bisect(z: torch.Tensor, mask: torch.Tensor, alpha: float) -> torch.Tensor:
+def entmax_bisect(z: torch.Tensor, mask: torch.Tensor, alpha: float) -> tuple[torch.Tensor, torch.Tensor]:
     dtype = z.dtype
     x = torch.where(mask, (alpha - 1) * z.double(), torch.full((), float("-inf"), dtype=torch.float64))
     n = mask.sum(-1, keepdim=True).clamp(min=1).double()
@@ -68,9 +78,11 @@ def entmax_bisect(z: torch.Tensor, mask: torch.Tensor, alpha: float) -> torch.Te
         f = (x - mid).clamp(min=0).pow(inv).sum(-1, keepdim=True) - 1
         lo = torch.where(f >= 0, mid, lo)
         hi = torch.where(f >= 0, hi, mid)
-    p = (x - lo).clamp(min=0).pow(inv)
+    gap = x - lo  # -inf off the mask
+    p = gap.clamp(min=0).pow(inv)
     p = p / p.sum(-1, keepdim=True).clamp(min=torch.finfo(torch.float64).tiny)
-    return torch.where(mask.sum(-1, keepdim=True) > 0, p, torch.zeros_like(p)).to(dtype)
+    p, support = _masked(p, gap, mask, mask.sum(-1, keepdim=True))
+    return p.to(dtype), support
 
 
 def entmax(z: torch.Tensor, alpha: float, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -79,13 +91,26 @@ def entmax(z: torch.Tensor, alpha: float, mask: torch.Tensor | None = None) -> t
     >>> entmax(torch.tensor([[2.0, 1.0, -5.0]]), 1.5)
     tensor([[0.8307, 0.1693, 0.0000]])
     """
+    return entmax_with_support(z, alpha, mask)[0]
+
+
+def entmax_with_support(
+    z: torch.Tensor, alpha: float, mask: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(entmax(z, alpha, mask), support)``: the support is ``(alpha - 1) z > tau`` on the mask, which the
+    output's own nonzeros miss where a tiny probability underflows (alpha near 1).
+
+    >>> p, support = entmax_with_support(torch.tensor([[100.0, 30.0, -200.0]]), 1.01)
+    >>> p[0, 1].item(), support.tolist()  # 0.3 ** 100 = 5e-53 underflows in float32
+    (0.0, [[True, True, False]])
+    """
     if not (1.0 < alpha <= 2.0):
         raise ValueError(f"alpha={alpha!r} must be in (1, 2]")
     if mask is None:
         mask = torch.ones_like(z, dtype=torch.bool)
     mask = mask.expand_as(z)
     if z.shape[-1] == 0:
-        return torch.zeros_like(z)
+        return torch.zeros_like(z), torch.zeros_like(z, dtype=torch.bool)
     if alpha == 2.0:
         return sparsemax(z, mask)
     if alpha == 1.5:

@@ -112,8 +112,10 @@ def _kernel_block_scores(qs, keys, pos, C, ks, stride, sm, pool):
             lo, hi = max(m * stride, j * C), min(m * stride + ks, (j + 1) * C)
             if hi > lo:
                 overlapping[m] = (hi - lo) / stride
-        if pool == "max":
-            out[j] = max((score[m] for m in overlapping), default=float("-inf"))
+        if pool == "max":  # InfLLM-V2: kernels j*r - 1 .. j*r + r - 1 whatever the kernel size
+            r = C // stride
+            pooled = [m for m in visible if j * r - 1 <= m <= j * r + r - 1]
+            out[j] = max((score[m] for m in pooled), default=float("-inf"))
         else:
             out[j] = sum(score[m] * w for m, w in overlapping.items())
     return out

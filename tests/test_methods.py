@@ -29,10 +29,14 @@ METHOD_PARAMS = {
     "infllmv2": [
         {"kernel_size": 4, "kernel_stride": 2, "init_blocks": 1, "local_blocks": 1, "topk": 1},
         {"kernel_size": 8, "kernel_stride": 4, "init_blocks": 0, "local_blocks": 2, "topk": 2},
+        # kernel_size off 2 * kernel_stride: still kernels j*r - 1 .. j*r + r - 1 (METHODS.md)
+        {"kernel_size": 2, "kernel_stride": 2, "init_blocks": 1, "local_blocks": 1, "topk": 1},
+        {"kernel_size": 6, "kernel_stride": 2, "init_blocks": 0, "local_blocks": 1, "topk": 2},
     ],
     "nsa": [
         {"kernel_size": 4, "kernel_stride": 2, "init_blocks": 1, "local_blocks": 1, "topk": 1, "window": 0},
         {"kernel_size": 8, "kernel_stride": 4, "init_blocks": 1, "local_blocks": 2, "topk": 1, "window": 5},
+        {"kernel_size": 6, "kernel_stride": 2, "init_blocks": 1, "local_blocks": 1, "topk": 1, "window": 0},
     ],
 }
 

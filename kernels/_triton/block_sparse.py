@@ -99,14 +99,18 @@ def _attend_block(
         if use_bias:
             kb = tl.load(KBAR + (bh * nc + j) * D + d, mask=dmask & (j < nc), other=0.0)
             x = tl.sum(q.to(tl.float32) * kb[None, :], 1) * route_scale
-            _, p = entmax_powers(tl.maximum(x - tau, 0.0), ent_exp, ENT_POW)
-            p = tl.where(row_ok, p, 0.0)
+            tt = tl.where(row_ok, tl.maximum(x - tau, 0.0), 0.0)
+            _, p = entmax_powers(tt, ent_exp, ENT_POW)
             pbar_q = tl.sum(tl.reshape(p, (TQ, GP)), 1) / G
             pbar = tl.reshape(tl.broadcast_to(pbar_q[:, None], (TQ, GP)), (M,))
+            # routed as the routing decides it (some head's x > tau; p itself may underflow near alpha = 1);
+            # only candidates j < b(i): on a block past a row's own, the power can overflow to inf
+            in_q = tl.max(tl.reshape(tt, (TQ, GP)), 1) > 0
+            routed = tl.reshape(tl.broadcast_to(in_q[:, None], (TQ, GP)), (M,))
             cur = abs_i // BLOCK_N
             forced = (j <= cur) & ((j < init_blocks) | (j > cur - local_blocks))
             beta = (tl.log(tl.maximum(pbar, 1.1754943508222875e-38)) - mean_log_rows) * inv_sigma
-            beta = tl.where((pbar > 0) & (~forced) & (j < nc), beta, 0.0)
+            beta = tl.where(routed & (j < cur) & (~forced) & (j < nc), beta, 0.0)
             s = s + beta[:, None] * 1.4426950408889634
 
     m_new = tl.maximum(m_i, tl.max(s, 1))

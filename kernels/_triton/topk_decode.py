@@ -17,7 +17,8 @@ from dash_eval.kernels._triton.kernel_keys import KernelKeys
 from dash_eval.kernels._triton.launch import chain_options, dot_mode, key_descriptors, next_pow2, tma_pays
 from dash_eval.kernels._triton.ops import chain_start, dim_mask
 from dash_eval.kernels._triton.selection import routing_visit_list, write_visit_list
-from dash_eval.kernels._triton.topk_select import TopkRoute, _kernel_scores, _overlap, _select_and_store
+from dash_eval.kernels._triton.topk_select import POOL_MAX, TopkRoute, _kernel_scores, _overlap, _select_and_store
+from dash_eval.kernels.compression import pooled_kernels
 
 DECODE_CHUNK_MIN = 64  # kernels per program of the score launch (at least)
 DECODE_BLOCK_CHUNK = 32  # blocks per program of the pooling launch (at most)
@@ -188,8 +189,8 @@ def decode_route(
     nwords = words.shape[-1]
     khi, klo = keys.hi, keys.lo
     ratio = block_size // kernel_stride
-    lead = kernel_size // kernel_stride - 1
-    width = lead + ratio  # kernels overlapping one block (compression.block_kernel_index)
+    lead = pooled_kernels(pool == POOL_MAX, kernel_size, kernel_stride)
+    width = lead + ratio  # kernels one block pools (compression.block_kernel_index)
     n_qtiles = -(-nq // tile_q)
     total = n_qtiles * b * hkv
     dev = q.device

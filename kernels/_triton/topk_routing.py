@@ -38,10 +38,16 @@ from dash_eval.kernels._triton.launch import (
 )
 from dash_eval.kernels._triton.ops import chain_start, dim_mask
 from dash_eval.kernels._triton.topk_decode import decode_route
-from dash_eval.kernels._triton.topk_select import TopkRoute, _kernel_scores, _overlap, _select_and_store
+from dash_eval.kernels._triton.topk_select import (  # noqa: F401 (POOL_WEIGHTED: the methods import it here)
+    POOL_MAX,
+    POOL_WEIGHTED,
+    TopkRoute,
+    _kernel_scores,
+    _overlap,
+    _select_and_store,
+)
+from dash_eval.kernels.compression import pooled_kernels
 
-POOL_MAX = 0
-POOL_WEIGHTED = 1
 # Prefill geometry (module switches, so that scripts/gpu_variants.py can time variants; v17 in
 # docs/perf-notes.md): rows (query heads x queries) per routing program, which share each load of the kernel
 # keys; the largest scratch row (queries x kernels, float32) a program keeps; rows x kernels of one score
@@ -58,7 +64,8 @@ ROUTE_STAGES_ONE_KEY = 3
 ROUTE_PROGRAMS_PER_SM = 4  # persistent routing programs per SM (each with a scratch row; 2 vs 4: within 1%)
 # Pooling in the probability pass (v22): each chunk of kernel probabilities is pooled onto its blocks in
 # registers and the scratch row holds block scores; False: the scratch row holds kernel probabilities and
-# each block gathers its ``W`` kernels from it (before v22). Needs ``kernel_size <= 2 * kernel_stride``.
+# each block gathers its ``W`` kernels from it (before v22). Needs at most one kernel before ``j*r``
+# (``compression.pooled_kernels``): InfLLM-V2 always, NSA where ``kernel_size <= 2 * kernel_stride``.
 POOL_FUSED = True
 # The select's radix stops once every row of the sub-tile has exactly its blocks (the same selection;
 # v19: nsa 64k routing 21.3 -> 16.5 ms on an H200).
@@ -310,8 +317,8 @@ def topk_route(
     q = last_dim_contiguous(q)
     khi, klo = keys.hi, keys.lo
     ratio = block_size // kernel_stride
-    lead = kernel_size // kernel_stride - 1
-    width = lead + ratio  # kernels overlapping one block (compression.block_kernel_index)
+    lead = pooled_kernels(pool == POOL_MAX, kernel_size, kernel_stride)
+    width = lead + ratio  # kernels one block pools (compression.block_kernel_index)
     if tile_q is None:
         tile_q = route_tile(g, nq, nkp)
     n_qtiles = -(-nq // tile_q)

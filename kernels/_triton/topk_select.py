@@ -12,6 +12,10 @@ import triton.language as tl
 from dash_eval.kernels._triton.ops import split_scores
 from dash_eval.kernels._triton.selection import store_words
 
+# How kernel scores become block scores: InfLLM-V2's max, or NSA's overlap-weighted sum.
+POOL_MAX = 0
+POOL_WEIGHTED = 1
+
 
 @dataclasses.dataclass
 class TopkRoute:

@@ -225,13 +225,14 @@ def _group_selection(x, tau, row_ok, qpos, q_ok, cols, q_off, ent_exp, init_bloc
                      G: tl.constexpr, GP: tl.constexpr, TQ: tl.constexpr, N: tl.constexpr, C: tl.constexpr,
                      ENT_POW: tl.constexpr):
     """Stage 2 on blocks ``cols [N]``, given the rows' scaled scores ``x [GP * TQ, N]`` and thresholds: each
-    head's entmax, ``pbar`` over the group, and per query the routed blocks (``pbar > 0``), the forced ones,
-    the selection, and ``log pbar`` on the routed blocks (0 elsewhere)."""
-    _, p = entmax_powers(tl.maximum(x - tau[:, None], 0.0), ent_exp, ENT_POW)
-    p = tl.where(row_ok[:, None], p, 0.0)
+    head's entmax, ``pbar`` over the group, and per query the routed blocks (``pbar > 0`` in exact arithmetic:
+    some head's ``x > tau``, which also holds where a tiny ``p`` underflows with alpha near 1), the forced ones,
+    the selection, and ``log pbar`` on the routed blocks (0 elsewhere; at least float32's smallest normal)."""
+    tt = tl.where(row_ok[:, None], tl.maximum(x - tau[:, None], 0.0), 0.0)
+    _, p = entmax_powers(tt, ent_exp, ENT_POW)
     pbar = tl.sum(tl.reshape(p, (TQ, GP, N)), 1) / G  # [TQ, N]
     cur = (qpos + q_off) // C
-    routed = pbar > 0
+    routed = tl.max(tl.reshape(tt, (TQ, GP, N)), 1) > 0
     forced = (cols[None, :] <= cur[:, None]) & (
         (cols[None, :] < init_blocks) | (cols[None, :] > cur[:, None] - local_blocks)
     )

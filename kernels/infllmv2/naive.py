@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 from dash_eval.kernels.common import forced_blocks, num_blocks, topk_recent
-from dash_eval.kernels.compression import gather_block_kernels, kernel_probs, kernel_topk_attention
+from dash_eval.kernels.compression import gather_block_kernels, kernel_probs, kernel_topk_attention, pooled_kernels
 from dash_eval.kernels.stats import AttentionStats
 
 
@@ -22,15 +22,16 @@ def topk_block_select(
 
 
 def pooled_topk_select(
-    qg: torch.Tensor, kc: torch.Tensor, positions: torch.Tensor, nk: int, pool, *, block_size: int, kernel_size: int,
-    kernel_stride: int, init_blocks: int, local_blocks: int, topk: int, softmax_scale: float,
+    qg: torch.Tensor, kc: torch.Tensor, positions: torch.Tensor, nk: int, pool, max_pool: bool, *, block_size: int,
+    kernel_size: int, kernel_stride: int, init_blocks: int, local_blocks: int, topk: int, softmax_scale: float,
 ) -> torch.Tensor:
     """The selection shared by InfLLM-V2 and NSA: kernel probabilities summed over the group's query heads,
-    pooled onto blocks by ``pool(per_block, visible, overlap) -> [B, Hkv, L, nblocks]``, then forced blocks
-    plus the top-k others."""
+    pooled onto blocks by ``pool(per_block, visible, overlap) -> [B, Hkv, L, nblocks]`` over the kernels
+    ``compression.pooled_kernels(max_pool, ...)`` gives, then forced blocks plus the top-k others."""
     probs, visible = kernel_probs(qg, kc, positions, kernel_size, kernel_stride, softmax_scale)
     scores = probs.sum(2)  # summed over the group's query heads: [B, Hkv, L, M]
-    per_block, vis, overlap = gather_block_kernels(scores, visible, nk, block_size, kernel_size, kernel_stride)
+    lead = pooled_kernels(max_pool, kernel_size, kernel_stride)
+    per_block, vis, overlap = gather_block_kernels(scores, visible, nk, block_size, kernel_size, kernel_stride, lead)
     return topk_block_select(
         pool(per_block, vis, overlap), positions, num_blocks(nk, block_size), block_size=block_size,
         init_blocks=init_blocks, local_blocks=local_blocks, topk=topk,
@@ -43,7 +44,7 @@ def _max_pool(per_block: torch.Tensor, vis: torch.Tensor, overlap: torch.Tensor)
 
 
 def infllmv2_select(qg: torch.Tensor, kc: torch.Tensor, positions: torch.Tensor, nk: int, **kw) -> torch.Tensor:
-    return pooled_topk_select(qg, kc, positions, nk, _max_pool, **kw)
+    return pooled_topk_select(qg, kc, positions, nk, _max_pool, True, **kw)
 
 
 def infllmv2_attention_naive(

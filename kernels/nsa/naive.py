@@ -15,7 +15,7 @@ def _overlap_pool(per_block: torch.Tensor, vis: torch.Tensor, overlap: torch.Ten
 
 
 def nsa_select(qg: torch.Tensor, kc: torch.Tensor, positions: torch.Tensor, nk: int, **kw) -> torch.Tensor:
-    return pooled_topk_select(qg, kc, positions, nk, _overlap_pool, **kw)
+    return pooled_topk_select(qg, kc, positions, nk, _overlap_pool, False, **kw)
 
 
 def nsa_attention_naive(
