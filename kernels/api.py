@@ -42,9 +42,14 @@ def _check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_valid: t
         raise ValueError(f"query length Nq={nq} must be between 1 and the key length Nk={nk}")
     if not (q.device == k.device == v.device):
         raise ValueError(f"q, k, v must be on one device; got {q.device}, {k.device}, {v.device}")
-    if kv_valid is not None and (kv_valid.dtype != torch.bool or tuple(kv_valid.shape) != (b, nk)):
-        raise ValueError(f"kv_valid must be a bool tensor of shape [B, Nk] = [{b}, {nk}]; got "
-                         f"{kv_valid.dtype} {tuple(kv_valid.shape)}")
+    if q.device.type == "meta":
+        raise ValueError("q, k, v are meta tensors, which hold no values; accepted: tensors on a CPU or CUDA device")
+    if kv_valid is not None and (
+        not isinstance(kv_valid, torch.Tensor) or kv_valid.dtype != torch.bool or tuple(kv_valid.shape) != (b, nk)
+    ):
+        got = (f"{kv_valid.dtype} {tuple(kv_valid.shape)}" if isinstance(kv_valid, torch.Tensor)
+               else type(kv_valid).__name__)
+        raise ValueError(f"kv_valid must be a bool tensor of shape [B, Nk] = [{b}, {nk}], or None; got {got}")
 
 
 def _resolve_backend(method: str, backend: str, device: torch.device):

@@ -50,6 +50,37 @@ def test_router_shape_and_dtype(router, needle):
     assert torch.equal(a, sparse_attention(Q, KV, KV, "dash", block_size=8, scale=4.0, router=r.reshape(-1)))
 
 
+@pytest.mark.parametrize("value", [math.nan, math.inf])
+def test_router_values_must_be_finite(value):
+    router = torch.zeros(32)
+    router[3] = value
+    with pytest.raises(ValueError, match=r"dash: parameter router has NaN or infinite values; accepted: finite"):
+        sparse_attention(Q, KV, KV, "dash", block_size=8, router=router)
+
+
+@pytest.mark.parametrize("sigma", [1e-40, 0.0, -1.0])
+def test_sigma_below_the_float32_range_of_the_prior(sigma):
+    with pytest.raises(ValueError, match=r"parameter sigma=.* must be a number >= 1e-30"):
+        sparse_attention(Q, KV, KV, "dash", block_size=8, sigma=sigma)
+    out = sparse_attention(Q, KV, KV, "dash", block_size=8, scale=4.0, sigma=1e-30)
+    assert not out.isnan().any()
+
+
+@pytest.mark.parametrize("kv_valid,needle", [
+    ([[True] * 32], r"kv_valid must be a bool tensor of shape \[B, Nk\] = \[1, 32\], or None; got list"),
+    (torch.ones(1, 32), r"kv_valid must be a bool tensor .* got torch.float32 \(1, 32\)"),
+])
+def test_kv_valid_must_be_a_bool_tensor(kv_valid, needle):
+    with pytest.raises(ValueError, match=needle):
+        sparse_attention(Q, KV, KV, "full", kv_valid=kv_valid)
+
+
+def test_meta_tensors_are_refused():
+    meta_q, meta_kv = Q.to("meta"), KV.to("meta")
+    with pytest.raises(ValueError, match=r"meta tensors, which hold no values; accepted: tensors on a CPU or CUDA"):
+        sparse_attention(meta_q, meta_kv, meta_kv, "dash", block_size=8)
+
+
 def test_triton_backend_on_a_cpu_without_the_interpreter(monkeypatch):
     pytest.importorskip("triton")
     from tests.triton_interp import triton_available

@@ -8,6 +8,9 @@ import torch
 from dash_eval.kernels.dash.naive import dash_attention_naive, dash_block_summaries, dash_route
 from dash_eval.kernels.registry import AttentionMethod, MethodParams, check_float, check_int, register_method
 
+# Below it, 1 / sigma and the prior's logits overflow float32 (|beta| <= 87.34 / sigma).
+SIGMA_MIN = 1e-30
+
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class DashParams(MethodParams):
@@ -24,7 +27,8 @@ class DashParams(MethodParams):
         name = self.method_name
         check_float(name, "alpha", self.alpha, low=1.0, high=2.0, low_open=True, accepted="a number in (1, 2]")
         check_float(name, "scale", self.scale, low=0.0)
-        check_float(name, "sigma", self.sigma, low=0.0, low_open=True)
+        check_float(name, "sigma", self.sigma, low=SIGMA_MIN,
+                    accepted=f"a number >= {SIGMA_MIN:g} (smaller ones overflow the float32 prior)")
         check_int(name, "init_blocks", self.init_blocks, minimum=0)
         check_int(name, "local_blocks", self.local_blocks, minimum=1)
         if self.router is not None and (
@@ -35,6 +39,10 @@ class DashParams(MethodParams):
                    else type(self.router).__name__)
             raise ValueError(f"{name}: parameter router must be a float tensor of shape [Hkv * D] or [Hkv, D], or "
                              f"None; got {got}")
+        # A router on the GPU is not scanned: that would make every layer call wait for the device (the inputs
+        # are not scanned either). Routers read from files are checked when read (dash_models.router).
+        if self.router is not None and self.router.device.type == "cpu" and not bool(self.router.isfinite().all()):
+            raise ValueError(f"{name}: parameter router has NaN or infinite values; accepted: finite values")
 
 
 def layer_router(router: torch.Tensor | None, k: torch.Tensor) -> torch.Tensor | None:
