@@ -1,21 +1,43 @@
 """Cells of a sweep: one grid point of one method, on one task at one length.
 
 A cell's identity is its canonical spec (model, task, length, samples, seed, method and every parameter,
-the target sparsity and calibration settings when it has one). Its directory name carries every
-parameter readably and ends in a hash of the spec, so two different cells never share a directory and
-the same cell always finds its earlier results.
+the target sparsity and calibration settings when it has one, and the contents of the files it reads besides
+the model: a JSONL task, a router, layer scales). Its directory name carries every parameter readably and ends
+in a hash of the spec, so two different cells never share a directory and the same cell always finds its
+earlier results; a file rewritten in place (a regenerated JSONL, a refitted router) makes new cells.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import os
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from dash_eval.evals.sweep_config import SweepConfig, config_hash, grid_points
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._+=,-]")
+_DIGESTS: dict[tuple, str | None] = {}
+
+
+def content_digest(path: str | None) -> str | None:
+    """SHA-256 (16 hex digits) of a file, or of a directory's files (names and bytes, sorted), or None when
+    ``path`` is None or names nothing. Cached on the files' sizes and modification times."""
+    if path is None or not os.path.exists(path):
+        return None
+    root = Path(path)
+    files = sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else [root]
+    stamp = tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files)
+    if stamp not in _DIGESTS:
+        h = hashlib.sha256()
+        for p in files:
+            h.update(str(p.relative_to(root) if root.is_dir() else p.name).encode() + b"\0")
+            h.update(p.read_bytes())
+        _DIGESTS[stamp] = h.hexdigest()[:16]
+    return _DIGESTS[stamp]
 
 
 @dataclass(frozen=True)
@@ -68,6 +90,12 @@ class Cell:
             spec["router"] = self.router
         if self.layer_scales is not None:  # likewise
             spec["layer_scales"] = self.layer_scales
+        # what the files hold, not only their names (None for the no-router keyword)
+        files = {"jsonl": self.task_spec.jsonl, "router": self.effective_router(config),
+                 "layer_scales": self.layer_scales}
+        digests = {key: d for key, path in files.items() if (d := content_digest(path)) is not None}
+        if digests:
+            spec["file_digests"] = digests
         # batch size changes nothing in the answers (issue 5 guarantees it), so it stays out of the identity
         spec["model"].pop("batch_size", None)
         if self.target_sparsity is not None:

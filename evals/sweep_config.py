@@ -143,11 +143,20 @@ def _parse_model(c: Checker, raw: Any) -> ModelSpec | None:
     backend = c.string(m.get("attn_backend", "auto"), "model.attn_backend")
     if backend is not None and backend not in BACKENDS:
         c.error("model.attn_backend", f"bad value {backend!r}; accepted: {', '.join(BACKENDS)}")
+    elif backend == "triton" and device is not None and not device.startswith("cuda") and not _interpreting():
+        c.error("model.attn_backend", f"'triton' needs a CUDA device (model.device is {device!r}); accepted on "
+                                      f"{device}: auto, reference (or set TRITON_INTERPRET=1 for Triton's slow CPU "
+                                      "interpreter)")
     if pretrained is None:
         return None
     return ModelSpec(
         pretrained, dtype or "float32", device or "cpu", batch_size or 1, router, bool(chat), backend or "auto"
     )
+
+
+def _interpreting() -> bool:
+    """Triton's CPU interpreter is on (``TRITON_INTERPRET``, as ``kernels._triton.launch`` reads it)."""
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
 def _check_pretrained(c: Checker, pretrained: str) -> str | None:
@@ -357,10 +366,12 @@ def parse_config(
         for i, m in enumerate(c.list_of(top["methods"], "methods") or []):
             entry = parse_method(c, m, f"methods[{i}]")
             if entry is not None:
-                other = next((e for e in methods if e.series == entry.series and e.method != entry.method), None)
-                if other is not None:
-                    c.error(f"methods[{i}].label", f"label {entry.series!r} is already the series of method "
-                            f"{other.method}; accepted: a label no other method uses")
+                j = next((j for j, e in enumerate(methods) if e.series == entry.series and e.method != entry.method),
+                         None)
+                if j is not None:
+                    where = f"methods[{i}].label" if isinstance(m, dict) and "label" in m else f"methods[{i}]"
+                    c.error(where, f"series {entry.series!r} is already the series of {method_paths[j]} (method "
+                            f"{methods[j].method}); accepted: a label no other method uses (set 'label')")
                 methods.append(entry)
                 method_paths.append(f"methods[{i}]")
     calibration = CalibrationSpec()
@@ -456,14 +467,51 @@ def _check_duplicate_cells(c: Checker, config: SweepConfig) -> None:
         entry_of.setdefault(key, owner)
 
 
-def load_config(path: str | os.PathLike, *, check_model: bool = True, output: str | None = None) -> SweepConfig:
-    """Read a sweep YAML file with ``yaml.safe_load`` (no object construction) and validate it whole;
-    ``output`` replaces the config's results directory (``--output``)."""
-    path = Path(path)
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` (no object construction) that refuses a key given twice in one mapping, which
+    plain YAML loading resolves silently to the last value."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, str) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} given twice in one mapping (first on line {seen[key] + 1})",
+                    key_node.start_mark,
+                )
+            if isinstance(key, str):
+                seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+
+def read_yaml(path: Path) -> Any:
+    """The YAML document in ``path``: a ConfigError for a missing file, a directory, text that is not UTF-8,
+    invalid YAML, a key given twice, or an empty document."""
+    if path.is_dir():
+        raise ConfigError([f"config {str(path)!r} is a directory; give a YAML file"], str(path))
     if not path.is_file():
         raise ConfigError([f"config file {str(path)!r} does not exist"], str(path))
+    data = path.read_bytes()
     try:
-        raw = yaml.safe_load(path.read_text())
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise ConfigError([f"not UTF-8 text: byte 0x{data[exc.start]:02x} on line {line}; save the file as UTF-8"],
+                          str(path)) from None
+    try:
+        raw = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
     except yaml.YAMLError as exc:
         raise ConfigError([f"not valid YAML: {exc}"], str(path)) from exc
+    if raw is None:
+        raise ConfigError(["the file is empty (or only comments); a sweep config is a mapping with name, model, "
+                           "tasks, methods"], str(path))
+    return raw
+
+
+def load_config(path: str | os.PathLike, *, check_model: bool = True, output: str | None = None) -> SweepConfig:
+    """Read a sweep YAML file (``read_yaml``: safe loading, no object construction) and validate it whole;
+    ``output`` replaces the config's results directory (``--output``)."""
+    path = Path(path)
+    raw = read_yaml(path)
     return parse_config(raw, source=str(path), check_model=check_model, output=output)

@@ -104,6 +104,11 @@ def parse_method(c: Checker, raw: Any, path: str) -> MethodEntry | None:
     if m is None:
         return None
     names = tuple(method_names())
+    if m.get("method") is None:
+        c.error(f"{path}.method", f"missing; accepted: {', '.join(names)}")
+        known = set(METHOD_RESERVED).union(*(_param_fields(get_method(n).params_cls) for n in names))
+        c.unknown_keys({k: v for k, v in m.items() if k != "method"}, known, path)
+        return None
     name = c.string(m.get("method"), f"{path}.method")
     if name is None:
         return None
@@ -126,6 +131,8 @@ def parse_method(c: Checker, raw: Any, path: str) -> MethodEntry | None:
     grid: dict[str, tuple] = {}
     if "grid" in m:
         g = c.mapping(m["grid"], f"{path}.grid") or {}
+        if isinstance(m["grid"], dict) and not g:
+            c.error(f"{path}.grid", "empty; accepted: a mapping of parameter: [values], or no 'grid' key")
         for key, values in g.items():
             gpath = f"{path}.grid.{key}"
             if key not in fields:

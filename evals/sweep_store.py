@@ -24,6 +24,7 @@ umask 022), not the temporary file's 0600: results directories are shared.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 from pathlib import Path
@@ -37,6 +38,18 @@ CELL_FILE = "cell.json"
 PREDICTIONS_FILE = "predictions.jsonl"
 LM_EVAL_FILE = "lm_eval_results.json"
 MANIFEST_FILE = "cells.json"
+# What the reports read of a leaderboard row: a metrics file without them is damaged, not complete.
+REQUIRED_METRICS = ("cell", "config_hash", "method", "task", "sparsity", "accuracy")
+
+logger = logging.getLogger(__name__)
+_WARNED: set[tuple[str, str]] = set()
+
+
+def _warn_once(path: Path, reason: str) -> None:
+    key = (str(path), reason)
+    if key not in _WARNED:
+        _WARNED.add(key)
+        logger.warning("%s: %s; the cell counts as not run (a sweep runs it again)", path, reason)
 
 
 def row_order(row: dict) -> tuple:
@@ -96,11 +109,29 @@ class ResultsStore:
         return row is not None and row.get("config_hash") == cell_hash
 
     def read_metrics(self, cell_name: str) -> dict | None:
-        path = self.cell_dir(cell_name) / METRICS_FILE
+        """The cell's leaderboard row, or None for a cell not run. A damaged cell (a metrics file that is not
+        a JSON object with the reports' fields, or its predictions gone) also reads as None, with a warning
+        naming the file once: a sweep runs it again instead of stopping on it."""
+        d = self.cell_dir(cell_name)
+        path = d / METRICS_FILE
         try:
-            return json.loads(path.read_text())
-        except (FileNotFoundError, json.JSONDecodeError):
+            row = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
             return None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            _warn_once(path, f"unreadable ({type(exc).__name__}: {exc})")
+            return None
+        if not isinstance(row, dict):
+            _warn_once(path, f"holds a JSON {type(row).__name__}, not an object")
+            return None
+        missing = [key for key in REQUIRED_METRICS if key not in row]
+        if missing:
+            _warn_once(path, f"lacks {', '.join(missing)}")
+            return None
+        if not (d / PREDICTIONS_FILE).is_file():
+            _warn_once(d / PREDICTIONS_FILE, "is missing")
+            return None
+        return row
 
     def write_cell(
         self, cell_name: str, *, cell: dict, predictions: list[dict], lm_eval_results: dict, metrics: dict

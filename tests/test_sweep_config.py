@@ -348,7 +348,7 @@ def test_method_label_and_router_errors(tmp_path, monkeypatch):
     assert any(e.startswith("methods[1].router:") and "'missing-dir' does not exist" in e and "'none'" in e
                for e in errors), errors
     assert any(e.startswith("methods[2].label:") for e in errors), errors
-    assert any(e.startswith("methods[4].label:") and "already the series of method nsa" in e
+    assert any(e.startswith("methods[4].label:") and "already the series of methods[3] (method nsa)" in e
                for e in errors), errors
 
 
