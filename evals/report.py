@@ -13,9 +13,13 @@ import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from dash_eval.evals.leaderboard import write_leaderboard
 from dash_eval.evals.sweep_store import ResultsStore, atomic_write_bytes, atomic_write_text, row_order
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 ISO_SPARSITIES = (0.5, 0.75, 0.875, 0.9375)
 # A frontier that ends this close to a target sparsity is read at its end point rather than left blank
@@ -163,9 +167,8 @@ def markdown_report(
         ]
     for (task, length), group in group_rows(rows).items():
         front = {m: set(f) for m, f in frontiers(group).items()}
-        n = group[0].get("samples")
         lines += [
-            f"## {task} at {length} tokens ({n} samples)",
+            f"## {task} at {length} tokens{_samples_text(group[0].get('samples'))}",
             "",
             "| method | setting | sparsity | accuracy | active blocks mean (p10/p50/p90) "
             "| decode sparsity | tokens/s | |",
@@ -214,6 +217,12 @@ def markdown_report(
     return "\n".join(lines)
 
 
+def _samples_text(n) -> str:
+    if n is None:
+        return ""
+    return f" ({n} sample{'' if n == 1 else 's'})"
+
+
 def iso_sparsity_csv(rows: list[dict], levels: Sequence[float] = ISO_SPARSITIES) -> str:
     import csv
     import io
@@ -229,10 +238,19 @@ def iso_sparsity_csv(rows: list[dict], levels: Sequence[float] = ISO_SPARSITIES)
 
 
 def plot_png(rows: list[dict]) -> bytes:
-    """Accuracy against sparsity, one panel per task and length, one colour per method, with each
-    method's Pareto frontier drawn as a line. Rendered with the Agg backend (no display needed)."""
+    """``plot_figure`` as PNG bytes, grown to take in the legend below the panels."""
     import io
 
+    buf = io.BytesIO()
+    # "tight" grows the image to take in the legend, so no entry is clipped
+    plot_figure(rows).savefig(buf, format="png", bbox_inches="tight", pad_inches=0.15)
+    return buf.getvalue()
+
+
+def plot_figure(rows: list[dict]) -> Figure:
+    """Accuracy against sparsity, one panel per task and length, one colour per method, with each
+    method's Pareto frontier drawn as a line, and one legend for the figure below the panels. A
+    ``matplotlib.figure.Figure`` on the Agg canvas (no display needed)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -258,7 +276,7 @@ def plot_png(rows: list[dict]) -> bytes:
             fx, fy = zip(*front)
             if max(xs) == 0.0:  # a dense method: its accuracy is the reference line for the others
                 ax.axhline(fy[0], color=colors[method], ls="--", lw=1.0, alpha=0.7)
-            ax.plot(fx, fy, color=colors[method], marker=markers[i % len(markers)], lw=1.8, label=method)
+            ax.plot(fx, fy, color=colors[method], marker=markers[i % len(markers)], lw=1.8)
         for lv in ISO_SPARSITIES:
             ax.axvline(lv, color="0.85", lw=0.8, zorder=0)
         ax.set_xlim(-0.02, 1.0)
@@ -267,15 +285,39 @@ def plot_png(rows: list[dict]) -> bytes:
         ax.set_ylabel("accuracy")
         ax.set_title(f"{task} @ {length} tokens" if length != "" else task)
         ax.grid(alpha=0.3)
-        if methods and group:
-            ax.legend(loc="lower left", fontsize=8)
     # fixed margins (in inches) instead of tight_layout, which costs more than the drawing itself
     fig.subplots_adjust(
         left=0.7 / width, right=1 - 0.2 / width, bottom=0.6 / height, top=1 - 0.4 / height, wspace=0.3, hspace=0.45
     )
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    return buf.getvalue()
+    if methods:
+        _figure_legend(fig, methods, colors, markers, width)
+    return fig
+
+
+def _figure_legend(fig: Figure, methods: list[str], colors: dict[str, str], markers: str, width: float) -> None:
+    """One legend for the whole figure, below the panels (inside one, it hides points), each series once."""
+    from matplotlib.lines import Line2D
+
+    handles = [
+        Line2D([], [], color=colors[m], marker=markers[i % len(markers)], lw=1.8, label=m)
+        for i, m in enumerate(methods)
+    ]
+    ncol = min(len(methods), max(1, int(width // 2.4)))
+    fig.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=ncol, fontsize=9, frameon=False)
+
+
+def sweep_name(results_dir: str | os.PathLike) -> str:
+    """The ``name`` of the config that the sweep wrote into its results directory (``config.yaml``), else
+    the directory's own name (no such file, or one that cannot be read)."""
+    import yaml
+
+    root = Path(results_dir)
+    try:
+        raw = yaml.safe_load((root / "config.yaml").read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return root.name
+    name = raw.get("name") if isinstance(raw, dict) else None
+    return name if isinstance(name, str) and name else root.name
 
 
 def write_reports(
@@ -310,7 +352,9 @@ def write_reports(
     write_leaderboard(rows, paths["leaderboard"])
     atomic_write_text(
         paths["report"],
-        markdown_report(rows, store.failures(include_stale), levels, title or f"Sweep report: {root.name}", stale)
+        markdown_report(
+            rows, store.failures(include_stale), levels, title or f"Sweep report: {sweep_name(root)}", stale
+        )
         + ("\n" + paired_text if paired_text else ""),
     )
     atomic_write_text(paths["iso_sparsity"], iso_sparsity_csv(rows, levels))

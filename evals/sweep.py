@@ -13,6 +13,7 @@ import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 import yaml
@@ -26,6 +27,7 @@ EXIT_OK = 0  # every cell to run is complete
 EXIT_USAGE = 2  # the config or the arguments were rejected; no cell ran
 EXIT_CELLS_FAILED = 3  # the sweep ran to its end but some cells failed; a rerun retries them
 EXIT_INTERRUPTED = 130  # interrupted (Ctrl-C: 128 + SIGINT); finished cells are kept and a rerun resumes
+EXIT_TERMINATED = 143  # stopped by SIGTERM (128 + 15: Slurm's time limit, kill); likewise kept and resumable
 
 
 @dataclass
@@ -57,6 +59,7 @@ class SweepSummary:
     failed_cells: list[str] = field(default_factory=list)
     wall_time_s: float = 0.0
     output: str = ""
+    report_error: str = ""  # why the last rebuild of the report files failed ("" when it worked)
 
     @property
     def exit_status(self) -> int:
@@ -68,6 +71,10 @@ class SweepSummary:
             f"{self.failed} failed, in {self.wall_time_s:.1f} s; results in {self.output}"
         ]
         lines += [f"  failed: {name}" for name in self.failed_cells]
+        if self.report_error:
+            lines.append(
+                f"  report files not rebuilt ({self.report_error}); 'dash-eval report {self.output}' rebuilds them"
+            )
         return "\n".join(lines)
 
 
@@ -124,14 +131,42 @@ def metrics_row(cell: Cell, config: SweepConfig, cell_name: str, result: CellRes
     return row
 
 
+def cell_label(cell: Cell, config: SweepConfig) -> str:
+    """A short label of a cell for progress output: its series, the grid values and target that tell it from
+    the entry's other cells, and its task at its length (``dash scale=2 niah_single@1024``; a JSONL task's
+    length is ``file``, its prompts' own)."""
+    grid = config.methods[cell.entry].grid
+    parts = [cell.series]
+    parts += [
+        f"{k}={_value_text(cell.params[k])}" for k, values in grid.items() if len(values) > 1 and k in cell.params
+    ]
+    if cell.target_sparsity is not None:
+        parts.append(f"target={cell.target_sparsity:g}")
+    parts.append(f"{cell.task}@{'file' if cell.length is None else cell.length}")
+    return " ".join(parts)
+
+
+def _value_text(v: Any) -> str:
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def _figure_text(v: Any, spec: str) -> str:
+    return format(v, spec) if isinstance(v, (int, float)) else "-"
+
+
 class _Progress:
     """One bar over the samples of the cells still to run (so its rate and time left cover the whole
-    sweep), labelled with the cell counts."""
+    sweep), labelled with the cell counts. Without the bar, one line per finished cell instead (unless
+    ``cell_lines`` is off); a failed cell always gets a line, above the bar."""
 
-    def __init__(self, total_samples: int, total_cells: int, enabled: bool):
+    def __init__(
+        self, total_samples: int, total_cells: int, enabled: bool, log: Callable[[str], None], cell_lines: bool
+    ):
         from tqdm.auto import tqdm
 
         self.total_cells = total_cells
+        self.log = log
+        self.cell_lines = cell_lines and not enabled
         self.bar = tqdm(
             total=total_samples,
             unit="sample",
@@ -143,7 +178,7 @@ class _Progress:
         self.counts = {"done": 0, "failed": 0}
 
     def start_cell(self, k: int, label: str) -> None:
-        self.label = label
+        self.k, self.label, self.t0 = k, label, time.perf_counter()
         self.bar.set_description(f"cell {k}/{self.total_cells}")
         self.status("")
 
@@ -154,6 +189,26 @@ class _Progress:
 
     def samples(self, n: int) -> None:
         self.bar.update(n)
+
+    def cell_done(self, row: dict) -> None:
+        self.counts["done"] += 1
+        if self.cell_lines:
+            self.log(
+                f"{self._cell_text()}: accuracy {_figure_text(row.get('accuracy'), '.3f')}, "
+                f"sparsity {_figure_text(row.get('sparsity'), '.1%')} ({time.perf_counter() - self.t0:.1f} s)"
+            )
+
+    def cell_failed(self, error: str, name: str) -> None:
+        self.counts["failed"] += 1
+        self.write(f"{self._cell_text()}: failed: {error} (cells/{name}/error.json)")
+
+    def write(self, text: str) -> None:
+        """``log`` a line on its own, above the bar (tqdm clears the bar, and draws it again after)."""
+        with self.bar.external_write_mode(file=sys.stderr):
+            self.log(text)
+
+    def _cell_text(self) -> str:
+        return f"cell {self.k}/{self.total_cells} {self.label}"
 
     def close(self) -> None:
         self.bar.close()
@@ -169,10 +224,13 @@ def run_sweep(
     runner_factory: Callable[[SweepConfig, ResultsStore], CellRunner],
     shard: tuple[int, int] | None = None,
     progress: bool = True,
+    cell_lines: bool = True,
     log: Callable[[str], None] = lambda s: print(s, file=sys.stderr, flush=True),
 ) -> SweepSummary:
     """Run every incomplete cell of ``config`` (of one shard, when given) and return the summary.
-    The runner is made only when a cell needs it, so a complete sweep loads no model."""
+    The runner is made only when a cell needs it, so a complete sweep loads no model. Progress is a bar
+    (``progress``), else one ``log`` line per finished cell (``cell_lines``); failed cells and report
+    files that cannot be rebuilt are logged either way."""
     t0 = time.perf_counter()
     store = ResultsStore(config.output)
     store.root.mkdir(parents=True, exist_ok=True)
@@ -184,16 +242,24 @@ def run_sweep(
     pending = [c for c in cells if not store.is_complete(names[c.index], c.hash(config))]
     summary = SweepSummary(total=len(cells), skipped=len(cells) - len(pending), output=str(store.root))
     shard_text = f" (shard {shard[0]}/{shard[1]})" if shard else ""
-    log(
-        f"sweep {config.name}{shard_text}: {len(cells)} cells, {summary.skipped} already complete, "
-        f"{len(pending)} to run -> {store.root}"
-    )
+    if shard and not cells:
+        log(
+            f"sweep {config.name}{shard_text}: this shard has no cells: the sweep has {len(every_cell)} cells, "
+            f"so only shards 1 to {len(every_cell)} of {shard[1]} get any; nothing to run"
+        )
+    else:
+        log(
+            f"sweep {config.name}{shard_text}: {len(cells)} cells, {summary.skipped} already complete, "
+            f"{len(pending)} to run -> {store.root}"
+        )
     runner: CellRunner | None = None
-    bar = _Progress(sum(_expected_samples(c) for c in pending), len(pending), progress and bool(pending))
+    bar = _Progress(
+        sum(_expected_samples(c) for c in pending), len(pending), progress and bool(pending), log, cell_lines
+    )
     try:
         for k, cell in enumerate(pending, 1):
             name = names[cell.index]
-            bar.start_cell(k, f"{cell.series} {cell.task}@{cell.length}")
+            bar.start_cell(k, cell_label(cell, config))
             record = cell_record(cell, config, name)
             reported = 0
 
@@ -220,12 +286,11 @@ def run_sweep(
                     metrics=row,
                 )
                 summary.done += 1
-                bar.counts["done"] += 1
+                bar.cell_done(row)
             except Exception as exc:  # noqa: BLE001 - a failed cell is recorded and the sweep goes on
                 _release_memory()
                 summary.failed += 1
                 summary.failed_cells.append(name)
-                bar.counts["failed"] += 1
                 store.write_failure(
                     name,
                     cell=record,
@@ -235,16 +300,29 @@ def run_sweep(
                         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                     },
                 )
-                log(f"cell {name} failed: {type(exc).__name__}: {exc}")
+                bar.cell_failed(f"{type(exc).__name__}: {exc}", name)
             if reported < _expected_samples(cell):
                 bar.samples(_expected_samples(cell) - reported)
-            write_reports(store.root)
+            summary.report_error = _rebuild_reports(store.root, bar.write, summary.report_error)
     finally:
         bar.close()
     if not pending:
-        write_reports(store.root)
+        summary.report_error = _rebuild_reports(store.root, log, "")
     summary.wall_time_s = time.perf_counter() - t0
     return summary
+
+
+def _rebuild_reports(root: Path, warn: Callable[[str], None], last_error: str) -> str:
+    """Rebuild the report files of ``root``; return why that failed ("" when it worked). A failure only
+    warns (once while it repeats): the cells' results are on disk already, and the sweep goes on."""
+    try:
+        write_reports(root)
+    except Exception as exc:  # noqa: BLE001 - reports are derived from the cells; 'dash-eval report' rebuilds them
+        error = f"{type(exc).__name__}: {exc}"
+        if error != last_error:
+            warn(f"sweep: warning: the report files could not be rebuilt ({error}); the cells' results are saved")
+        return error
+    return ""
 
 
 def _release_memory() -> None:

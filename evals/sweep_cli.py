@@ -8,9 +8,20 @@ so running the same command again resumes a killed or interrupted sweep. The exi
 from __future__ import annotations
 
 import argparse
+import contextlib
+import signal
 import sys
+import threading
+from collections.abc import Iterator
 
-from dash_eval.evals.sweep import EXIT_CELLS_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, run_sweep
+from dash_eval.evals.sweep import (
+    EXIT_CELLS_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_TERMINATED,
+    EXIT_USAGE,
+    run_sweep,
+)
 from dash_eval.evals.sweep_cells import expand_cells, parse_shard, shard_cells
 from dash_eval.evals.sweep_config import ConfigError, SweepConfig, load_config
 from dash_eval.evals.sweep_store import ResultsStore
@@ -19,7 +30,8 @@ EXIT_HELP = f"""exit status:
   {EXIT_OK}    every cell is complete (run now or by an earlier run)
   {EXIT_USAGE}    the config or the arguments were rejected; no cell ran
   {EXIT_CELLS_FAILED}    the sweep ran to its end but some cells failed (error.json); a rerun retries them
-  {EXIT_INTERRUPTED}  interrupted (Ctrl-C); finished cells are kept and the same command resumes"""
+  {EXIT_INTERRUPTED}  interrupted (Ctrl-C; {EXIT_TERMINATED} on SIGTERM, e.g. a Slurm time limit); \
+finished cells are kept and the same command resumes"""
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -36,8 +48,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--dry-run", action="store_true", help="validate the config, list the cells and whether each is complete"
     )
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    parser.add_argument("--quiet", action="store_true", help="do not print the Markdown report at the end")
+    parser.add_argument(
+        "--no-progress", action="store_true", help="no progress bar: one line per finished cell instead"
+    )
+    parser.add_argument(
+        "--quiet",
+        action="store_true",
+        help="do not print the Markdown report at the end (nor, with --no-progress, a line per finished cell)",
+    )
     parser.add_argument("--verbose", action="store_true", help="keep lm-eval's own log messages and progress bars")
 
 
@@ -51,11 +69,47 @@ def _cell_states(config: SweepConfig, shard: tuple[int, int] | None) -> list[tup
     return states
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler's time limit, ``kill``), raised where the sweep is so that it stops as on Ctrl-C:
+    finished cells are on disk, the one running is left incomplete."""
+
+
+@contextlib.contextmanager
+def _sigterm_raises() -> Iterator[None]:
+    """Inside, SIGTERM raises ``Terminated``; the previous handler comes back on the way out."""
+
+    def raise_terminated(signum, frame):
+        raise Terminated
+
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, raise_terminated)
+    try:
+        yield
+    finally:
+        # None: a handler not set from Python, which cannot be put back; the default is the closest
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+
+
+def _interrupted_status(exc: KeyboardInterrupt) -> int:
+    return EXIT_TERMINATED if isinstance(exc, Terminated) else EXIT_INTERRUPTED
+
+
 def run(args: argparse.Namespace) -> int:
+    with _sigterm_raises():
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         shard = parse_shard(args.shard) if args.shard else None
     except ValueError as exc:
         print(f"dash-eval sweep: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.output is not None and not args.output.strip():
+        print("dash-eval sweep: --output is empty; give a results directory, or leave --output out for the "
+              "config's 'output'", file=sys.stderr)
         return EXIT_USAGE
     try:
         # --output replaces the config's results directory before the check, so it is checked in its place
@@ -63,9 +117,9 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"dash-eval sweep: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         print("dash-eval sweep: interrupted while checking the config; no cell ran", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return _interrupted_status(exc)
     if args.dry_run:
         states = _cell_states(config, shard)
         for index, name, complete in states:
@@ -80,8 +134,14 @@ def run(args: argparse.Namespace) -> int:
         return LmEvalRunner(cfg, store, verbose=args.verbose)
 
     try:
-        summary = run_sweep(config, runner_factory=runner_factory, shard=shard, progress=not args.no_progress)
-    except KeyboardInterrupt:
+        summary = run_sweep(
+            config,
+            runner_factory=runner_factory,
+            shard=shard,
+            progress=not args.no_progress,
+            cell_lines=not args.quiet,
+        )
+    except KeyboardInterrupt as exc:
         states = _cell_states(config, shard)
         done, total = sum(complete for _, _, complete in states), len(states)
         print(
@@ -89,8 +149,8 @@ def run(args: argparse.Namespace) -> int:
             "run the same command again to resume",
             file=sys.stderr,
         )
-        return EXIT_INTERRUPTED
-    if not args.quiet:
+        return _interrupted_status(exc)
+    if not args.quiet and not summary.report_error:  # a report that failed to rebuild would be out of date
         print((ResultsStore(config.output).root / "report.md").read_text())
     print(summary.text(), file=sys.stderr)
     return summary.exit_status
