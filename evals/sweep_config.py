@@ -289,11 +289,12 @@ def _parse_calibration(c: Checker, raw: Any, task_names: tuple[str, ...]) -> Cal
 
 
 def model_config(model: ModelSpec):
-    """The model's transformers config, read without loading weights."""
+    """The model's transformers config, read without loading weights, from a directory or the local Hugging
+    Face cache only (as ``load_model`` reads it): offline, a hub id would otherwise retry the network ~25 s."""
     from dash_eval.dash_models import resolve_model_path
     from transformers import AutoConfig
 
-    return AutoConfig.from_pretrained(resolve_model_path(model.pretrained))
+    return AutoConfig.from_pretrained(resolve_model_path(model.pretrained), local_files_only=True)
 
 
 def model_context_length(model: ModelSpec) -> int | None:
@@ -398,7 +399,9 @@ def parse_config(
         try:
             mconfig = model_config(model)
         except Exception as exc:  # noqa: BLE001 - any failure to read the model is a config error here
-            c.error("model.pretrained", f"cannot read the model config of {model.pretrained!r}: {exc}")
+            first = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+            c.error("model.pretrained", f"cannot read the model config of {model.pretrained!r} ({first}); "
+                                        f"{PRETRAINED_ACCEPTED}")
         else:
             context = getattr(mconfig, "max_position_embeddings", None)
             _check_against_model(c, mconfig, model, list(zip(method_paths, methods)))

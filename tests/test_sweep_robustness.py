@@ -158,3 +158,24 @@ def test_a_rewritten_jsonl_file_or_router_makes_new_cells(tmp_path, monkeypatch)
     assert second != first
     (tmp_path / "router" / "router.json").write_text('{"refitted": true}')
     assert cell() not in (first, second)
+
+
+def test_a_hub_id_is_read_from_the_local_cache_only(monkeypatch):
+    # offline, a hub id not in the cache made the check retry the network for ~25 s before failing
+    import transformers
+
+    calls = []
+
+    def fake_from_pretrained(name, **kwargs):
+        calls.append(kwargs)
+        raise OSError("not in the cached files")
+
+    monkeypatch.setattr(transformers.AutoConfig, "from_pretrained", fake_from_pretrained)
+    raw = copy.deepcopy(GOOD)
+    raw["model"]["pretrained"] = "nosuchorg/nosuchmodel"
+    with pytest.raises(ConfigError) as info:
+        parse_config(raw, check_model=True)
+    assert calls and all(kw.get("local_files_only") is True for kw in calls)
+    (error,) = info.value.errors
+    assert error.startswith("model.pretrained: cannot read the model config of 'nosuchorg/nosuchmodel' (not in the "
+                            "cached files); accepted: 'default'"), error
