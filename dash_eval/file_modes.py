@@ -80,3 +80,30 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
         except FileNotFoundError:
             pass
         raise
+
+
+def directory_write_problem(directory: str | os.PathLike) -> str | None:
+    """Why ``directory`` cannot be created and written to, or None. A temporary directory is made and removed in
+    it (or, while it does not exist, in its nearest existing parent, where it would be created), so the probe
+    leaves nothing behind and also catches what permission bits do not tell (a read-only file system, root)."""
+    path = Path(directory).absolute()
+    parent = path
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        return f"{str(parent)!r} is a file, not a directory"
+    try:
+        probe = tempfile.mkdtemp(prefix=".dash-eval-write-check-", dir=parent)
+    except OSError as exc:
+        return f"cannot create a directory in {str(parent)!r} ({exc.strerror or exc})"
+    os.rmdir(probe)
+    return None
+
+
+def output_file_problem(output: str | os.PathLike) -> str | None:
+    """Why a file cannot be written at ``output`` (atomically, its folders made as needed), or None."""
+    if not str(output).strip():
+        return "empty; give a file path"
+    if Path(output).is_dir():
+        return f"{str(output)!r} is a directory; give a file path"
+    return directory_write_problem(Path(output).absolute().parent)

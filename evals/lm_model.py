@@ -225,6 +225,23 @@ class _RecordingCacheHook:
         self.inner.add_partial(attr, req, res)
 
 
+# lm-eval's aliases of the answer budget (lm_eval.models.utils.normalize_gen_kwargs reads them in this order)
+_BUDGET_KEYS = ("max_gen_toks", "max_new_tokens", "max_tokens", "max_completion_tokens")
+
+
+def _apply_record_budgets(requests) -> None:
+    """A ``dash_jsonl`` record that carries its own answer budget (``max_new_tokens``: files written by
+    ``dash-eval tasks sample`` do) is answered with it, not with the task's one ``max_gen_toks`` (128): lm-eval
+    takes generation settings per task, and a ``vt`` file (30 tokens) would otherwise be answered with 128,
+    past the length it was built for. Records without one keep the task's budget (``--gen_kwargs``)."""
+    for req in requests:
+        doc = req.doc if isinstance(req.doc, dict) else {}
+        budget = doc.get("max_new_tokens")
+        if isinstance(budget, int) and not isinstance(budget, bool) and budget > 0 and len(req.args) > 1:
+            kwargs = {k: v for k, v in dict(req.args[1] or {}).items() if k not in _BUDGET_KEYS}
+            req.arguments = (req.args[0], {**kwargs, "max_gen_toks": budget}, *req.args[2:])
+
+
 class DashLM(HFLM):
     """``HFLM`` with a dash-eval attention method and measured sparsity per task and per sample."""
 
@@ -333,6 +350,7 @@ class DashLM(HFLM):
     # --- request types: attribute every batch row's sparsity to its requests ---------------------------
 
     def generate_until(self, requests, disable_tqdm: bool = False):
+        _apply_record_budgets(requests)
         self._refuse_truncation(requests)
         with self._recorder.serving("generate_until", requests):
             return super().generate_until(requests, disable_tqdm=disable_tqdm)

@@ -23,6 +23,15 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9._+=,-]")
 _DIGESTS: dict[tuple, str | None] = {}
 
 
+def _generator_version(task: str | None) -> int:
+    """The task generator's version (``tasks.base.Task.version``; 1 for JSONL cells, which generate nothing)."""
+    if task is None:
+        return 1
+    from dash_eval.tasks.base import TASKS
+
+    return TASKS.get(task).version
+
+
 def content_digest(path: str | None) -> str | None:
     """SHA-256 (16 hex digits) of a file, or of a directory's files (names and bytes, sorted), or None when
     ``path`` is None or names nothing. Cached on the files' sizes and modification times."""
@@ -96,6 +105,8 @@ class Cell:
         digests = {key: d for key, path in files.items() if (d := content_digest(path)) is not None}
         if digests:
             spec["file_digests"] = digests
+        if (version := _generator_version(self.task_spec.task)) > 1:  # only then, so other cells keep their identity
+            spec["task_source"]["version"] = version
         # batch size changes nothing in the answers (issue 5 guarantees it), so it stays out of the identity
         spec["model"].pop("batch_size", None)
         if self.target_sparsity is not None:

@@ -27,7 +27,6 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +35,8 @@ import yaml
 from dash_eval.evals.config_check import NAME_PATTERN, Checker, ConfigError, is_int, is_number
 from dash_eval.evals.sweep_methods import MethodEntry, grid_points, parse_method, parse_router
 from dash_eval.evals.sweep_task_data import check_task_data
+
+from dash_eval.file_modes import directory_write_problem
 
 __all__ = [
     "CalibrationSpec", "ConfigError", "MethodEntry", "ModelSpec", "SweepConfig", "TaskSpec", "config_hash",
@@ -392,7 +393,7 @@ def parse_config(
         output = configured
     if output is not None and Path(output).exists() and not Path(output).is_dir():
         c.error("output", f"{output!r} is a file; accepted: a results directory (new, or one a sweep wrote)")
-    elif output is not None and (problem := output_problem(output)) is not None:
+    elif output is not None and (problem := directory_write_problem(output)) is not None:
         c.error("output", f"cannot write {output!r}: {problem}; accepted: a directory this user can create and write")
     context = None
     if model is not None and check_model and (tasks or methods):
@@ -430,25 +431,6 @@ def parse_config(
 def _unique(errors: list[str]) -> list[str]:
     """The errors without repeats, in order (one mistake reached by several checks is reported once)."""
     return list(dict.fromkeys(errors))
-
-
-def output_problem(output: str | os.PathLike) -> str | None:
-    """Why the results directory ``output`` cannot be created and written to, or None. A temporary
-    directory is made and removed in it (or, while it does not exist, in its nearest existing parent, where
-    the sweep would create it), so the probe leaves nothing behind and also catches what permission bits do
-    not tell (a read-only file system, running as root)."""
-    path = Path(output).absolute()
-    parent = path
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
-    if not parent.is_dir():
-        return f"{str(parent)!r} is a file, not a directory"
-    try:
-        probe = tempfile.mkdtemp(prefix=".dash-eval-write-check-", dir=parent)
-    except OSError as exc:
-        return f"cannot create a directory in {str(parent)!r} ({exc.strerror or exc})"
-    os.rmdir(probe)
-    return None
 
 
 def _check_duplicate_cells(c: Checker, config: SweepConfig) -> None:

@@ -153,16 +153,17 @@ def _check_jsonl_prompts(
     c: Checker, path: str, t: TaskSpec, records: list, tokenizer: Any, chat: bool, context: int
 ) -> None:
     """Every record's prompt, as lm-eval builds it (``input``, then ``answer_prefix``; inside the chat template
-    when the model runs with one), plus the task's answer budget must fit the model's context: lm-eval would
-    otherwise cut the prompt's start off (the needle with it, often) and score what is left."""
+    when the model runs with one), plus its answer budget (the record's ``max_new_tokens``, else the task's) must
+    fit the model's context: lm-eval would otherwise cut the prompt's start off (the needle with it, often) and
+    score what is left."""
     from dash_eval.evals.sweep_tasks import generation_budget
     from dash_eval.tasks import render_prompt
 
     budget = generation_budget(t.lm_eval_task)
-    limit = context - budget
+    budgets = [r.max_new_tokens if r.budget_given else budget for r in records]
     texts = [render_prompt(r.input, r.answer_prefix, tokenizer, chat) for r in records]
     counts = lm_eval_prompt_tokens(tokenizer, texts)
-    over = [(i, n) for i, n in enumerate(counts) if n > limit]
+    over = [(i, n) for i, n in enumerate(counts) if n + budgets[i] > context]
     if not over:
         return
     lines = _record_lines(t.jsonl)
@@ -174,6 +175,7 @@ def _check_jsonl_prompts(
             parts.append(f"declared length {r.length}")
         return f"line {lines[i]}" + (f" ({', '.join(parts)})" if parts else "")
 
+    limit = context - budgets[over[0][0]]  # the first record's (records that carry no budget share the task's)
     listed = ", ".join(f"{name(i)}: {n} tokens" for i, n in over[:LISTED_RECORDS])
     more = len(over) - LISTED_RECORDS
     if more > 0:
@@ -182,7 +184,7 @@ def _check_jsonl_prompts(
     c.error(
         f"{path}.jsonl",
         f"{len(over)} of {len(records)} prompt(s) of {t.jsonl} are too long for the model: {listed}; a prompt "
-        f"({how}counted with the model's tokenizer) plus the answer budget max_gen_toks={budget} of "
-        f"{t.lm_eval_task} must fit the model's context (max_position_embeddings={context}), or lm-eval cuts "
-        f"the prompt's start off; accepted: prompts of at most {limit} tokens",
+        f"({how}counted with the model's tokenizer) plus its answer budget (the record's max_new_tokens, else "
+        f"max_gen_toks={budget} of {t.lm_eval_task}) must fit the model's context (max_position_embeddings="
+        f"{context}), or lm-eval cuts the prompt's start off; accepted: prompts of at most {limit} tokens",
     )

@@ -9,7 +9,7 @@ import random
 import string
 from dataclasses import dataclass
 from functools import cache
-from typing import Any
+from typing import Any, ClassVar
 
 from dash_eval.tasks.base import TASKS, Draft, Task, TaskOptions, check_int
 from dash_eval.tasks.needles import english_words
@@ -45,6 +45,13 @@ def _substring_free(words: tuple[str, ...]) -> list[str]:
     return [w for w in words if not any(w != other and w in other for other in words)]
 
 
+@cache
+def _answer_pool(words: tuple[str, ...], wording: str) -> list[str]:
+    """The common words' pool: substring-free words that the prompt's own wording does not contain, so that an
+    answer echoing the question matches none of them (RULER's substring scoring would credit it)."""
+    return [w for w in _substring_free(words) if w not in wording]
+
+
 @TASKS.register("cwe")
 class CommonWords(Task):
     description = "aggregation: name the words repeated most often in a long numbered list"
@@ -60,9 +67,22 @@ class CommonWords(Task):
             raise ValueError(f"freq_rare={rare} must be < freq_common={common}")
         return common, rare
 
+    # 2: answer words never occur in the prompt's own wording (an answer that echoes the question scored)
+    version: ClassVar[int] = 2
+
+    @staticmethod
+    def wording(listing: str, k: int) -> tuple[str, str]:
+        """The prompt around the list, and the answer prefix."""
+        text = (
+            "Below is a numbered list of words. Some of them occur much more often than the others. "
+            f"Memorize the ones that occur most often.\n\n{listing}\n\n"
+            f"Question: What are the {k} most common words in the list above?"
+        )
+        return text, f"Answer: The {k} most common words in the list above are:"
+
     def draw(self, rng: random.Random, depth: float) -> dict[str, Any]:
         vocabulary = english_words()
-        free = _substring_free(vocabulary)
+        free = _answer_pool(vocabulary, " ".join(self.wording("", self.options.num_common)).lower())
         if len(free) < self.options.num_common:
             raise ValueError(f"num_common must be <= {len(free)}, got {self.options.num_common}")
         common = rng.sample(free, self.options.num_common)
@@ -81,13 +101,7 @@ class CommonWords(Task):
         items = common * freq_common + [rare[j % len(rare)] for j in range(units)] * freq_rare
         random.Random(state["order_seed"]).shuffle(items)
         listing = " ".join(f"{i + 1}. {w}" for i, w in enumerate(items))
-        k = len(common)
-        text = (
-            "Below is a numbered list of words. Some of them occur much more often than the others. "
-            f"Memorize the ones that occur most often.\n\n{listing}\n\n"
-            f"Question: What are the {k} most common words in the list above?"
-        )
-        prefix = f"Answer: The {k} most common words in the list above are:"
+        text, prefix = self.wording(listing, len(common))
         metadata = {"freq_common": freq_common, "freq_rare": freq_rare, "list_length": len(items)}
         return Draft(text, list(common), prefix, metadata)
 
@@ -120,6 +134,17 @@ def zipf_counts(total: int, alpha: float) -> list[int]:
     return counts
 
 
+def _leading_counts(total: int, alpha: float, norm: float, m: int) -> list[int]:
+    """The first (up to) ``m`` entries of ``zipf_counts(total, alpha)``, given its normaliser ``norm``."""
+    counts: list[int] = []
+    for r in range(1, m + 1):
+        c = int(total * r**-alpha / norm)
+        if c < 1:
+            break
+        counts.append(c)
+    return counts + [1] * min(m - len(counts), total - sum(counts))
+
+
 @TASKS.register("fwe")
 class FrequentWords(Task):
     description = "aggregation: find the most frequent coded words of a Zipf-distributed text"
@@ -141,14 +166,21 @@ class FrequentWords(Task):
                 words.append(word)
         return words
 
-    def min_units(self) -> int:
-        # the smallest text whose top words stand strictly apart from the next one
-        k, total = self.options.num_answers, self.options.num_answers + 1
-        while True:
-            counts = zipf_counts(total, self.options.alpha)
+    def min_units(self, most: int) -> int:
+        # The smallest text whose top words stand strictly apart from the next one: zipf_counts' count of rank
+        # r is floor(total * r^-alpha / Z(total)), so only ranks k and k + 1 and the running normaliser are needed.
+        k, alpha = self.options.num_answers, self.options.alpha
+        norm = sum(r**-alpha for r in range(1, k + 1))
+        for total in range(k + 1, most + 1):
+            norm += total**-alpha
+            counts = _leading_counts(total, alpha, norm, k + 1)
             if len(counts) > k and counts[k - 1] > counts[k]:
                 return total
-            total += 1
+        raise ValueError(
+            f"fwe: with alpha={alpha!r} the {k} most frequent words stand apart from the next only in a text of more "
+            f"than {most} words, longer than the length allows; accepted: a smaller alpha (the default is 2) or "
+            "fewer num_answers"
+        )
 
     def render(self, state: dict[str, Any], units: int) -> Draft:
         k = self.options.num_answers

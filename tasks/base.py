@@ -62,6 +62,9 @@ class Task(ABC):
     haystacks: ClassVar[tuple[str, ...]] = ()
     default_haystack: ClassVar[str | None] = None
     Options: ClassVar[type[TaskOptions]] = TaskOptions
+    # Raised when a change makes other prompts from the same seed; sweep cells of a version above 1 carry it in
+    # their identity, so results of the older prompts are not reused.
+    version: ClassVar[int] = 1
 
     def __init__(self, options: TaskOptions, haystack: Haystack | None, length: int) -> None:
         self.options = options
@@ -72,8 +75,15 @@ class Task(ABC):
     def draw(self, rng: random.Random, depth: float) -> Any:
         """Everything random about one sample; ``depth`` in [0, 1] is where its first needle goes."""
 
-    def min_units(self) -> int:
-        """The fewest units a sample needs (aggregation tasks need enough data for a clear answer)."""
+    def min_units(self, most: int) -> int:
+        """The fewest units a sample needs (aggregation tasks need enough data for a clear answer); a ValueError
+        if that is more than ``most`` (a unit takes at least one token, so ``most`` is the token budget)."""
+        return 0
+
+    def needle_tokens(self, tok: Any) -> int:
+        """About how many tokens a sample's needles take in all (0 for tasks without needles): checked against
+        the budget before any sample is drawn, so that options asking for more needles than the length holds
+        fail at once instead of drawing them first."""
         return 0
 
     def max_units(self, state: Any) -> int | None:
@@ -106,10 +116,12 @@ def spread_depths(n: int) -> list[float]:
 
 @lru_cache(maxsize=8)
 def _load_tokenizer(name: str) -> Any:
+    """From a directory or the local Hugging Face cache only, as models are loaded: offline, a hub id not in the
+    cache would otherwise retry the network for most of a minute before failing."""
     from dash_eval.dash_models import resolve_model_path
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(resolve_model_path(name))
+    return AutoTokenizer.from_pretrained(resolve_model_path(name), local_files_only=True)
 
 
 def resolve_tokenizer(tokenizer: Any) -> Any:
@@ -256,6 +268,11 @@ def generate_samples(
     if chat_template and not getattr(tok, "chat_template", None):
         raise ValueError("chat_template=True but the tokenizer has no chat template")
     runner = task_cls(opts, haystack_obj, length)
+    if (needles := runner.needle_tokens(tok)) > budget:
+        raise ValueError(
+            f"length {length} is too short for task {task!r} with options {dataclasses.asdict(opts)}: its needles "
+            f"alone take about {needles} tokens, and {budget} are left after max_new_tokens={opts.max_new_tokens}"
+        )
 
     samples = []
     guess = 16
@@ -268,7 +285,7 @@ def generate_samples(
             text = render_prompt(draft.input, draft.answer_prefix, tok, chat_template)
             return count_tokens(tok, text)  # as lm-eval will encode it
 
-        start = runner.min_units()
+        start = runner.min_units(budget)
         c0 = cost(start)
         if c0 > budget:
             raise ValueError(

@@ -92,6 +92,11 @@ def run(args: argparse.Namespace) -> int:
     from dash_eval.tasks import generate_samples, write_jsonl
     from dash_eval.tasks.registry import UnknownNameError
 
+    from dash_eval.file_modes import output_file_problem
+
+    if (problem := output_file_problem(args.output)) is not None:  # before any sample is generated
+        print(f"dash-eval tasks sample: --output {args.output!r}: {problem}", file=sys.stderr)
+        return 2
     try:
         tokenizer = load_tokenizer(args.tokenizer)
         samples = generate_samples(

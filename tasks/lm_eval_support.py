@@ -58,16 +58,21 @@ def _positive_int(metadata: dict[str, Any], key: str, default: int, minimum: int
     return value
 
 
-def to_doc(sample: Sample, metric: str) -> dict[str, Any]:
-    """A flat lm-eval document (the same columns for every row, so datasets can build a table)."""
+def to_doc(sample: Sample, metric: str, budget: int | None = None) -> dict[str, Any]:
+    """A flat lm-eval document (the same columns for every row, so datasets can build a table). ``budget``: the
+    record's own answer budget, which the ``dash`` model answers it with (None: the task's ``max_gen_toks``).
+    A JSONL record's ``index`` that is not an integer, or ``depth`` that is not a number, stays in ``metadata``
+    only."""
+    index, depth = sample.metadata.get("index"), sample.metadata.get("depth")
     return {
-        "index": int(sample.metadata.get("index", -1)),
+        "index": index if isinstance(index, int) and not isinstance(index, bool) else -1,
         "input": sample.input,
         "outputs": list(sample.outputs),
         "length": sample.length,
         "answer_prefix": sample.answer_prefix,
         "metric": metric,
-        "depth": float(sample.metadata["depth"]) if "depth" in sample.metadata else None,
+        "depth": float(depth) if isinstance(depth, (int, float)) and not isinstance(depth, bool) else None,
+        "max_new_tokens": budget,
         "metadata": json.dumps(sample.metadata, sort_keys=True),
     }
 
@@ -127,7 +132,8 @@ def jsonl_docs(metadata: dict[str, Any]) -> list[dict[str, Any]]:
     metric = metadata.get("metric", "string_match_all")
     if metric not in METRICS:
         raise ValueError(f"metadata metric must be one of {', '.join(metric_names())}, got {metric!r}")
-    return [to_doc(s, metric) for s in read_jsonl(path)]
+    # a record that carries max_new_tokens (dash-eval tasks sample writes it) is answered with that budget
+    return [to_doc(s, metric, s.max_new_tokens if s.budget_given else None) for s in read_jsonl(path)]
 
 
 def jsonl_dataset(**kwargs: Any) -> dict[str, Any]:

@@ -6,7 +6,7 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
-from dash_eval.tasks.base import TASKS, Draft, Task, TaskOptions, check_choice, check_int
+from dash_eval.tasks.base import TASKS, Draft, Task, TaskOptions, check_choice, check_int, count_tokens
 from dash_eval.tasks.haystacks import insert_needles
 from dash_eval.tasks.needles import NEEDLE_TYPES, distinct_needles, random_needle
 
@@ -66,6 +66,12 @@ class Niah(Task):
         if o.num_values > 1:
             return f"One of the special magic {PLURAL[o.value_type]} for {key} is: {value}."
         return f"The special magic {SINGULAR[o.value_type]} for {key} is: {value}."
+
+    def needle_tokens(self, tok: Any) -> int:
+        o = self.options
+        rng = random.Random(0)
+        one = self.needle(random_needle(rng, o.key_type), random_needle(rng, o.value_type))
+        return o.num_keys * o.num_values * count_tokens(tok, one) * 9 // 10  # needles vary a little in length
 
     def draw(self, rng: random.Random, depth: float) -> dict[str, Any]:
         o = self.options

@@ -40,6 +40,8 @@ class Sample:
     answer_prefix: str = ""
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
     metadata: dict[str, Any] = field(default_factory=dict)
+    # False for a JSONL record without max_new_tokens (RULER's own files): the scoring task's budget applies
+    budget_given: bool = field(default=True, compare=False, repr=False)
 
     def prompt(self) -> str:
         return join_prompt(self.input, self.answer_prefix)
@@ -88,7 +90,7 @@ class Sample:
         metadata = dict(metadata)
         if "index" in record and "index" not in metadata:
             metadata["index"] = record["index"]
-        return cls(text, list(outputs), length, answer_prefix, max_new, metadata)
+        return cls(text, list(outputs), length, answer_prefix, max_new, metadata, "max_new_tokens" in record)
 
 
 def read_jsonl(path: str | os.PathLike[str]) -> list[Sample]:
@@ -97,11 +99,16 @@ def read_jsonl(path: str | os.PathLike[str]) -> list[Sample]:
     if not path.is_file():
         raise FileNotFoundError(f"JSONL file {str(path)!r} does not exist")
     samples = []
-    with path.open(encoding="utf-8") as handle:
-        for lineno, line in enumerate(handle, start=1):
+    with path.open("rb") as handle:
+        for lineno, raw in enumerate(handle, start=1):
+            where = f"{path} line {lineno}"
+            try:
+                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+            except UnicodeDecodeError as err:
+                raise ValueError(f"{where}: not UTF-8 text (byte 0x{raw[err.start]:02x} at column {err.start + 1}); "
+                                 "save the file as UTF-8") from None
             if not line.strip():
                 continue
-            where = f"{path} line {lineno}"
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as err:
