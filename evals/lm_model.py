@@ -235,8 +235,8 @@ def _apply_record_budgets(requests) -> None:
     takes generation settings per task, and a ``vt`` file (30 tokens) would otherwise be answered with 128,
     past the length it was built for. Records without one keep the task's budget (``--gen_kwargs``)."""
     for req in requests:
-        doc = req.doc if isinstance(req.doc, dict) else {}
-        budget = doc.get("max_new_tokens")
+        doc = getattr(req, "doc", None)
+        budget = doc.get("max_new_tokens") if isinstance(doc, dict) else None
         if isinstance(budget, int) and not isinstance(budget, bool) and budget > 0 and len(req.args) > 1:
             kwargs = {k: v for k, v in dict(req.args[1] or {}).items() if k not in _BUDGET_KEYS}
             req.arguments = (req.args[0], {**kwargs, "max_gen_toks": budget}, *req.args[2:])

@@ -22,12 +22,14 @@ from dash_eval.evals.sweep_cells import Cell, expand_cells, shard_cells
 from dash_eval.evals.sweep_config import SweepConfig
 from dash_eval.evals.sweep_store import ResultsStore, atomic_write_text
 
+from dash_eval.interrupts import EXIT_INTERRUPTED, EXIT_TERMINATED  # noqa: F401 (the sweep's exit statuses)
+
 # Exit statuses of ``dash-eval sweep`` (docs/sweeps.md, "Exit status").
 EXIT_OK = 0  # every cell to run is complete
 EXIT_USAGE = 2  # the config or the arguments were rejected; no cell ran
 EXIT_CELLS_FAILED = 3  # the sweep ran to its end but some cells failed; a rerun retries them
-EXIT_INTERRUPTED = 130  # interrupted (Ctrl-C: 128 + SIGINT); finished cells are kept and a rerun resumes
-EXIT_TERMINATED = 143  # stopped by SIGTERM (128 + 15: Slurm's time limit, kill); likewise kept and resumable
+# EXIT_INTERRUPTED (130, Ctrl-C) and EXIT_TERMINATED (143, SIGTERM: Slurm's time limit, kill), from
+# dash_eval.interrupts: finished cells are kept and a rerun resumes
 
 
 @dataclass

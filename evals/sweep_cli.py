@@ -8,11 +8,7 @@ so running the same command again resumes a killed or interrupted sweep. The exi
 from __future__ import annotations
 
 import argparse
-import contextlib
-import signal
 import sys
-import threading
-from collections.abc import Iterator
 
 from dash_eval.evals.sweep import (
     EXIT_CELLS_FAILED,
@@ -25,6 +21,8 @@ from dash_eval.evals.sweep import (
 from dash_eval.evals.sweep_cells import expand_cells, parse_shard, shard_cells
 from dash_eval.evals.sweep_config import ConfigError, SweepConfig, load_config
 from dash_eval.evals.sweep_store import ResultsStore
+
+from dash_eval.interrupts import Terminated, interrupted_status, sigterm_raises  # noqa: F401 (Terminated: tests)
 
 EXIT_HELP = f"""exit status:
   {EXIT_OK}    every cell is complete (run now or by an earlier run)
@@ -69,31 +67,8 @@ def _cell_states(config: SweepConfig, shard: tuple[int, int] | None) -> list[tup
     return states
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM (a scheduler's time limit, ``kill``), raised where the sweep is so that it stops as on Ctrl-C:
-    finished cells are on disk, the one running is left incomplete."""
-
-
-@contextlib.contextmanager
-def _sigterm_raises() -> Iterator[None]:
-    """Inside, SIGTERM raises ``Terminated``; the previous handler comes back on the way out."""
-
-    def raise_terminated(signum, frame):
-        raise Terminated
-
-    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
-        yield
-        return
-    previous = signal.signal(signal.SIGTERM, raise_terminated)
-    try:
-        yield
-    finally:
-        # None: a handler not set from Python, which cannot be put back; the default is the closest
-        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
-
-
-def _interrupted_status(exc: KeyboardInterrupt) -> int:
-    return EXIT_TERMINATED if isinstance(exc, Terminated) else EXIT_INTERRUPTED
+_sigterm_raises = sigterm_raises
+_interrupted_status = interrupted_status
 
 
 def run(args: argparse.Namespace) -> int:
