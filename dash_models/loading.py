@@ -10,7 +10,13 @@ import torch
 from dash_eval.dash_models.embedded import resolve_model_path
 from dash_eval.dash_models.layer_scales import check_layer_scales, resolve_layer_scales
 from dash_eval.dash_models.patch import CONFIG_KEY, apply_attention, check_supported
-from dash_eval.dash_models.router import NO_ROUTER, attach_routers, check_routers, checkpoint_routers, load_router_file
+from dash_eval.dash_models.router import (
+    NO_ROUTER,
+    attach_routers,
+    check_router_file,
+    check_routers,
+    checkpoint_routers,
+)
 from dash_eval.kernels import get_method
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
@@ -116,8 +122,10 @@ def load_model(
     check_supported(config)
     if router is not None and not (isinstance(router, str) and router == NO_ROUTER):
         # read and checked against the model's layers and heads before any weight loads
-        routers = load_router_file(router) if isinstance(router, (str, os.PathLike)) else router
-        check_routers(routers, config.num_hidden_layers, config)  # apply_attention reads a path again
+        if isinstance(router, (str, os.PathLike)):  # apply_attention reads the path again
+            check_router_file(router, config.num_hidden_layers, config)
+        else:
+            check_routers(router, config.num_hidden_layers, config)
     saved = getattr(config, CONFIG_KEY, None)
     if method is None:
         method = saved["method"] if saved else "full"

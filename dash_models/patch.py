@@ -183,8 +183,8 @@ def apply_attention(
     from dash_eval.dash_models.router import (
         NO_ROUTER,
         attach_routers,
+        check_router_file,
         detach_routers,
-        load_router_file,
         model_routers,
         warn_router_mismatch,
     )
@@ -203,8 +203,8 @@ def apply_attention(
     routers = None
     drop_routers = isinstance(router, str) and router == NO_ROUTER
     if router is not None and not drop_routers:
-        routers = load_router_file(router) if isinstance(router, (str, bytes)) or hasattr(router, "__fspath__") \
-            else router
+        routers = check_router_file(router, len(modules), model.config) \
+            if isinstance(router, (str, bytes)) or hasattr(router, "__fspath__") else router
         if isinstance(routers, torch.Tensor):
             raise ValueError("router must be a path or a {layer_index: tensor} mapping, not a single tensor")
     scales = resolve_layer_scales(layer_scales)

@@ -24,6 +24,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -105,6 +106,14 @@ class FitSettings:
                 f"fit-router: source={self.source!r} is neither a built-in calibration source "
                 f"({', '.join(CALIBRATION_SOURCES)}) nor an existing text file"
             )
+        if self.source not in CALIBRATION_SOURCES:  # read now, so a bad file stops before any weight loads
+            try:
+                text = Path(self.source).read_text(encoding="utf-8")
+            except UnicodeDecodeError as exc:
+                raise ValueError(f"fit-router: source={self.source!r} is not UTF-8 text (byte {exc.start}); "
+                                 "accepted: a UTF-8 text file") from None
+            if not text.strip():
+                raise ValueError(f"fit-router: source={self.source!r} is empty; accepted: a UTF-8 text file")
 
     @property
     def min_blocks(self) -> int:

@@ -72,9 +72,15 @@ def _check_args(args: argparse.Namespace) -> FitSettings:
     from dash_eval.dash_models.loading import parse_dtype
     from dash_eval.dash_models.router import ROUTER_FILENAME
 
+    from dash_eval.file_modes import directory_write_problem
+
     settings = settings_from_args(args)
     parse_dtype(args.dtype)
+    if not args.output.strip():
+        raise ValueError("--output is empty; accepted: a router directory to write")
     check_output(args.output)
+    if (problem := directory_write_problem(args.output)) is not None:  # before the fit, not after it
+        raise ValueError(f"--output {args.output!r}: {problem}; accepted: a directory that can be written")
     out = Path(args.output)
     if not args.overwrite and ((out / ROUTER_FILENAME).exists() or (out / ROUTER_JSON).exists()):
         raise ValueError(f"--output {args.output!r} already holds a router; accepted: another directory or --overwrite")
@@ -103,19 +109,29 @@ def run(args: argparse.Namespace) -> int:
     from dash_eval.dash_models.router_fit import fit_router
     from dash_eval.dash_models.router_output import LOSS_PNG, summary_table
 
+    from dash_eval.interrupts import interrupted_status, sigterm_raises
+
     t0 = time.perf_counter()
-    try:
-        model, tokenizer = load_model(args.model, method="full", dtype=args.dtype, device=args.device)
-    except (ValueError, OSError) as exc:
-        _say(exc, f"--model {args.model!r}: ")
-        return 2
-    load_s = time.perf_counter() - t0
-    try:
-        result = fit_router(model, tokenizer, settings, args.output, progress=not args.no_progress,
-                            model_name=args.model)
-    except ValueError as exc:
-        _say(exc)
-        return 2
+    with sigterm_raises():
+        try:
+            model, tokenizer = load_model(args.model, method="full", dtype=args.dtype, device=args.device)
+        except (ValueError, OSError) as exc:
+            _say(exc, f"--model {args.model!r}: ")
+            return 2
+        except KeyboardInterrupt as exc:
+            _say(ValueError("interrupted while loading the model; nothing was written"))
+            return interrupted_status(exc)
+        load_s = time.perf_counter() - t0
+        try:
+            result = fit_router(model, tokenizer, settings, args.output, progress=not args.no_progress,
+                                model_name=args.model)
+        except ValueError as exc:
+            _say(exc)
+            return 2
+        except KeyboardInterrupt as exc:  # the router is written last, whole: nothing half-written is left
+            _say(ValueError(f"interrupted; no new router in {args.output!r} (a write cut short is refused when "
+                            "loaded); run the same command again to fit"))
+            return interrupted_status(exc)
     print(summary_table(result.layers))
     t = result.timing
     print(f"model load {load_s:.1f} s, calibration text {t['tokenize_s']:.1f} s, full-attention pass "

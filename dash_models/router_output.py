@@ -4,6 +4,7 @@ table that ``dash-eval fit-router`` prints."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import platform
@@ -11,9 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from dash_eval.dash_models.router import ROUTER_JSON, TENSORS_DIGEST, file_sha256  # noqa: F401 (ROUTER_JSON: CLI)
 from dash_eval.dash_models.router_fit import FIT_TARGETS, FitResult, check_model
 
-ROUTER_JSON = "router.json"
+from dash_eval.file_modes import atomic_write_bytes, set_default_mode
+
 LOSS_PNG = "loss_curve.png"
 ROUTER_KEY = "model.layers.{layer}.self_attn.indexer_q"
 
@@ -52,10 +55,13 @@ def save_router(result: FitResult, output: str | os.PathLike, model: torch.nn.Mo
     tensors = {ROUTER_KEY.format(layer=layer): t.float().contiguous() for layer, t in sorted(result.routers.items())}
     tmp = out / f".{ROUTER_FILENAME}.tmp"
     save_file(tensors, str(tmp), metadata={"format": "pt", "producer": f"dash-eval {__version__} fit-router"})
+    set_default_mode(tmp)  # safetensors creates it 0600; routers are shared like results
     os.replace(tmp, out / ROUTER_FILENAME)
     record = {
         "format": "dash-eval router",
         "producer": f"dash-eval {__version__} fit-router",
+        # the tensors this record describes: a load refuses a pair that a write cut short left mismatched
+        TENSORS_DIGEST: file_sha256(out / ROUTER_FILENAME),
         "model": model_description(model, model_name),
         "settings": result.settings.to_dict(),
         "loss": f"alpha-entmax Fenchel-Young loss of each query head's block distribution against "
@@ -76,9 +82,7 @@ def save_router(result: FitResult, output: str | os.PathLike, model: torch.nn.Mo
         "timing": result.timing,
         "versions": {"torch": torch.__version__, "python": platform.python_version()},
     }
-    tmp = out / f".{ROUTER_JSON}.tmp"
-    tmp.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
-    os.replace(tmp, out / ROUTER_JSON)
+    atomic_write_bytes(out / ROUTER_JSON, (json.dumps(record, indent=1) + "\n").encode("utf-8"))
     plot_loss_curve(result.loss_curve, out / LOSS_PNG)
     return out
 
@@ -108,10 +112,10 @@ def plot_loss_curve(curve: list[float], path: Path) -> None:
     ax.set_title("router fit")
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, format="png", dpi=100)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
     plt.close(fig)
-    os.replace(tmp, path)
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 def summary_table(layers: list[dict[str, Any]]) -> str:

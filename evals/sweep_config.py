@@ -308,7 +308,7 @@ def _check_against_model(c: Checker, config, model: ModelSpec, methods: list[tup
     attention patch takes, and every router and ``layer_scales`` file fits the model's layers and heads."""
     from dash_eval.dash_models.layer_scales import NO_LAYER_SCALES, check_layer_scales, load_layer_scales
     from dash_eval.dash_models.patch import check_supported
-    from dash_eval.dash_models.router import NO_ROUTER, check_routers, load_router_file
+    from dash_eval.dash_models.router import NO_ROUTER, check_router_file
 
     try:
         check_supported(config)
@@ -320,7 +320,7 @@ def _check_against_model(c: Checker, config, model: ModelSpec, methods: list[tup
     for where, router in routers:
         if router is not None and router != NO_ROUTER:
             try:
-                check_routers(load_router_file(router), n_layers, config)
+                check_router_file(router, n_layers, config)
             except Exception as exc:  # noqa: BLE001 - a file safetensors cannot read is a config error here too
                 c.error(where, str(exc))
     for path, entry in methods:

@@ -288,11 +288,11 @@ def test_router_file_that_does_not_fit_the_model_is_rejected(tmp_path):
     settings = rf.FitSettings(**{**SETTINGS, "steps": 2})
     rf.fit_router(small, ByteTokenizer(), settings, tmp_path / "hd8", progress=False)
     model = _tiny(head_dim=16)
-    with pytest.raises(ValueError, match=r"router layer 0: indexer_q has shape \(16,\).*\[Hkv \* D\] = \[32\]"):
+    with pytest.raises(ValueError, match=r"router='.*hd8' layer 0: indexer_q has shape \(16,\).*\[Hkv \* D\] = \[32\]"):
         apply_attention(model, "dash", router=str(tmp_path / "hd8"), block_size=BLOCK)
     deep = _tiny(layers=3)
     rf.fit_router(deep, ByteTokenizer(), settings, tmp_path / "deep", progress=False)
-    with pytest.raises(ValueError, match=r"router has layers \[2\] that the model lacks"):
+    with pytest.raises(ValueError, match=r"router='.*deep' has layers \[2\] that the model lacks"):
         apply_attention(model, "dash", router=str(tmp_path / "deep"), block_size=BLOCK)
 
 
