@@ -55,7 +55,7 @@ def load_layer_scales(path: str | os.PathLike) -> dict[int, float]:
     accepted = (f'accepted: a JSON file holding {{"{JSON_KEY}": ...}}, or a router directory written by '
                 "dash-eval fit-router")
     if p.is_dir():
-        from dash_eval.dash_models.router_output import ROUTER_JSON
+        from dash_eval.dash_models.router import ROUTER_JSON
 
         p = p / ROUTER_JSON
         if not p.is_file():

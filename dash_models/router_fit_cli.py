@@ -12,8 +12,9 @@ import argparse
 import sys
 from pathlib import Path
 
+from dash_eval.dash_models.router import ROUTER_JSON
 from dash_eval.dash_models.router_fit import CALIBRATION_SOURCES, FIT_TARGETS, FitSettings
-from dash_eval.dash_models.router_output import ROUTER_JSON, check_output
+from dash_eval.dash_models.router_output import check_output
 
 _DEFAULTS = FitSettings()
 

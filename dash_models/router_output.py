@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from dash_eval.dash_models.router import ROUTER_JSON, TENSORS_DIGEST, file_sha256  # noqa: F401 (ROUTER_JSON: CLI)
+from dash_eval.dash_models.router import ROUTER_JSON, TENSORS_DIGEST, file_sha256
 from dash_eval.dash_models.router_fit import FIT_TARGETS, FitResult, check_model
 
 from dash_eval.file_modes import atomic_write_bytes, set_default_mode

@@ -153,7 +153,7 @@ def _check_routing_options(method: str, **given: Any) -> None:
     (``dash``); given with another method they would be ignored, so they are refused (``"none"``, which clears
     them, is accepted with any method)."""
     def has(name: str, field: str) -> bool:
-        return any(f.name == field for f in dataclasses.fields(get_method(name).params_cls))
+        return field in get_method(name).params_cls.field_names()
 
     for key, value in given.items():
         field = ROUTING_OPTIONS[key]

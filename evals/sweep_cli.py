@@ -22,7 +22,7 @@ from dash_eval.evals.sweep_cells import expand_cells, parse_shard, shard_cells
 from dash_eval.evals.sweep_config import ConfigError, SweepConfig, load_config
 from dash_eval.evals.sweep_store import ResultsStore
 
-from dash_eval.interrupts import Terminated, interrupted_status, sigterm_raises  # noqa: F401 (Terminated: tests)
+from dash_eval.interrupts import interrupted_status, sigterm_raises
 
 EXIT_HELP = f"""exit status:
   {EXIT_OK}    every cell is complete (run now or by an earlier run)
@@ -67,12 +67,8 @@ def _cell_states(config: SweepConfig, shard: tuple[int, int] | None) -> list[tup
     return states
 
 
-_sigterm_raises = sigterm_raises
-_interrupted_status = interrupted_status
-
-
 def run(args: argparse.Namespace) -> int:
-    with _sigterm_raises():
+    with sigterm_raises():
         return _run(args)
 
 
@@ -94,7 +90,7 @@ def _run(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     except KeyboardInterrupt as exc:
         print("dash-eval sweep: interrupted while checking the config; no cell ran", file=sys.stderr)
-        return _interrupted_status(exc)
+        return interrupted_status(exc)
     if args.dry_run:
         states = _cell_states(config, shard)
         for index, name, complete in states:
@@ -124,7 +120,7 @@ def _run(args: argparse.Namespace) -> int:
             "run the same command again to resume",
             file=sys.stderr,
         )
-        return _interrupted_status(exc)
+        return interrupted_status(exc)
     if not args.quiet and not summary.report_error:  # a report that failed to rebuild would be out of date
         print((ResultsStore(config.output).root / "report.md").read_text())
     print(summary.text(), file=sys.stderr)

@@ -221,9 +221,9 @@ def parse_method(c: Checker, raw: Any, path: str) -> MethodEntry | None:
         layer_scales = _parse_layer_scales(c, m["layer_scales"], f"{path}.layer_scales", name, fields, per_layer)
     router = None
     if "router" in m:
-        takes_router = any(f.name == "router" for f in dataclasses.fields(params_cls))
+        takes_router = "router" in params_cls.field_names()
         if not takes_router:
-            routed = [n for n in names if any(f.name == "router" for f in dataclasses.fields(get_method(n).params_cls))]
+            routed = [n for n in names if "router" in get_method(n).params_cls.field_names()]
             c.error(f"{path}.router", f"method {name} has no router; accepted only for: {', '.join(routed)}")
         else:
             router = parse_router(c, m["router"], f"{path}.router")

@@ -19,8 +19,8 @@ from pathlib import Path
 import torch
 from dash_eval.dash_models import load_model
 from dash_eval.dash_models import router_fit as rf
-from dash_eval.dash_models.router import load_router_file
-from dash_eval.dash_models.router_output import ROUTER_JSON, summarize
+from dash_eval.dash_models.router import ROUTER_JSON, load_router_file
+from dash_eval.dash_models.router_output import summarize
 from dash_eval.evals.sweep_store import atomic_write_text
 
 
