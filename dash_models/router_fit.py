@@ -19,6 +19,7 @@ at inference.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import os
 import time
@@ -36,6 +37,8 @@ from dash_eval.dash_models.router_calibration import (  # noqa: F401 - part of t
 )
 from dash_eval.kernels.dash.naive import dash_block_summaries
 from dash_eval.kernels.entmax import entmax, entmax_with_support
+
+logger = logging.getLogger(__name__)
 
 CAPTURE_IMPLEMENTATION = "dash_eval_router_capture"
 # What each query head's entmax distribution is fitted to: the group's mean block mass (what METHODS.md's
@@ -158,6 +161,11 @@ def sample_positions(settings: FitSettings, seq_len: int) -> tuple[torch.Tensor,
         raise ValueError(f"fit-router: a {seq_len}-token sequence has only {order.numel()} query positions with "
                          f"blocks to route, too few to split into fitted and held-out queries; accepted: "
                          f"tokens >= {settings.min_tokens + 1}")
+    if n_fit < settings.queries or n_hold < settings.holdout_queries:
+        logger.warning(
+            f"fit-router: a {seq_len}-token sequence has {order.numel()} query positions with blocks to route, "
+            f"fewer than queries + holdout_queries = {want}; using {n_fit} fitted and {n_hold} held-out per "
+            "sequence (more tokens give the asked-for numbers)")
     chosen = torch.cat([order[:n_fit], order[n_fit : n_fit + n_hold]])
     holdout = torch.cat([torch.zeros(n_fit, dtype=torch.bool), torch.ones(n_hold, dtype=torch.bool)])
     idx = torch.argsort(chosen)
@@ -389,16 +397,22 @@ def recall_and_fraction(batch: Batch, routed: torch.Tensor) -> tuple[torch.Tenso
     return recall, frac.sum((0, 2, 3)) / cnt
 
 
+# The bracket of the bisections on the routing scale, and the routing passes the held-out figures take
+# (evaluate twice: 24 + 1; the layer profile: 16 + 1 + 16), for the progress bar.
+SCALE_LO, SCALE_HI = 1e-3, 1e3
+EVAL_PASSES = 2 * (24 + 1) + (16 + 1 + 16)
+
+
 def recall_at_fraction(cap: Capture, batch: Batch, kbar: torch.Tensor, settings: FitSettings,
-                       steps: int = 24, fraction: torch.Tensor | None = None
+                       steps: int = 24, fraction: torch.Tensor | None = None, tick: Callable[[], Any] | None = None
                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per layer, the global routing scale whose routed fraction is ``settings.budget`` (or ``fraction[l]``
     in layer ``l``; bisection on ``log s``; a larger scale routes fewer blocks), with the recall and fraction
     there. Comparing routers here compares them at equal sparsity, as a sweep that calibrates ``scale`` does."""
     n_layers, hkv = cap.keys.shape[1], cap.keys.shape[2]
     goal = torch.full((n_layers,), float(settings.budget)) if fraction is None else fraction
-    lo = torch.full((n_layers,), math.log(1e-3))
-    hi = torch.full((n_layers,), math.log(1e3))
+    lo = torch.full((n_layers,), math.log(SCALE_LO))
+    hi = torch.full((n_layers,), math.log(SCALE_HI))
     for _ in range(steps):
         mid = (lo + hi) / 2
         routed = routed_sets(cap, batch, kbar, mid.exp()[:, None].expand(n_layers, hkv), settings.alpha)
@@ -406,27 +420,32 @@ def recall_at_fraction(cap: Capture, batch: Batch, kbar: torch.Tensor, settings:
         dense = frac > goal  # too many blocks: raise the scale
         lo = torch.where(dense, mid, lo)
         hi = torch.where(dense, hi, mid)
+        if tick is not None:
+            tick()
     s = hi.exp()[:, None].expand(n_layers, hkv)
     recall, frac = recall_and_fraction(batch, routed_sets(cap, batch, kbar, s, settings.alpha))
     return recall, frac, hi.exp()
 
 
 def global_scale_at_fraction(cap: Capture, batch: Batch, kbar: torch.Tensor, settings: FitSettings,
-                             steps: int = 16) -> float:
+                             steps: int = 16, tick: Callable[[], Any] | None = None) -> float:
     """The one routing scale (every layer alike, as the ``dash`` method has) whose routed fraction, averaged
     over layers, is ``settings.budget``."""
     n_layers, hkv = cap.keys.shape[1], cap.keys.shape[2]
-    lo, hi = math.log(1e-3), math.log(1e3)
+    lo, hi = math.log(SCALE_LO), math.log(SCALE_HI)
     for _ in range(steps):
         mid = (lo + hi) / 2
         routed = routed_sets(cap, batch, kbar, torch.full((n_layers, hkv), math.exp(mid)), settings.alpha)
         _, frac = recall_and_fraction(batch, routed)
         lo, hi = (mid, hi) if frac.mean() > settings.budget else (lo, mid)
+        if tick is not None:
+            tick()
     return math.exp(hi)
 
 
 def profile_layer_scales(cap: Capture, batch: Batch, kbar_mean: torch.Tensor, kbar_fit: torch.Tensor,
-                         settings: FitSettings) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                         settings: FitSettings, tick: Callable[[], Any] | None = None
+                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-layer multipliers of ``scale`` that give the fitted router mean pooling's budget in every layer.
 
     At one global scale a fitted router spends its budget differently across layers than mean pooling does
@@ -437,10 +456,18 @@ def profile_layer_scales(cap: Capture, batch: Batch, kbar_mean: torch.Tensor, kb
     fitted ranking within each layer. Returns ``(m, recall of mean pooling, recall of the fitted router)``,
     per layer, at that allocation."""
     n_layers, hkv = cap.keys.shape[1], cap.keys.shape[2]
-    s0 = global_scale_at_fraction(cap, batch, kbar_mean, settings)  # 16 halvings of log s: within 2e-4
+    s0 = global_scale_at_fraction(cap, batch, kbar_mean, settings, tick=tick)  # 16 halvings of log s: 2e-4
+    if not SCALE_LO * 1.01 < s0 < SCALE_HI / 1.01:
+        logger.warning(
+            f"fit-router: no routing scale in [{SCALE_LO:g}, {SCALE_HI:g}] routes budget={settings.budget} of the "
+            f"blocks on these held-out queries (the nearest routes {'more' if s0 >= 1 else 'fewer'}); the layer "
+            "scales are not meaningful: a longer text (tokens) or another budget gives them")
     recall_mean, frac_mean = recall_and_fraction(
         batch, routed_sets(cap, batch, kbar_mean, torch.full((n_layers, hkv), s0), settings.alpha))
-    recall_fit, _, s_fit = recall_at_fraction(cap, batch, kbar_fit, settings, steps=16, fraction=frac_mean)
+    if tick is not None:
+        tick()
+    recall_fit, _, s_fit = recall_at_fraction(cap, batch, kbar_fit, settings, steps=16, fraction=frac_mean,
+                                              tick=tick)
     return s_fit / s0, recall_mean, recall_fit
 
 
@@ -461,7 +488,7 @@ class FitResult:
 
 
 def evaluate(cap: Capture, u: torch.Tensor | None, log_scale: torch.Tensor | None,
-             settings: FitSettings) -> list[dict[str, float]]:
+             settings: FitSettings, tick: Callable[[], Any] | None = None) -> list[dict[str, float]]:
     """Per-layer figures on the held-out queries: the fitted loss, recall and routed fraction at the
     fit's global ``scale`` (as the ``dash`` method routes), and recall at routed fraction ``budget``."""
     batch = make_batch(cap, torch.nonzero(cap.holdout).flatten(), settings)
@@ -472,7 +499,9 @@ def evaluate(cap: Capture, u: torch.Tensor | None, log_scale: torch.Tensor | Non
         fit_scale = s if log_scale is None else s * log_scale.exp()
         loss = fit_losses(cap, batch, kbar, fit_scale, settings.alpha)
         recall, frac = recall_and_fraction(batch, routed_sets(cap, batch, kbar, s, settings.alpha))
-        r_iso, f_iso, s_iso = recall_at_fraction(cap, batch, kbar, settings)
+        r_iso, f_iso, s_iso = recall_at_fraction(cap, batch, kbar, settings, tick=tick)
+    if tick is not None:
+        tick()
     return [
         {"loss": float(loss[i]), "recall": float(recall[i]), "routed_fraction": float(frac[i]),
          "recall_at_budget": float(r_iso[i]), "scale_at_budget": float(s_iso[i])}
@@ -491,7 +520,15 @@ def fit_captured(cap: Capture, settings: FitSettings, progress: bool = True) -> 
     log_scale = torch.zeros(n_layers, hkv, requires_grad=settings.fit_scale)
     opt = torch.optim.Adam([u, log_scale] if settings.fit_scale else [u], lr=settings.lr)
     fit_sel = torch.nonzero(~cap.holdout).flatten()
-    before = evaluate(cap, None, None, settings)
+    if settings.steps == 0:
+        logger.warning("fit-router: steps=0, so the routers stay zero: the directory will hold mean pooling "
+                       "(what 'dash' does without a router), with its held-out figures")
+    if settings.batch > fit_sel.numel():
+        logger.warning(f"fit-router: batch={settings.batch} is more than the {fit_sel.numel()} fitted query "
+                       f"positions; each step uses all {fit_sel.numel()}")
+    # the held-out figures (before, after, layer profile) are bisections; one bar counts their routing passes
+    held = tqdm(total=EVAL_PASSES, desc="held-out evaluation", unit="pass", disable=not progress, leave=False)
+    before = evaluate(cap, None, None, settings, tick=held.update)
     curve: list[float] = []
     bar = tqdm(range(settings.steps), desc="fitting routers", unit="step", disable=not progress)
     for _ in bar:
@@ -507,8 +544,9 @@ def fit_captured(cap: Capture, settings: FitSettings, progress: bool = True) -> 
     bar.close()
     u_fit = u.detach()
     scale_fit = log_scale.detach() if settings.fit_scale else None
-    after = evaluate(cap, u_fit, scale_fit, settings)
-    multipliers, recall_mean, recall_fit = layer_profile(cap, u_fit, settings)
+    after = evaluate(cap, u_fit, scale_fit, settings, tick=held.update)
+    multipliers, recall_mean, recall_fit = layer_profile(cap, u_fit, settings, tick=held.update)
+    held.close()
     layers = []
     for i, layer in enumerate(cap.layers):
         row: dict[str, Any] = {"layer": layer}
@@ -526,14 +564,14 @@ def fit_captured(cap: Capture, settings: FitSettings, progress: bool = True) -> 
     return FitResult(routers, routing_scales, layers, curve, settings, layer_scales)
 
 
-def layer_profile(cap: Capture, u: torch.Tensor, settings: FitSettings
+def layer_profile(cap: Capture, u: torch.Tensor, settings: FitSettings, tick: Callable[[], Any] | None = None
                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``profile_layer_scales`` of routers ``u: [L, Hkv, D]`` on the held-out queries."""
     batch = make_batch(cap, torch.nonzero(cap.holdout).flatten(), settings)
     with torch.no_grad():
         kbar_mean = block_summaries(cap, None, settings.block_size)
         kbar_fit = block_summaries(cap, u, settings.block_size)
-        return profile_layer_scales(cap, batch, kbar_mean, kbar_fit, settings)
+        return profile_layer_scales(cap, batch, kbar_mean, kbar_fit, settings, tick=tick)
 
 
 def fit_router(model: torch.nn.Module, tokenizer: Any, settings: FitSettings, output: str | os.PathLike | None = None,

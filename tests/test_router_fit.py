@@ -400,3 +400,61 @@ def test_a_router_file_that_is_not_safetensors_is_named(tmp_path):
     bad.write_text("not a safetensors file")
     with pytest.raises(ValueError, match=r"cannot read router.safetensors as safetensors .*accepted: a directory"):
         load_router_file(bad)
+
+
+def _warnings(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == rf.__name__ and r.levelname == "WARNING"]
+
+
+def test_queries_beyond_the_text_are_reduced_with_a_warning(caplog):
+    settings = rf.FitSettings(**{**SETTINGS, "queries": 500, "holdout_queries": 200})
+    with caplog.at_level("WARNING", logger=rf.__name__):
+        positions, holdout = rf.sample_positions(settings, 96)
+    said = _warnings(caplog)
+    assert len(said) == 1 and "queries + holdout_queries = 700" in said[0], said
+    assert f"using {int((~holdout).sum())} fitted and {int(holdout.sum())} held-out" in said[0]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger=rf.__name__):
+        rf.sample_positions(rf.FitSettings(**SETTINGS), 96)  # 72 fit in the 80 routable positions
+    assert _warnings(caplog) == []
+
+
+def test_zero_steps_and_an_oversized_batch_are_said(captured, caplog):
+    cap, _ = captured
+    settings = rf.FitSettings(**{**SETTINGS, "steps": 0, "batch": 10_000})
+    with caplog.at_level("WARNING", logger=rf.__name__):
+        result = rf.fit_captured(cap, settings, progress=False)
+    said = _warnings(caplog)
+    assert any("steps=0" in s and "mean pooling" in s for s in said), said
+    assert any("batch=10000" in s for s in said), said
+    assert all((u == 0).all() for u in result.routers.values())
+    caplog.clear()
+    with caplog.at_level("WARNING", logger=rf.__name__):
+        rf.fit_captured(cap, rf.FitSettings(**{**SETTINGS, "steps": 1}), progress=False)
+    assert not any("steps=0" in s or "batch=" in s for s in _warnings(caplog))
+
+
+def test_a_budget_no_scale_reaches_is_said(captured, caplog):
+    cap, _ = captured
+    # every held-out query routes at least one of its few routable blocks, so a tiny budget is out of reach
+    settings = rf.FitSettings(**{**SETTINGS, "budget": 0.01})
+    n_layers, hkv, d = cap.keys.shape[1], cap.keys.shape[2], cap.keys.shape[-1]
+    batch = rf.make_batch(cap, torch.nonzero(cap.holdout).flatten(), settings)
+    kbar = rf.block_summaries(cap, None, settings.block_size)
+    with caplog.at_level("WARNING", logger=rf.__name__):
+        rf.profile_layer_scales(cap, batch, kbar, kbar, settings)
+    said = _warnings(caplog)
+    assert len(said) == 1 and "budget=0.01" in said[0] and "routes more" in said[0], said
+    caplog.clear()
+    with caplog.at_level("WARNING", logger=rf.__name__):
+        rf.profile_layer_scales(cap, batch, kbar, kbar, rf.FitSettings(**{**SETTINGS, "budget": 0.5}))
+    assert _warnings(caplog) == []
+
+
+def test_held_out_evaluation_ticks_once_per_routing_pass(captured):
+    cap, settings = captured
+    ticks = []
+    rf.evaluate(cap, None, None, settings, tick=lambda: ticks.append(1))
+    n_layers, hkv, d = cap.keys.shape[1], cap.keys.shape[2], cap.keys.shape[-1]
+    rf.layer_profile(cap, torch.zeros(n_layers, hkv, d), settings, tick=lambda: ticks.append(2))
+    assert ticks.count(1) * 2 + ticks.count(2) == rf.EVAL_PASSES
