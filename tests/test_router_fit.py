@@ -438,7 +438,6 @@ def test_a_budget_no_scale_reaches_is_said(captured, caplog):
     cap, _ = captured
     # every held-out query routes at least one of its few routable blocks, so a tiny budget is out of reach
     settings = rf.FitSettings(**{**SETTINGS, "budget": 0.01})
-    n_layers, hkv, d = cap.keys.shape[1], cap.keys.shape[2], cap.keys.shape[-1]
     batch = rf.make_batch(cap, torch.nonzero(cap.holdout).flatten(), settings)
     kbar = rf.block_summaries(cap, None, settings.block_size)
     with caplog.at_level("WARNING", logger=rf.__name__):
