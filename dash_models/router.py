@@ -224,17 +224,30 @@ def _warn_once(text: str) -> bool:
     return True
 
 
+def block_size_mismatch(source: str | os.PathLike, block_size: int) -> str | None:
+    """What to warn where a ``dash-eval fit-router`` directory fitted at another block size routes blocks of
+    ``block_size``; None where the sizes agree or the directory does not say."""
+    fitted = _fit_block_size(source)
+    if fitted is None or fitted == block_size:
+        return None
+    return (f"router={str(source)!r} was fitted at block_size={fitted} and now routes blocks of "
+            f"{block_size}: its vectors pool keys over blocks of a size they were not fitted for "
+            f"(fit it again with --block-size {block_size}, or evaluate at block_size={fitted})")
+
+
+def warn_block_size_mismatch(source: str | os.PathLike, block_size: int) -> bool:
+    """``block_size_mismatch`` said once (a sweep's check says it before any cell runs, not again per cell)."""
+    text = block_size_mismatch(source, block_size)
+    return text is not None and _warn_once(text)
+
+
 def warn_router_mismatch(source, routers: dict[int, torch.Tensor], n_layers: int, block_size: int) -> list[str]:
     """Warn (once per source and setting) where routers about to drive ``dash`` differ from how they were
     made: fitted at another block size (a fit-router directory records it), or covering only some layers (the
     others pool block keys by their mean). Returns the warnings given this time."""
     said = []
-    if isinstance(source, (str, os.PathLike)):
-        fitted = _fit_block_size(source)
-        if fitted is not None and fitted != block_size:
-            said.append(f"router={str(source)!r} was fitted at block_size={fitted} and now routes blocks of "
-                        f"{block_size}: its vectors pool keys over blocks of a size they were not fitted for "
-                        f"(fit it again with --block-size {block_size}, or evaluate at block_size={fitted})")
+    if isinstance(source, (str, os.PathLike)) and (text := block_size_mismatch(source, block_size)) is not None:
+        said.append(text)
     missing = sorted(set(range(n_layers)) - set(routers))
     if missing:
         said.append(f"router{'=' + repr(str(source)) if isinstance(source, (str, os.PathLike)) else ''} covers "

@@ -323,12 +323,29 @@ def _check_against_model(c: Checker, config, model: ModelSpec, methods: list[tup
                 check_router_file(router, n_layers, config)
             except Exception as exc:  # noqa: BLE001 - a file safetensors cannot read is a config error here too
                 c.error(where, str(exc))
+    _warn_router_block_sizes(model, methods)
     for path, entry in methods:
         if entry.layer_scales is not None and entry.layer_scales != NO_LAYER_SCALES:
             try:
                 check_layer_scales(load_layer_scales(entry.layer_scales), n_layers)
             except ValueError as exc:
                 c.error(f"{path}.layer_scales", str(exc))
+
+
+def _warn_router_block_sizes(model: ModelSpec, methods: list[tuple[str, MethodEntry]]) -> None:
+    """Say before any cell runs where an entry routes with a router fitted at another block size (a choice a
+    user may make on purpose, so a warning, not an error)."""
+    from dash_eval.dash_models.router import NO_ROUTER, warn_block_size_mismatch
+    from dash_eval.kernels.registry import get_method
+
+    for _, entry in methods:
+        router = entry.router if entry.router is not None else model.router
+        params = get_method(entry.method).params_cls
+        if router is None or router == NO_ROUTER or "router" not in params.field_names():
+            continue
+        sizes = entry.grid.get("block_size") or (entry.fixed.get("block_size", params().block_size),)
+        for size in sizes:
+            warn_block_size_mismatch(router, size)
 
 
 def parse_config(

@@ -469,3 +469,42 @@ def test_context_is_checked_for_an_entry_with_other_errors():
     errors = _errors(_with(tasks=[{"task": "niah_single", "lengths": [1024, 100_000], "samples": 0}]), check_model=True)
     paths = [e.split(":")[0] for e in errors]
     assert paths == ["tasks[0].samples", "tasks[0].lengths[1]"], errors
+
+
+def test_a_router_fitted_at_another_block_size_is_said_at_the_check(tmp_path, caplog):
+    """A router directory fitted at block size 32, used by an entry that also routes blocks of 64: a warning from
+    the config check (before any cell runs), once per size; entries at the router's own size say nothing."""
+    import json
+    import logging
+
+    import torch
+    from safetensors.torch import save_file
+
+    out = tmp_path / "router32"
+    out.mkdir()
+    save_file({f"model.layers.{i}.self_attn.indexer_q": torch.zeros(192) for i in range(30)},
+              str(out / "router.safetensors"))
+    (out / "router.json").write_text(json.dumps({"settings": {"block_size": 32}}))
+    raw = _with(methods=[
+        {"method": "full"},
+        {"method": "dash", "router": str(out), "grid": {"block_size": [32, 64], "scale": [1.0, 2.0]}},
+        {"method": "dash", "label": "same", "router": str(out), "block_size": 32, "scale": 8.0},
+        {"method": "dash", "label": "mean", "router": "none"},
+    ])
+    with caplog.at_level(logging.WARNING, logger="dash_eval.dash_models.router"):
+        parse_config(raw, check_model=True)
+    said = [r.getMessage() for r in caplog.records if "fitted at block_size" in r.getMessage()]
+    assert len(said) == 1 and "fitted at block_size=32" in said[0] and "blocks of 64" in said[0], said
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="dash_eval.dash_models.router"):
+        parse_config(raw, check_model=True)
+    assert not [r for r in caplog.records if "fitted at block_size" in r.getMessage()]  # said once only
+    import shutil
+
+    other = shutil.copytree(out, tmp_path / "model_router")
+    raw["model"]["router"] = str(other)  # the model's router, for an entry at dash's default block size
+    raw["methods"] = [{"method": "dash", "label": "default-size"}, {"method": "nsa"}]
+    with caplog.at_level(logging.WARNING, logger="dash_eval.dash_models.router"):
+        parse_config(raw, check_model=True)
+    said = [r.getMessage() for r in caplog.records if "fitted at block_size" in r.getMessage()]
+    assert len(said) == 1 and "model_router" in said[0] and "blocks of 64" in said[0], said
