@@ -254,8 +254,7 @@ def generate_samples(
     task_cls = TASKS.get(task)
     check_int("length", length, 1)
     check_int("n", n, 1)
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise ValueError(f"seed must be an integer, got {seed!r}")
+    check_int("seed", seed, 0)  # as a sweep's tasks[].seed and lm-eval's task metadata accept
     opts = _make_options(task_cls, options)
     haystack_name, haystack_obj = _make_haystack(task_cls, haystack)
     budget = length - opts.max_new_tokens
