@@ -120,10 +120,53 @@ def split_model_args(method: str, args: dict[str, Any]) -> tuple[dict[str, Any],
     return _checked_hflm_values(hflm), method_params
 
 
+# HFLM options that HFLM reads as true or false whatever they hold (``truncation=flase`` would be true)
+BOOL_OPTIONS = ("truncation", "logits_cache", "trust_remote_code", "use_fast_tokenizer", "add_bos_token",
+                "enable_thinking")
+# HFLM options that name a torch dtype (HFLM looks the name up in torch only after the model has loaded)
+DTYPE_OPTIONS = ("softmax_dtype", "mixed_precision_dtype")
+# HFLM options of a tokenizer that HFLM loads by name; the model's own tokenizer comes from load_model
+TOKENIZER_LOADING_KEYS = ("use_fast_tokenizer", "trust_remote_code")
+
+
 def _checked_hflm_values(hflm: dict[str, Any]) -> dict[str, Any]:
-    """The HFLM options whose bad values HFLM itself would only trip over mid-evaluation, checked now:
-    ``max_length`` and ``max_batch_size`` positive integers, ``batch_size`` one too or ``auto`` / ``auto:N``."""
+    """The HFLM options whose bad values HFLM itself would only trip over after the model has loaded (or
+    mid-evaluation), or would take silently, checked now: ``max_length`` and ``max_batch_size`` positive
+    integers, ``batch_size`` one too or ``auto`` / ``auto:N``, the true/false options true or false, the dtypes
+    floating torch dtypes, ``prefix_token_id`` a token id, ``chat_template_args`` a dict, and ``tokenizer`` a
+    directory that exists (``default`` is the embedded model's)."""
+    from dash_eval.dash_models import resolve_model_path
+    from dash_eval.dash_models.loading import missing_model_dir
+
     out = dict(hflm)
+    for key in BOOL_OPTIONS:
+        if out.get(key) is not None and not isinstance(out[key], bool):
+            raise ValueError(f"model_args {key}={out[key]!r}; accepted: true or false")
+    for key in DTYPE_OPTIONS:
+        value = out.get(key)
+        dtype = getattr(torch, value, None) if isinstance(value, str) else value
+        if value is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+            raise ValueError(f"model_args {key}={value!r}; accepted: float32, bfloat16, float16, float64")
+    token = out.get("prefix_token_id")
+    if token is not None and (isinstance(token, bool) or not isinstance(token, int) or token < 0):
+        raise ValueError(f"model_args prefix_token_id={token!r}; accepted: a token id (an integer >= 0)")
+    if out.get("chat_template_args") is not None and not isinstance(out["chat_template_args"], dict):
+        raise ValueError(f"model_args chat_template_args={out['chat_template_args']!r}; accepted: a dict of "
+                         "keyword arguments for the tokenizer's apply_chat_template (from Python)")
+    tokenizer = out.get("tokenizer")
+    if isinstance(tokenizer, str):
+        out["tokenizer"] = resolve_model_path(os.path.expanduser(tokenizer))
+        if (problem := missing_model_dir(out["tokenizer"])) is not None:
+            raise ValueError(f"model_args tokenizer: {problem}; accepted: a tokenizer directory, a hub id already "
+                             "in the local cache, or 'default'")
+    else:
+        given = [k for k in TOKENIZER_LOADING_KEYS if out.get(k) is not None]
+        if given:
+            raise ValueError(
+                f"model_args {', '.join(given)}: HFLM option(s) for a tokenizer loaded by name, which the model's "
+                "own tokenizer (loaded by dash_eval's load_model) does not take; accepted: leave them out, or "
+                "give tokenizer=PATH with them"
+            )
 
     def positive(key: str, value: Any, extra: str = "") -> int:
         if isinstance(value, str) and value.strip().isdigit():

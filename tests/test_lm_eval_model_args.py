@@ -23,6 +23,21 @@ from dash_eval.evals.lm_model import DashLM, method_param_names, split_model_arg
                      id="layer-scales-not-dash"),
         pytest.param({"method": "dash", "attn_backend": "cuda"}, ["attn_backend='cuda'", "auto, reference, triton"],
                      id="bad-attn-backend"),
+        # HFLM options HFLM would take silently (any text is true) or trip over only after the model has loaded
+        pytest.param({"method": "full", "truncation": "flase"}, ["truncation='flase'", "true or false"],
+                     id="bool-option-not-bool"),
+        pytest.param({"method": "full", "softmax_dtype": "foo"}, ["softmax_dtype='foo'", "bfloat16"],
+                     id="bad-softmax-dtype"),
+        pytest.param({"method": "full", "mixed_precision_dtype": "int8"}, ["mixed_precision_dtype='int8'", "float16"],
+                     id="bad-mixed-precision-dtype"),
+        pytest.param({"method": "full", "prefix_token_id": "bos"}, ["prefix_token_id='bos'", "integer >= 0"],
+                     id="prefix-token-not-int"),
+        pytest.param({"method": "full", "chat_template_args": "x"}, ["chat_template_args='x'", "a dict"],
+                     id="chat-template-args-not-dict"),
+        pytest.param({"method": "full", "tokenizer": "/no/such/tokenizer"}, ["tokenizer: no such directory",
+                     "/no/such/tokenizer", "'default'"], id="missing-tokenizer-dir"),
+        pytest.param({"method": "full", "use_fast_tokenizer": False}, ["use_fast_tokenizer", "tokenizer=PATH"],
+                     id="tokenizer-option-without-tokenizer"),
     ],
 )
 def test_bad_model_args_are_named(model_args, expected):
@@ -31,6 +46,12 @@ def test_bad_model_args_are_named(model_args, expected):
     message = str(err.value)
     for text in expected:
         assert text in message, message
+
+
+def test_tokenizer_options_pass_with_a_tokenizer_by_name():
+    hflm, _ = split_model_args("full", {"tokenizer": "default", "use_fast_tokenizer": False, "add_bos_token": None,
+                                        "softmax_dtype": "float32", "prefix_token_id": 0, "truncation": True})
+    assert hflm["tokenizer"] != "default" and hflm["use_fast_tokenizer"] is False and hflm["truncation"] is True
 
 
 def test_split_model_args_routes_each_key():
