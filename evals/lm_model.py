@@ -425,8 +425,13 @@ class DashLM(HFLM):
             )
 
     def loglikelihood(self, requests, disable_tqdm: bool = False):
-        with self._recorder.serving("loglikelihood", requests):
-            return super().loglikelihood(requests, disable_tqdm=disable_tqdm)
+        self._loglikelihood_names = {req.args: (getattr(req, "task_name", "?"), getattr(req, "doc_id", "?"))
+                                     for req in requests}
+        try:
+            with self._recorder.serving("loglikelihood", requests):
+                return super().loglikelihood(requests, disable_tqdm=disable_tqdm)
+        finally:
+            self._loglikelihood_names = {}
 
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False):
         # HFLM batches the windows of all documents together, and no per-window result names its
@@ -466,11 +471,28 @@ class DashLM(HFLM):
         return out
 
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, override_bs: int | None = None):
+        self._refuse_cut_contexts(requests)
         self._recorder.expect_inputs(
             (context_enc + continuation_enc)[-(self.max_length + 1) :][:-1]
             for _, context_enc, continuation_enc in requests
         )
         return super()._loglikelihood_tokens(requests, disable_tqdm=disable_tqdm, override_bs=override_bs)
+
+    def _refuse_cut_contexts(self, requests) -> None:
+        """HFLM scores a context and continuation longer than ``max_length`` + 1 tokens (the last one is only
+        predicted) on what is left after cutting the context from the left, with one log line per request; as for
+        generation, any that would be cut is an error before anything runs. Rolling windows always fit."""
+        over = [(key, len(context), len(continuation)) for key, context, continuation in requests
+                if len(context) + len(continuation) > self.max_length + 1]
+        if over:
+            key, n_context, n_continuation = over[0]
+            task, doc = getattr(self, "_loglikelihood_names", {}).get(key, ("?", "?"))
+            raise ValueError(
+                f"{len(over)} of {len(requests)} loglikelihood request(s) do not fit the model: task {task} doc {doc} "
+                f"has {n_context} context + {n_continuation} continuation tokens > max_length {self.max_length} + 1; "
+                f"lm-eval would cut the context from the left, losing its start. Accepted: shorter contexts, or "
+                f"model_args max_length=N where the model's positions allow"
+            )
 
     def _select_cont_toks(self, logits, contlen=None, inplen=None):
         # HFLM calls this once per batch row, in row order, before the results of that row's requests.

@@ -105,6 +105,24 @@ def test_prompts_longer_than_the_model_are_refused_not_cut():
         lm._refuse_truncation([SimpleNamespace(args=("hi", {"max_gen_toks": 64}), task_name="t", doc_id=3)])
 
 
+def test_loglikelihood_contexts_longer_than_the_model_are_refused_not_cut():
+    """HFLM would score an over-long loglikelihood request on a context cut from the left (one warning per
+    request); as for generation, it is an error naming the task and doc before anything runs."""
+    from types import SimpleNamespace
+
+    lm = DashLM(pretrained="default", method="full", device="cpu", max_length=64)
+    fits = SimpleNamespace(args=("Hello there.", " Hi"), task_name="t", doc_id=0)
+    long = SimpleNamespace(args=("word " * 80, " end"), task_name="t", doc_id=1)
+    with pytest.raises(ValueError, match=r"1 of 2 loglikelihood request\(s\) do not fit the model: task t doc 1 has "
+                                         r"\d+ context \+ \d continuation tokens > max_length 64 \+ 1"):
+        lm.loglikelihood([fits, long])
+    ((logprob, _),) = lm.loglikelihood([fits])
+    assert logprob < 0
+    # rolling windows are cut to fit by design: a long document is scored, not refused
+    (total,) = lm.loglikelihood_rolling([SimpleNamespace(args=("word " * 80,), task_name="r", doc_id=0)])
+    assert total < 0
+
+
 def test_a_home_relative_model_path_is_expanded(tmp_path, monkeypatch):
     """transformers does not expand '~': the path is expanded before the saved method is read or the model loads."""
     import dash_eval.evals.lm_model as lm_model
