@@ -194,13 +194,14 @@ ROUTING_OPTIONS = {"router": "router", "layer_scales": "scale"}
 def _check_routing_options(method: str, **given: Any) -> None:
     """``router`` and ``layer_scales`` configure the routing of methods with a ``router`` / ``scale`` parameter
     (``dash``); given with another method they would be ignored, so they are refused (``"none"``, which clears
-    them, is accepted with any method)."""
+    them, is accepted with any method, and so is an empty mapping of layer scales, which a sweep passes to clear
+    them)."""
     def has(name: str, field: str) -> bool:
         return field in get_method(name).params_cls.field_names()
 
     for key, value in given.items():
         field = ROUTING_OPTIONS[key]
-        if value is None or (isinstance(value, str) and value == "none") or has(method, field):
+        if value is None or (isinstance(value, str) and value == "none") or value == {} or has(method, field):
             continue
         takers = "/".join(m for m in method_names() if has(m, field))
         raise ValueError(f"model_args {key}={value!r}: only method={takers} uses a {key.replace('_', ' ')}; "
@@ -357,8 +358,14 @@ class DashLM(HFLM):
 
     def set_attention(self, method: str, router: str | None = None, attn_backend: str = "auto",
                       layer_scales: str | dict[int, float] | None = None, **params: Any):
-        """Switch the attention method in place and forget the sparsity recorded so far."""
-        _, params = split_model_args(method, params)
+        """Switch the attention method in place and forget the sparsity recorded so far. Only the method's
+        parameters are taken: HFLM's options (``batch_size``, ``max_length``, ...) are fixed when ``DashLM`` is
+        made, and ``router`` / ``layer_scales`` only with a method that routes with them, as in ``model_args``."""
+        hflm, params = split_model_args(method, params)
+        if hflm:
+            raise ValueError(f"set_attention {', '.join(sorted(hflm))}: HFLM option(s), fixed when DashLM is made; "
+                             f"accepted: the parameters of {method} ({', '.join(method_param_names(method))})")
+        _check_routing_options(method, router=router, layer_scales=layer_scales)
         parsed = apply_attention(self.model, method, router=router, layer_scales=layer_scales,
                                  backend=attn_backend, **params)
         self.reset_sparsity()

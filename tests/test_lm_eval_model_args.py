@@ -54,6 +54,27 @@ def test_tokenizer_options_pass_with_a_tokenizer_by_name():
     assert hflm["tokenizer"] != "default" and hflm["use_fast_tokenizer"] is False and hflm["truncation"] is True
 
 
+@pytest.mark.parametrize("kwargs, expected", [
+    pytest.param({"method": "dash", "batch_size": 4}, "set_attention batch_size: HFLM option", id="hflm-option"),
+    pytest.param({"method": "full", "router": "r"}, "router='r': only method=dash", id="router-not-dash"),
+    pytest.param({"method": "nsa", "layer_scales": {0: 2.0}}, "only method=dash", id="layer-scales-not-dash"),
+])
+def test_set_attention_refuses_what_it_would_ignore(kwargs, expected):
+    """A sweep switches methods on one DashLM: an HFLM option there did nothing, and a router given with a method
+    that has none was attached silently; both are errors, as they are in model_args."""
+    lm = DashLM.__new__(DashLM)  # the checks come before the model is touched
+    with pytest.raises(ValueError, match=expected):
+        lm.set_attention(**kwargs)
+
+
+def test_set_attention_clears_routing_with_any_method(tiny):
+    """The sweep switches every cell with layer_scales={} (none), whatever the method."""
+    lm = DashLM.__new__(DashLM)
+    lm._model = tiny
+    lm.reset_sparsity = lambda: None
+    assert lm.set_attention("nsa", layer_scales={}, router="none", topk=2).topk == 2
+
+
 def test_split_model_args_routes_each_key():
     hflm, params = split_model_args("dash", {"alpha": 1.25, "scale": 4.0, "batch_size": 4, "max_length": 2048})
     assert hflm == {"batch_size": 4, "max_length": 2048}
