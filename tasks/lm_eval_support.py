@@ -29,9 +29,17 @@ def tokenizer_name(metadata: dict[str, Any]) -> str:
     for key in TOKENIZER_KEYS:
         value = metadata.get(key)
         if isinstance(value, str) and value:
-            from dash_eval.dash_models import resolve_model_path
+            import os
 
-            return resolve_model_path(value)
+            from dash_eval.dash_models import resolve_model_path
+            from dash_eval.dash_models.loading import missing_model_dir
+
+            path = resolve_model_path(os.path.expanduser(value))
+            if (problem := missing_model_dir(path)) is not None:
+                raise ValueError(f"metadata {key} (the tokenizer dash tasks size their prompts with): {problem}; "
+                                 "accepted: a model or tokenizer directory, a hub id already in the local cache, "
+                                 "or 'default'")
+            return path
     raise ValueError(
         "dash tasks size their prompts with the model's tokenizer but none was given: pass --model_args "
         "pretrained=PATH (or 'default'), or --metadata '{\"tokenizer\": \"PATH\"}'"

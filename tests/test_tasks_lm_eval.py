@@ -122,6 +122,8 @@ def test_process_results_reports_only_the_run_length():
         ({"tokenizer": "default", "max_seq_lengths": "4k"}, "max_seq_lengths must be a list of positive integers"),
         ({"tokenizer": "default", "num_samples": 0}, "num_samples must be an integer >= 1, got 0"),
         ({"tokenizer": "default", "chat_template": "yes"}, "chat_template must be true or false"),
+        ({"tokenizer": "/no/such/tokenizer", "max_seq_lengths": [1024]},
+         "metadata tokenizer (the tokenizer dash tasks size their prompts with): no such directory '/no/such/"),
     ],
 )
 def test_generated_docs_bad_metadata(metadata, message):
