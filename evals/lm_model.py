@@ -442,9 +442,13 @@ class DashLM(HFLM):
 
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False):
         # HFLM batches the windows of all documents together, and no per-window result names its
-        # document; one document at a time keeps every window's sparsity with its document.
+        # document; one document at a time keeps every window's sparsity with its document. Its own
+        # progress bar would start over for every document, so one bar counts the documents instead.
+        from tqdm import tqdm
+
         results = []
-        for request in requests:
+        for request in tqdm(requests, desc="Running loglikelihood_rolling requests",
+                            disable=disable_tqdm or self.rank != 0):
             with self._recorder.serving("loglikelihood_rolling", [request]):
                 results += super().loglikelihood_rolling([request], disable_tqdm=True)
         return results

@@ -144,6 +144,19 @@ def test_loglikelihood_contexts_longer_than_the_model_are_refused_not_cut():
     assert total < 0
 
 
+def test_loglikelihood_rolling_shows_progress(capsys):
+    """Perplexity tasks run one document at a time (for per-document sparsity); one progress bar counts them."""
+    from types import SimpleNamespace
+
+    lm = DashLM(pretrained="default", method="full", device="cpu", max_length=64)
+    docs = [SimpleNamespace(args=(f"doc {i} " * 5,), task_name="r", doc_id=i) for i in range(3)]
+    capsys.readouterr()
+    assert len(lm.loglikelihood_rolling(docs)) == 3
+    assert "loglikelihood_rolling requests: 100%" in capsys.readouterr().err
+    lm.loglikelihood_rolling(docs, disable_tqdm=True)
+    assert "loglikelihood_rolling" not in capsys.readouterr().err
+
+
 def test_a_home_relative_model_path_is_expanded(tmp_path, monkeypatch):
     """transformers does not expand '~': the path is expanded before the saved method is read or the model loads."""
     import dash_eval.evals.lm_model as lm_model
