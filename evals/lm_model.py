@@ -409,7 +409,7 @@ class DashLM(HFLM):
         """HFLM cuts a prompt longer than ``max_length`` minus the tokens to generate from the left, with one log
         line: a long-context task would then score a prompt whose start (often the needle) is gone. Every
         prompt is measured first, and any that would be cut is an error before anything is generated."""
-        from dash_eval.tasks.base import count_tokens
+        from dash_eval.tasks.base import adds_special_tokens, count_tokens
         from lm_eval.models.utils import normalize_gen_kwargs
 
         over = []
@@ -417,7 +417,9 @@ class DashLM(HFLM):
             context, gen_kwargs = req.args[0], req.args[1] if len(req.args) > 1 else {}
             # the answer budget as HFLM reads it (max_gen_toks, or an alias such as max_new_tokens)
             gen = int(normalize_gen_kwargs(dict(gen_kwargs or {}), self.max_gen_toks)["max_gen_toks"])
-            n = count_tokens(self.tokenizer, context)  # as HFLM's tok_batch_encode adds special tokens
+            # special tokens as HFLM's tok_batch_encode adds them: none after a BOS, else as add_bos_token says
+            special = adds_special_tokens(self.tokenizer, context) and self.add_bos_token is not False
+            n = count_tokens(self.tokenizer, context, special)
             if n + gen > self.max_length:
                 over.append((getattr(req, "task_name", "?"), getattr(req, "doc_id", "?"), n, gen))
         if over:

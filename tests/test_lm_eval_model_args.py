@@ -126,6 +126,27 @@ def test_prompts_longer_than_the_model_are_refused_not_cut():
         lm._refuse_truncation([SimpleNamespace(args=("hi", {"max_gen_toks": 64}), task_name="t", doc_id=3)])
 
 
+def test_prompt_length_counts_special_tokens_as_hflm_adds_them():
+    """With add_bos_token=false HFLM encodes without the BOS a tokenizer would add: a prompt that fits then is not
+    refused for the token it does not get."""
+    from types import SimpleNamespace
+
+    class BosTokenizer:  # one token per word, plus a BOS with special tokens
+        bos_token = "<s>"
+
+        def __call__(self, text, add_special_tokens=True):
+            return {"input_ids": [1] * add_special_tokens + [5] * len(text.split())}
+
+    lm = DashLM.__new__(DashLM)
+    lm.tokenizer, lm._max_length = BosTokenizer(), 10
+    exact = SimpleNamespace(args=("w " * 6, {"max_gen_toks": 4}), task_name="t", doc_id=0)
+    lm.add_bos_token = None
+    with pytest.raises(ValueError, match="has 7 tokens"):
+        lm._refuse_truncation([exact])
+    lm.add_bos_token = False
+    lm._refuse_truncation([exact])
+
+
 def test_loglikelihood_contexts_longer_than_the_model_are_refused_not_cut():
     """HFLM would score an over-long loglikelihood request on a context cut from the left (one warning per
     request); as for generation, it is an error naming the task and doc before anything runs."""
