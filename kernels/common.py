@@ -115,7 +115,14 @@ def _attend_chunk(
     dtype, device = qg.dtype, qg.device
     neg = torch.full((), float("-inf"), dtype=dtype, device=device)
     sel = selected[..., :nbk]  # [B, Hkv, L, nbk]
-    add = bias[..., :nbk].to(dtype) if bias is not None else torch.zeros((), dtype=dtype, device=device)
+    if bias is None:
+        add = torch.zeros((), dtype=dtype, device=device)
+    else:
+        # Each query's largest selected bias moved to 0 (the softmax is unchanged) before the cast to the inputs'
+        # dtype: float16 holds no logit above 65504, and dash's prior reaches 87.34 / sigma.
+        beta = bias[..., :nbk]
+        top = torch.where(sel, beta, float("-inf")).amax(-1, keepdim=True)
+        add = (beta - torch.where(torch.isfinite(top), top, 0)).to(dtype)
     block_mask = torch.where(sel, add, neg)
     token_mask = block_mask[..., None].expand(b, hkv, length, nbk, c).reshape(b, hkv, length, nbk * c)[..., :kend]
     t = torch.arange(kend, device=device)

@@ -209,3 +209,16 @@ def test_full_decode_runs_without_the_cudnn_backend_on_cuda(monkeypatch):
         cuda.enable_math_sdp(flags[2])
     assert seen[:n_full] == [(1, False, flags[1], False), (3, True, flags[1], False), (40, True, flags[1], False)]
     assert seen[n_full:] and all(cudnn for _, cudnn, _, _ in seen[n_full:]), seen[n_full:]
+
+
+@pytest.mark.parametrize("sigma", [1e-3, 1e-30])
+def test_dash_small_sigma_in_float16_matches_float32(sigma):
+    """dash's prior reaches 87.34 / sigma, past float16's largest value (65504) for sigma below ~1e-3: the reference
+    must not let the cast of its logit bias to float16 overflow (it turned the strongest blocks' bias into inf)."""
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, h, 128, 64, generator=gen) for h in (4, 2, 2))
+    params = dict(block_size=16, sigma=sigma)
+    ref = sparse_attention(q, k, v, "dash", backend="reference", **params)
+    out = sparse_attention(q.half(), k.half(), v.half(), "dash", backend="reference", **params)
+    assert not torch.isnan(out).any()
+    assert _rel_err(out, ref.double()) < 5e-3
