@@ -14,6 +14,7 @@ import csv
 import dataclasses
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -397,8 +398,10 @@ def bench_case(
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shapes", default=None, help=f"named shape set: {', '.join(SHAPE_SETS)} (default smoke)")
     parser.add_argument("--cases", default="", help="comma-separated case names of the set to run (default all)")
-    parser.add_argument("--dtype", default="bf16", choices=sorted(DTYPES))
-    parser.add_argument("--out", default="results/bench.csv", help="CSV file (appended; header when new)")
+    parser.add_argument("--dtype", default="bf16", choices=sorted(DTYPES), help="input dtype (default bf16)")
+    parser.add_argument("--out", default="results/bench.csv",
+                        help="CSV file the rows are appended to (default results/bench.csv; one with other columns is "
+                        "refused)")
     parser.add_argument("--flex", action="store_true", help="also time FlexAttention where the case asks")
     parser.add_argument("--sweep", action="store_true", help="dash prefill: also time launch configurations")
     parser.add_argument("--batch", type=int, default=0,
@@ -491,6 +494,34 @@ def _cases(args: argparse.Namespace) -> list[Case]:
     return cases
 
 
+def _out_problem(path: Path) -> str | None:
+    """Why ``--out`` cannot take this run's rows (None when it can). Rows are appended, so an existing CSV must have
+    this version's columns. Creates nothing."""
+    accepted = "accepted: a new CSV file (its folder is created) or one written by this version of dash-eval bench"
+    if path.is_dir():
+        return f"--out {str(path)!r} is a directory; {accepted}"
+    if path.exists():
+        try:
+            with path.open(newline="", encoding="utf-8") as fh:
+                header = next(csv.reader(fh), None)
+        except (OSError, UnicodeDecodeError, csv.Error) as exc:
+            return f"--out {str(path)!r} cannot be read as a CSV ({exc}); {accepted}"
+        if header is not None and header != FIELDS:
+            shown = ", ".join(header[:6]) + (", ..." if len(header) > 6 else "")
+            return f"--out {str(path)!r} has other columns ({shown}); rows are appended under its header; {accepted}"
+        if not os.access(path, os.W_OK):
+            return f"--out {str(path)!r} is not writable; {accepted}"
+        return None
+    folder = path.parent
+    while not folder.exists():
+        folder = folder.parent
+    if not folder.is_dir():
+        return f"--out {str(path)!r}: {str(folder)!r} is not a folder; {accepted}"
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return f"--out {str(path)!r}: the folder {str(folder)!r} is not writable; {accepted}"
+    return None
+
+
 def run(args: argparse.Namespace) -> int:
     try:
         cases = _cases(args)
@@ -500,19 +531,28 @@ def run(args: argparse.Namespace) -> int:
     if args.list:
         print(describe_cases(cases))
         return 0
-    if not torch.cuda.is_available():
-        print("dash-eval bench: needs a CUDA GPU (the kernels are checked on the CPU by the tests)", file=sys.stderr)
-        return 2
     out_path = Path(args.out)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    new = not out_path.exists()
+    if (problem := _out_problem(out_path)) is not None:
+        print(f"dash-eval bench: {problem}", file=sys.stderr)
+        return 2
+    if not torch.cuda.is_available():
+        print("dash-eval bench: needs a CUDA GPU, and torch sees none (the kernels are checked on the CPU by the "
+              "tests; --list prints the cases without a GPU)", file=sys.stderr)
+        return 2
+    try:
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        fh = out_path.open("a", newline="")
+    except OSError as exc:
+        print(f"dash-eval bench: --out {args.out!r} cannot be written ({exc})", file=sys.stderr)
+        return 2
+    new = fh.tell() == 0  # a new or empty file gets the header
     baselines: dict = {}
     failed = 0
 
     def log(msg: str) -> None:
         print(msg, flush=True)
 
-    with out_path.open("a", newline="") as fh:
+    with fh:
         writer = csv.DictWriter(fh, fieldnames=FIELDS)
         if new:
             writer.writeheader()

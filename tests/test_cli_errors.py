@@ -127,6 +127,48 @@ def test_bench_refuses_bad_arguments_before_touching_a_gpu(tmp_path, capsys, mon
 
 
 @pytest.mark.parametrize(
+    ("out", "message"),
+    [
+        ("", "is a directory"),
+        ("old.csv", "has other columns (case, method, params); rows are appended under its header"),
+        ("old.csv/b.csv", "old.csv' is not a folder"),
+    ],
+)
+def test_bench_refuses_an_out_it_cannot_append_to_before_anything_runs(tmp_path, capsys, monkeypatch, out, message):
+    """``--out`` is appended to: a directory, a path under a file, or a CSV with other columns (an older version's,
+    whose rows would be misaligned silently) is refused in one line, before the GPU check."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "old.csv").write_text("case,method,params\nx,dash,{}\n")
+    assert main(["bench", "--shapes", "smoke", "--out", out]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "accepted: a new CSV file" in err and "CUDA" not in err
+    assert (tmp_path / "old.csv").read_text() == "case,method,params\nx,dash,{}\n"
+
+
+def test_bench_writes_its_header_into_an_empty_out_and_appends_under_it(tmp_path, capsys, monkeypatch):
+    """An empty ``--out`` (made by ``touch``) gets the header; a second run appends rows under it."""
+    import csv
+
+    import torch
+    from dash_eval.kernels import bench
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
+    row = {name: 1.0 for name in bench.FIELDS} | {"case": "smoke-dash", "check": "ok rel_err=0"}
+    monkeypatch.setattr(bench, "bench_case", lambda *args, **kwargs: dict(row))
+    out = tmp_path / "b.csv"
+    out.touch()
+    for _ in range(2):
+        assert main(["bench", "--shapes", "smoke", "--cases", "smoke-dash", "--out", str(out)]) == 0
+    with out.open(newline="") as fh:
+        rows = list(csv.reader(fh))
+    assert rows[0] == bench.FIELDS and len(rows) == 3 and rows[1][0] == rows[2][0] == "smoke-dash"
+
+
+@pytest.mark.parametrize(
     ("args", "message"),
     [
         (["--tokens", "100"], "--tokens: for cases of your own, which need --method (accepted: dash, nsa, infllmv2)"),
