@@ -129,7 +129,8 @@ def sparse_attention(
         q: ``[B, Hq, Nq, D]``; the queries are the last ``Nq`` positions of the keys.
         k, v: ``[B, Hkv, Nk, D]`` (RoPE already applied), ``Hq % Hkv == 0``.
         method: a name from ``method_names()``; ``params`` are its METHODS.md parameters.
-        backend: ``"reference"``, ``"triton"`` or ``"auto"`` (Triton on CUDA tensors when available).
+        backend: ``"reference"``, ``"triton"`` or ``"auto"`` (Triton on CUDA tensors when available); ``full`` is
+            PyTorch's SDPA under each.
         softmax_scale: logit scale, default ``1 / sqrt(D)``.
         kv_valid: optional ``[B, Nk]`` bool, True on real tokens (one contiguous run per row). Padded
             rows are computed as if alone; padded query rows return zeros and are not counted.

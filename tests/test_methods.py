@@ -222,3 +222,26 @@ def test_dash_small_sigma_in_float16_matches_float32(sigma):
     out = sparse_attention(q.half(), k.half(), v.half(), "dash", backend="reference", **params)
     assert not torch.isnan(out).any()
     assert _rel_err(out, ref.double()) < 5e-3
+
+
+def test_full_runs_sdpa_under_backend_triton(tiny):
+    """``full`` has no kernel of its own (SDPA is one): ``backend="triton"`` computes it as the reference does, so that
+    a model patched with ``backend="triton"`` (a sweep's ``attn_backend: triton``) runs its dense baseline's decode
+    steps and padded batches, which reach ``sparse_attention``; they raised 'method 'full' has no Triton backend'."""
+    pytest.importorskip("triton")
+    from dash_eval.dash_models import patch_attention
+
+    from tests.triton_interp import triton_available
+
+    assert triton_available
+    gen = torch.Generator().manual_seed(5)
+    q, k, v = torch.randn(2, 4, 1, 16, generator=gen), *(torch.randn(2, 2, 20, 16, generator=gen) for _ in range(2))
+    kv_valid = torch.ones(2, 20, dtype=torch.bool)
+    kv_valid[0, :7] = False
+    out, stats = sparse_attention(q, k, v, "full", backend="triton", kv_valid=kv_valid, return_stats=True)
+    ref, ref_stats = sparse_attention(q, k, v, "full", backend="reference", kv_valid=kv_valid, return_stats=True)
+    assert torch.equal(out, ref) and stats.attended_pairs == ref_stats.attended_pairs
+    ids = torch.randint(3, 97, (1, 12), generator=gen)
+    with patch_attention(tiny, "full", backend="triton"):
+        patched = tiny.generate(ids, max_new_tokens=3, do_sample=False)
+    assert torch.equal(patched, tiny.generate(ids, max_new_tokens=3, do_sample=False))
