@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import logging
 import math
+import numbers
 from typing import Any
 
 import torch
@@ -50,6 +51,9 @@ def _check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_valid: t
         got = (f"{kv_valid.dtype} {tuple(kv_valid.shape)}" if isinstance(kv_valid, torch.Tensor)
                else type(kv_valid).__name__)
         raise ValueError(f"kv_valid must be a bool tensor of shape [B, Nk] = [{b}, {nk}], or None; got {got}")
+    if kv_valid is not None and kv_valid.device.type == "meta":
+        raise ValueError("kv_valid is a meta tensor, which holds no values; accepted: a bool tensor on a CPU or CUDA "
+                         "device")
 
 
 def _resolve_backend(method: str, backend: str, device: torch.device):
@@ -150,7 +154,7 @@ def sparse_attention(
         raise ValueError(f"return_stats={return_stats!r}; accepted: True or False")
     if softmax_scale is None:
         scale = q.shape[-1] ** -0.5
-    elif isinstance(softmax_scale, bool) or not isinstance(softmax_scale, (int, float)) \
+    elif isinstance(softmax_scale, bool) or not isinstance(softmax_scale, numbers.Real) \
             or not math.isfinite(softmax_scale) or softmax_scale <= 0:
         raise ValueError(f"softmax_scale={softmax_scale!r}; accepted: a finite number > 0, or None for 1/sqrt(D)")
     else:

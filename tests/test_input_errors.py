@@ -19,6 +19,14 @@ def test_softmax_scale_must_be_a_finite_positive_number(value):
         sparse_attention(Q, KV, KV, "full", softmax_scale=value)
 
 
+def test_softmax_scale_takes_any_real_number_type():
+    """As the method parameters do (``numbers.Real``): a NumPy float32 scale was refused, a float64 one taken."""
+    np = pytest.importorskip("numpy")
+    expect = sparse_attention(Q, KV, KV, "full", softmax_scale=0.2)
+    for value in (np.float32(0.2), np.float64(0.2)):
+        assert torch.allclose(sparse_attention(Q, KV, KV, "full", softmax_scale=value), expect)
+
+
 def test_return_stats_must_be_a_bool():
     with pytest.raises(ValueError, match=r"return_stats='no'; accepted: True or False"):
         sparse_attention(Q, KV, KV, "full", return_stats="no")
@@ -69,6 +77,7 @@ def test_sigma_below_the_float32_range_of_the_prior(sigma):
 @pytest.mark.parametrize("kv_valid,needle", [
     ([[True] * 32], r"kv_valid must be a bool tensor of shape \[B, Nk\] = \[1, 32\], or None; got list"),
     (torch.ones(1, 32), r"kv_valid must be a bool tensor .* got torch.float32 \(1, 32\)"),
+    (torch.ones(1, 32, dtype=torch.bool, device="meta"), r"kv_valid is a meta tensor, which holds no values"),
 ])
 def test_kv_valid_must_be_a_bool_tensor(kv_valid, needle):
     with pytest.raises(ValueError, match=needle):
