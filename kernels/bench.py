@@ -180,9 +180,11 @@ class SparseRun:
             from dash_eval.kernels._triton.kernel_keys import update_kernel_keys
 
             # A decode step as a model takes it: the cache's newest kernel key is rewritten (one step in
-            # kernel_stride completes a kernel; here every step does), then routing and the fine stage.
-            self.kernel_keys.count -= 1
-            update_kernel_keys(self.kernel_keys, self.k)
+            # kernel_stride completes a kernel; here every step does), then routing and the fine stage. A cache
+            # shorter than one kernel has none to rewrite.
+            if self.kernel_keys.count > 0:
+                self.kernel_keys.count -= 1
+                update_kernel_keys(self.kernel_keys, self.k)
             return fn(self.q, self.k, self.v, self.params, softmax_scale=self.scale, return_stats=return_stats,
                       kernel_keys=self.kernel_keys)
         return fn(self.q, self.k, self.v, self.params, softmax_scale=self.scale, return_stats=return_stats)

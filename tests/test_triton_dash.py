@@ -431,6 +431,23 @@ def test_bench_sweep_labels_the_chunk_that_ran(monkeypatch):
 
 
 
+@pytest.mark.parametrize("method,tokens", [("nsa", 16), ("infllmv2", 31), ("nsa", 40)])
+def test_bench_decode_step_of_a_cache_shorter_than_a_kernel(method, tokens):
+    """``dash-eval bench --decode`` of ``nsa`` / ``infllmv2`` rewrites the cache's newest kernel key every timed step;
+    with fewer cached tokens than ``kernel_size`` (32) there is none, and the step wrote one before the cache (kernel
+    index -1: the interpreter's IndexError or heap corruption, memory outside the cache on a GPU)."""
+    from dash_eval.kernels import bench
+
+    case = bench.Case("tiny", method, tokens, q_heads=4, kv_heads=2, head_dim=32, queries=1)
+    q, k, v = bench.structured_inputs(case, torch.float32, torch.device("cpu"))
+    run = bench.SparseRun(case, q, k, v, case.head_dim**-0.5)
+    count = run.kernel_keys.count
+    for _ in range(2):
+        out, _ = run.forward(return_stats=True)
+    assert run.kernel_keys.count == count == (0 if tokens < 32 else (tokens - 32) // 16 + 1)
+    assert run.check(out, lambda line: None).startswith("ok")
+
+
 def test_bench_batch_reaches_the_inputs_and_the_visited_count(monkeypatch):
     """``dash-eval bench`` with several sequences: each its own random draw, and ``visited`` a fraction of the whole
     batch's causal range, so a batch of the same selection twice walks what one copy walks."""

@@ -83,6 +83,8 @@ def update_kernel_keys(keys: KernelKeys, k: torch.Tensor) -> KernelKeys:
             f"kernel_keys: cache of shape {tuple(keys.hi.shape)} ({keys.hi.dtype}) does not fit keys of shape "
             f"{tuple(k.shape)} ({k.dtype}); expected [B, Hkv, capacity, D] = [{b}, {hkv}, capacity, {d}]"
         )
+    if keys.count < 0:  # the kernel would write before the cache's first kernel
+        raise ValueError(f"kernel_keys: count {keys.count} < 0")
     total = complete_kernels(nk, keys.kernel_size, keys.kernel_stride)
     new = total - keys.count
     if new <= 0:
