@@ -52,6 +52,28 @@ def _median_ms(fn, graph: bool = False) -> float:
     return float(triton.testing.do_bench(fn, warmup=50, rep=300, return_mode="median"))
 
 
+def _graph_copies(touched_bytes: float, copy_bytes: float) -> int:
+    """How many copies of a decode case's inputs its CUDA-graph timing cycles through.
+
+    ``do_bench`` clears L2 before every call; ``do_bench_cudagraph`` (decode: launch overhead matters) replays
+    the same call back to back without that, so a step whose reads fit in L2 (a sparse step reads a few MB of
+    a long cache; a short cache is small) would be timed from L2, where a model's step finds its layer's cache
+    evicted by the other layers. With copies, one round of calls reads 3x the L2 size (PERF.md: rotate inputs
+    that fit in L2); at most 32 copies and 8 GiB of them."""
+    l2 = torch.cuda.get_device_properties(torch.cuda.current_device()).L2_cache_size
+    want = math.ceil(3 * l2 / max(touched_bytes, 1.0))
+    return int(max(1, min(want, 32, (8 << 30) // max(int(copy_bytes), 1))))
+
+
+def _l2_mb() -> float:
+    return torch.cuda.get_device_properties(torch.cuda.current_device()).L2_cache_size / 2**20
+
+
+def _per_call_ms(fns: list) -> float:
+    """Median ms of one call, timed in a CUDA graph that runs each of ``fns`` (one per input copy) in turn."""
+    return _median_ms(lambda: [fn() for fn in fns], graph=True) / len(fns)
+
+
 def _sdpa(backend_name: str):
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
@@ -69,11 +91,18 @@ def _sdpa(backend_name: str):
 
 def _dense_times(q, k, v, decode: bool, log) -> dict[str, float]:
     out = {}
+    inputs = [(q, k, v)]
+    if decode:  # the dense step reads the whole cache; copies where that fits in L2
+        kv_bytes = 2 * k.numel() * k.element_size()
+        inputs += [(q.clone(), k.clone(), v.clone()) for _ in range(_graph_copies(kv_bytes, kv_bytes) - 1)]
     for name in ("cudnn", "flash"):
         fn = _sdpa(name)
         try:
             fn(q, k, v)
-            out[name] = _median_ms(lambda fn=fn: fn(q, k, v), graph=decode)
+            if decode:
+                out[name] = _per_call_ms([lambda fn=fn, x=x: fn(*x) for x in inputs])
+            else:
+                out[name] = _median_ms(lambda fn=fn: fn(q, k, v))
         except RuntimeError as exc:  # a backend that does not take this shape
             log(f"  {name}: unavailable ({str(exc).splitlines()[0][:120]})")
             out[name] = float("nan")
@@ -135,6 +164,13 @@ class SparseRun:
             self._cache_summaries()
         if self.decode and case.method in ("nsa", "infllmv2"):
             self.kernel_keys = _kernel_keys(self)
+
+    def copy(self) -> SparseRun:
+        """The same case and parameters on copies of the inputs (other addresses, the same selection), with
+        their own decode caches: what a CUDA-graph timing cycles through so that L2 does not serve the step."""
+        other = SparseRun(self.case, self.q.clone(), self.k.clone(), self.v.clone(), self.scale)
+        other.params = self.params
+        return other
 
     def _cache_summaries(self) -> None:
         """Decode keeps the block summaries of the cache (``update_summaries`` appends each new block), so a
@@ -264,26 +300,29 @@ def _words_for_flex(run: SparseRun) -> torch.Tensor | None:
                       init_blocks=p.init_blocks, local_blocks=p.local_blocks, block_size=p.block_size).words
 
 
-def _route_time(run: SparseRun) -> float:
+def _route_time(run: SparseRun, copies: list[SparseRun] | None = None) -> float:
+    """The routing stage alone; decode cycles through ``copies`` of the run (``_graph_copies``) as the timed
+    step does."""
     from dash_eval.kernels.dash.triton_attention import _router
     from dash_eval.kernels.dash.triton_routing import dash_route
     from dash_eval.kernels.dash.triton_summaries import block_summaries
 
     p = run.params
+    runs = copies or [run]
     if run.kernel_keys is not None:  # decode: routing against the cached kernel keys, as the step uses them
-        return _median_ms(lambda: _topk_route(run, run.kernel_keys), graph=True)
+        return _per_call_ms([lambda r=r: _topk_route(r, r.kernel_keys) for r in runs])
     if run.case.method in ("nsa", "infllmv2"):
         return _median_ms(lambda: _topk_route(run, _kernel_keys(run)))
     if run.case.method != "dash":
         return float("nan")
     if run.summaries is not None:  # decode: the cached summaries, as the timed call uses
 
-        def route_cached():
-            return dash_route(run.q, run.summaries, run.k.shape[2], alpha=p.alpha, scale=p.scale,
-                              softmax_scale=run.scale, init_blocks=p.init_blocks, local_blocks=p.local_blocks,
+        def route_cached(r: SparseRun):
+            return dash_route(r.q, r.summaries, r.k.shape[2], alpha=p.alpha, scale=p.scale,
+                              softmax_scale=r.scale, init_blocks=p.init_blocks, local_blocks=p.local_blocks,
                               block_size=p.block_size, sigma=p.sigma)
 
-        return _median_ms(route_cached, graph=True)
+        return _per_call_ms([lambda r=r: route_cached(r) for r in runs])
 
     def route():
         summ = block_summaries(run.k, _router(p, run.k), p.block_size, run.scale)
@@ -386,8 +425,16 @@ def bench_case(
         row.update(ms=float("nan"), route_ms=float("nan"), ms_flex=float("nan"), visited=float("nan"))
         return row
     row["visited"] = round(_visited(run), 4)
-    row["ms"] = _median_ms(lambda: run.forward(), graph=decode)
-    row["route_ms"] = _route_time(run)
+    if decode:  # copies of the inputs, so that the step's reads come from HBM as in a model (_graph_copies)
+        kv_bytes = 2 * k.numel() * k.element_size()
+        runs = [run] + [run.copy() for _ in range(_graph_copies(kv_bytes * (1 - stats.sparsity), kv_bytes) - 1)]
+        row["inputs"] += f"; decode timed over {len(runs)} copies of the inputs (L2 {_l2_mb():.0f} MB)"
+        row["ms"] = _per_call_ms([r.forward for r in runs])
+        row["route_ms"] = _route_time(run, runs)
+        del runs
+    else:
+        row["ms"] = _median_ms(lambda: run.forward())
+        row["route_ms"] = _route_time(run)
     row["ms_flex"] = float("nan")
     if flex and case.flex and not decode:
         row["ms_flex"] = _flex_time(q, k, v, _words(run), run.params.block_size, log)

@@ -476,3 +476,36 @@ def test_bench_batch_reaches_the_inputs_and_the_visited_count(monkeypatch):
         run = SimpleNamespace(q=q[:1].repeat(batch, 1, 1, 1), k=k[:1].repeat(batch, 1, 1, 1),
                               params=SimpleNamespace(block_size=bs))
         assert bench._visited(run) == walked / causal
+
+
+@pytest.mark.parametrize("method", ["dash", "nsa"])
+def test_bench_decode_copies_route_alike_on_their_own_storage(monkeypatch, method):
+    """A decode case is timed cycling through copies of its inputs, so that L2 does not serve a step whose reads
+    fit in it (do_bench_cudagraph does not flush L2): each copy holds its own storage and decode caches and gives
+    the same output; the copy count reads 3x the L2 size per round, within 32 copies and 8 GiB."""
+    from types import SimpleNamespace
+
+    from dash_eval.kernels import bench
+
+    case = bench.Case("tiny", method, 200, q_heads=4, kv_heads=2, head_dim=32, queries=1,
+                      params={"block_size": 16, "scale": 4.0} if method == "dash" else {"topk": 2})
+    q, k, v = bench.structured_inputs(case, torch.float32, torch.device("cpu"))
+    run = bench.SparseRun(case, q, k, v, case.head_dim**-0.5)
+    other = run.copy()
+    assert other.params is run.params
+    assert other.k.data_ptr() != run.k.data_ptr() and other.v.data_ptr() != run.v.data_ptr()
+    cache = (lambda r: r.summaries.kbar) if method == "dash" else (lambda r: r.kernel_keys.hi)
+    assert cache(other).data_ptr() != cache(run).data_ptr()
+    torch.testing.assert_close(other.forward(), run.forward(), rtol=0, atol=0)
+    calls = []
+    monkeypatch.setattr(bench, "_median_ms", lambda fn, graph=False: (calls.append(graph), fn(), 6.0)[2])
+    assert bench._per_call_ms([run.forward, other.forward, run.forward]) == 2.0 and calls == [True]
+
+    l2 = 50 * 2**20
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: SimpleNamespace(L2_cache_size=l2))
+    assert bench._graph_copies(3 * l2, 3 * l2) == 1  # dense decode of a long cache: one round already evicts
+    assert bench._graph_copies(l2, l2) == 3
+    assert bench._graph_copies(l2 / 100, 4 * l2) == 32  # a sparse step reading 1% of L2
+    assert bench._graph_copies(l2 / 100, 2**30) == 8  # at most 8 GiB of copies
+    assert bench._graph_copies(l2 / 100, 2**34) == 1
