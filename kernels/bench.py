@@ -52,14 +52,16 @@ def _median_ms(fn, graph: bool = False) -> float:
     return float(triton.testing.do_bench(fn, warmup=50, rep=300, return_mode="median"))
 
 
-def _graph_copies(touched_bytes: float, copy_bytes: float) -> int:
+def _graph_copies(touched_bytes: float, copy_bytes: float, fixed: int = 0) -> int:
     """How many copies of a decode case's inputs its CUDA-graph timing cycles through.
 
     ``do_bench`` clears L2 before every call; ``do_bench_cudagraph`` (decode: launch overhead matters) replays
     the same call back to back without that, so a step whose reads fit in L2 (a sparse step reads a few MB of
     a long cache; a short cache is small) would be timed from L2, where a model's step finds its layer's cache
     evicted by the other layers. With copies, one round of calls reads 3x the L2 size (PERF.md: rotate inputs
-    that fit in L2); at most 32 copies and 8 GiB of them."""
+    that fit in L2); at most 32 copies and 8 GiB of them. ``fixed`` > 0 (``--decode-copies``) sets the count."""
+    if fixed > 0:
+        return fixed
     l2 = torch.cuda.get_device_properties(torch.cuda.current_device()).L2_cache_size
     want = math.ceil(3 * l2 / max(touched_bytes, 1.0))
     return int(max(1, min(want, 32, (8 << 30) // max(int(copy_bytes), 1))))
@@ -89,12 +91,12 @@ def _sdpa(backend_name: str):
     return run
 
 
-def _dense_times(q, k, v, decode: bool, log) -> dict[str, float]:
+def _dense_times(q, k, v, decode: bool, log, copies: int = 0) -> dict[str, float]:
     out = {}
     inputs = [(q, k, v)]
     if decode:  # the dense step reads the whole cache; copies where that fits in L2
         kv_bytes = 2 * k.numel() * k.element_size()
-        inputs += [(q.clone(), k.clone(), v.clone()) for _ in range(_graph_copies(kv_bytes, kv_bytes) - 1)]
+        inputs += [(q.clone(), k.clone(), v.clone()) for _ in range(_graph_copies(kv_bytes, kv_bytes, copies) - 1)]
     for name in ("cudnn", "flash"):
         fn = _sdpa(name)
         try:
@@ -389,7 +391,7 @@ def sweep_configs(run: SparseRun, log) -> None:
 
 
 def bench_case(
-    case: Case, dtype: torch.dtype, baselines: dict, log, flex: bool, sweep: bool = False
+    case: Case, dtype: torch.dtype, baselines: dict, log, flex: bool, sweep: bool = False, decode_copies: int = 0
 ) -> dict[str, Any]:
     import dash_eval.kernels.triton_backend  # noqa: F401  (registers the kernels)
     import triton
@@ -400,7 +402,7 @@ def bench_case(
     key = (case.batch, case.tokens, case.nq, case.q_heads, case.kv_heads, case.head_dim, dtype)
     decode = case.nq < case.tokens
     if key not in baselines:
-        baselines[key] = _dense_times(q, k, v, decode, log)
+        baselines[key] = _dense_times(q, k, v, decode, log, decode_copies)
         log(f"  dense: cuDNN {baselines[key]['cudnn']:.3f} ms, flash {baselines[key]['flash']:.3f} ms")
     dense = baselines[key]
     run = SparseRun(case, q, k, v, scale)
@@ -427,7 +429,8 @@ def bench_case(
     row["visited"] = round(_visited(run), 4)
     if decode:  # copies of the inputs, so that the step's reads come from HBM as in a model (_graph_copies)
         kv_bytes = 2 * k.numel() * k.element_size()
-        runs = [run] + [run.copy() for _ in range(_graph_copies(kv_bytes * (1 - stats.sparsity), kv_bytes) - 1)]
+        n_copies = _graph_copies(kv_bytes * (1 - stats.sparsity), kv_bytes, decode_copies)
+        runs = [run] + [run.copy() for _ in range(n_copies - 1)]
         row["inputs"] += f"; decode timed over {len(runs)} copies of the inputs (L2 {_l2_mb():.0f} MB)"
         row["ms"] = _per_call_ms([r.forward for r in runs])
         row["route_ms"] = _route_time(run, runs)
@@ -455,6 +458,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sweep", action="store_true", help="dash prefill: also time launch configurations")
     parser.add_argument("--batch", type=int, default=0,
                         help="sequences per call for every case (default: each case's own, 1 unless its name says)")
+    parser.add_argument("--decode-copies", type=int, default=0, metavar="N",
+                        help="decode cases: input copies a timing cycles through so that L2 does not serve the step "
+                        "(default 0: enough to read 3x the L2 size a round; 1: one input set, as before session 21)")
     parser.add_argument("--list", action="store_true",
                         help="print the cases these options select (no GPU needed) instead of running them")
     parser.add_argument("--noise", type=float, default=None,
@@ -577,6 +583,10 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"dash-eval bench: {exc}", file=sys.stderr)
         return 2
+    if args.decode_copies < 0 or args.decode_copies > 256:
+        print(f"dash-eval bench: --decode-copies {args.decode_copies}; accepted: 0 (automatic) or 1 to 256",
+              file=sys.stderr)
+        return 2
     if args.list:
         print(describe_cases(cases))
         return 0
@@ -610,7 +620,7 @@ def run(args: argparse.Namespace) -> int:
             log(f"[{case.name}] {case.method} B={case.batch} N={case.tokens} Nq={case.nq} Hq={case.q_heads} "
                 f"Hkv={case.kv_heads} D={case.head_dim}")
             try:
-                row = bench_case(case, DTYPES[args.dtype], baselines, log, args.flex, args.sweep)
+                row = bench_case(case, DTYPES[args.dtype], baselines, log, args.flex, args.sweep, args.decode_copies)
             except torch.cuda.OutOfMemoryError as exc:
                 log(f"  out of memory: {str(exc).splitlines()[0][:200]}")
                 failed += 1

@@ -114,6 +114,8 @@ def test_sweep_exit_statuses_tell_failed_cells_from_rejected_configs(tmp_path, m
         (["--shapes", "nope"], "unknown shape set 'nope'; known: smoke, targets, decode, decode-batch"),
         (["--shapes", "decode", "--cases", "dash-decode-128k-kv2-75,x"], "unknown case(s) ['x'] in set decode"),
         (["--shapes", "decode-batch", "--batch", "2"], "needs a CUDA GPU"),  # the arguments pass; no GPU here
+        (["--shapes", "decode", "--decode-copies", "-1"], "--decode-copies -1; accepted: 0 (automatic) or 1 to 256"),
+        (["--shapes", "decode", "--decode-copies", "4"], "needs a CUDA GPU"),
     ],
 )
 def test_bench_refuses_bad_arguments_before_touching_a_gpu(tmp_path, capsys, monkeypatch, args, message):
