@@ -108,11 +108,40 @@ def dash_attention_forward(
     if multiplier is not None and "scale" in params.field_names():
         params = dataclasses.replace(params, scale=params.scale * multiplier)
     kv_valid = _kv_valid(attention_mask, query.shape[0], key.shape[2])
+    _check_sliding_window(runtime.method, kwargs.get("sliding_window"), kwargs.get("position_ids"), query, key,
+                          kv_valid)
     with deferred_counts():  # the tally reads the counts later: no layer waits for the GPU
         out, stats = _attend(module, runtime, params, query, key, value, attention_mask, kv_valid, scaling, dropout)
     phase = "decode" if query.shape[2] == 1 and key.shape[2] > 1 else "prefill"
     runtime.tally.add(phase, stats, layer=module.layer_idx)
     return out, None
+
+
+def _check_sliding_window(method: str, window: int | None, position_ids: torch.Tensor | None, query, key,
+                          kv_valid) -> None:
+    """Refuse a call that a sliding-window layer (Mistral's or Qwen's ``sliding_window``) needs windowed but that
+    this patch would not window. The sparse methods attend the whole causal context; past the window, the keys they
+    get are not that context either: the mask's window edge reads as left padding, and a generation's cache keeps
+    only the last ``window`` keys (each shifts every block). ``full`` is exact on the model's own sdpa path (an
+    unpadded prefill) and for one decode query (its valid keys are its window)."""
+    if window is None:
+        return
+    nq, nk = query.shape[2], key.shape[2]
+    # the longest real context of a query: its position + 1 (positions count real tokens; a trimmed cache holds fewer)
+    reach = nk if position_ids is None else _last_position_of(position_ids) + 1
+    if reach <= window:
+        return
+    if method == "full" and ((kv_valid is None and nq == nk) or nq == 1):
+        return
+    what = "a left-padded batch or a prefill continuing a cache" if method == "full" else "this method"
+    raise ValueError(
+        f"{method}: this layer uses sliding-window attention (the model config's sliding_window={window}) and the "
+        f"sequence has {reach} tokens; dash-eval does not implement the window for {what}. Accepted: sequences of "
+        f"at most {window} tokens, 'full' on unpadded rows, or a model config with sliding_window=None"
+    )
+
+
+_last_position_of = LastResult(lambda position_ids: int(position_ids[..., -1].max()))  # one host read a forward pass
 
 
 def _attend(module, runtime: AttentionRuntime, params: MethodParams, query, key, value, attention_mask, kv_valid,

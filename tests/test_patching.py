@@ -275,6 +275,47 @@ def test_bad_shapes_are_rejected_before_compute():
         sparse_attention(torch.randn(1, 4, 12, 16), k, k, "full")
 
 
+def _windowed(kind: str):
+    from transformers import MistralConfig, MistralForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(0)
+    common = dict(hidden_size=64, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, vocab_size=97, max_position_embeddings=128, pad_token_id=0)
+    if kind == "mistral":
+        return MistralForCausalLM(MistralConfig(**common, head_dim=16, sliding_window=6)).eval()
+    config = Qwen2Config(**common, use_sliding_window=True, sliding_window=6, max_window_layers=1)
+    return Qwen2ForCausalLM(config).eval()
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("kind", ["mistral", "qwen2"])
+def test_sliding_window_models(kind):
+    """A sliding-window layer: the sparse methods, which attend the whole causal context, refuse sequences longer
+    than the window (their decode steps read the window's edge as left padding and shifted every block); ``full``
+    gives the model's own logits, in prefill and decode, and refuses a padded batch past the window."""
+    model = _windowed(kind)
+    ids, short = _ids(15, 10), _ids(6, 11)
+    own = model(ids).logits
+    own_gen = model.generate(ids, max_new_tokens=4, do_sample=False, output_logits=True, return_dict_in_generate=True,
+                             pad_token_id=0, eos_token_id=None)
+    with patch_attention(model, "full"):
+        torch.testing.assert_close(model(ids).logits, own, rtol=0, atol=0)
+        gen = model.generate(ids, max_new_tokens=4, do_sample=False, output_logits=True, return_dict_in_generate=True,
+                             pad_token_id=0, eos_token_id=None)
+        torch.testing.assert_close(torch.stack(gen.logits), torch.stack(own_gen.logits), rtol=1e-5, atol=1e-5)
+        batch, mask = torch.zeros(2, 15, dtype=torch.long), torch.zeros(2, 15, dtype=torch.long)
+        batch[0], mask[0], batch[1, 5:], mask[1, 5:] = ids[0], 1, ids[0, :10], 1
+        with pytest.raises(ValueError, match=r"full: .*sliding_window=6.* 15 tokens.*left-padded batch"):
+            model(batch, attention_mask=mask)
+    for method in SPARSE:
+        with patch_attention(model, method, **SPARSE[method]):
+            model(short)  # within the window: nothing to refuse
+            with pytest.raises(ValueError, match=rf"{method}: .*sliding_window=6.* 15 tokens"):
+                model(ids)
+            with pytest.raises(ValueError, match=rf"{method}: .*sliding_window=6.* 7 tokens"):
+                model.generate(short, max_new_tokens=3, do_sample=False, pad_token_id=0, eos_token_id=None)
+
+
 def test_unsupported_architecture():
     from transformers import GPT2Config, GPT2LMHeadModel
 
