@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import types
 from collections.abc import Iterator
 from typing import Any
 
@@ -171,6 +172,17 @@ def _attend(module, runtime: AttentionRuntime, params: MethodParams, query, key,
     return out, stats
 
 
+def _reorder_cache(model: torch.nn.Module, past_key_values: Any, beam_idx: torch.Tensor) -> Any:
+    """What ``generate`` calls to reorder the KV cache between beam-search steps (it looks for this method on the
+    model). The layers' decode caches (``decode_cache``) hold block summaries or kernel keys per batch row in the
+    old order, and a step after the reorder still looks like a continuation to them: they are dropped, so the
+    next step rebuilds them from the reordered keys."""
+    for module in attention_modules(model):
+        clear_decode_cache(module)
+    past_key_values.reorder_cache(beam_idx)
+    return past_key_values
+
+
 def _param_kwargs(params: MethodParams) -> dict[str, Any]:
     return {f.name: getattr(params, f.name) for f in dataclasses.fields(params)}
 
@@ -252,6 +264,7 @@ def apply_attention(
         clear_decode_cache(module)
     setattr(model.config, CONFIG_KEY, {"method": method, "params": parsed.to_dict()})
     _set_implementation(model, ATTN_IMPLEMENTATION)
+    model._reorder_cache = types.MethodType(_reorder_cache, model)
     return parsed
 
 
@@ -269,6 +282,8 @@ def remove_attention(model: torch.nn.Module, implementation: str = "sdpa") -> No
     """Undo ``apply_attention``: back to a transformers implementation, config key removed."""
     for module in attention_modules(model):
         module.__dict__.pop("_dash_runtime", None)
+        clear_decode_cache(module)
+    model.__dict__.pop("_reorder_cache", None)
     if hasattr(model.config, CONFIG_KEY):
         delattr(model.config, CONFIG_KEY)
     _set_implementation(model, implementation)
@@ -282,16 +297,22 @@ def patch_attention(model: torch.nn.Module, method: str = "full", **kwargs: Any)
     modules = attention_modules(model)
     previous_runtime = [m.__dict__.get("_dash_runtime") for m in modules]
     previous_scales = model_layer_scales(model)
+    previous_reorder = model.__dict__.get("_reorder_cache")
     apply_attention(model, method, **kwargs)
     try:
         yield model
     finally:
         set_layer_scales(model, previous_scales)
         for module, runtime in zip(modules, previous_runtime):
+            clear_decode_cache(module)  # built under this block's method
             if runtime is None:
                 module.__dict__.pop("_dash_runtime", None)
             else:
                 module._dash_runtime = runtime
+        if previous_reorder is None:
+            model.__dict__.pop("_reorder_cache", None)
+        else:
+            model._reorder_cache = previous_reorder
         if previous_cfg is None:
             if hasattr(model.config, CONFIG_KEY):
                 delattr(model.config, CONFIG_KEY)

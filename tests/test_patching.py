@@ -275,6 +275,36 @@ def test_bad_shapes_are_rejected_before_compute():
         sparse_attention(torch.randn(1, 4, 12, 16), k, k, "full")
 
 
+@torch.no_grad()
+def test_beam_search_reorders_through_the_patch(tiny):
+    """generate's beam search reorders the cache through the model's ``_reorder_cache``, which the patch provides
+    (it drops the layers' decode caches, test_triton_topk_decode.py) and takes away again."""
+    import dash_eval.dash_models.patch as patch_module
+
+    reorders = []
+    real = patch_module._reorder_cache
+
+    def spy(model, past_key_values, beam_idx):
+        reorders.append(beam_idx.clone())
+        return real(model, past_key_values, beam_idx)
+
+    before = set(tiny.__dict__)
+    ids = _ids(21, 9)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(patch_module, "_reorder_cache", spy)
+        with patch_attention(tiny, "dash", **SPARSE["dash"]):
+            beams = tiny.generate(ids, max_new_tokens=5, num_beams=2, do_sample=False, pad_token_id=0,
+                                  eos_token_id=None)
+    assert reorders and beams.shape == (1, 26)
+    assert set(tiny.__dict__) - {"_dash_tally"} == before - {"_dash_tally"}  # only the tally stays, to be read
+    with patch_attention(tiny, "nsa", **SPARSE["nsa"]):
+        apply_attention(tiny, "dash", **SPARSE["dash"])
+        from dash_eval.dash_models import remove_attention
+
+        remove_attention(tiny)
+        assert "_reorder_cache" not in tiny.__dict__
+
+
 def _windowed(kind: str):
     from transformers import MistralConfig, MistralForCausalLM, Qwen2Config, Qwen2ForCausalLM
 

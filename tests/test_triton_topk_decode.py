@@ -147,3 +147,43 @@ def test_cache_rebuilt_when_the_sequence_does_not_continue(kernel_parallel):
 
         nsa_attention_triton(q[:, :, 36:37], k[:, :, :37], v[:, :, :37], params, softmax_scale=0.125,
                              return_stats=False, kernel_keys=keys)
+
+
+@pytest.mark.parametrize("method", ["dash", "nsa"])
+@torch.no_grad()
+def test_cached_decode_follows_a_beam_reorder(method, monkeypatch):
+    """Beam search reorders the KV cache's rows between steps; the next step still looks like a continuation to
+    the layers' decode caches, which must not keep the old rows' block summaries / kernel keys. Two different
+    prompts swapped mid-generation, through the hook ``generate`` calls, against the reference backend."""
+    from dash_eval.dash_models import patch as patch_module
+    from dash_eval.dash_models import patch_attention
+    from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
+
+    def on_cpu_too(query, backend, m, params):  # the decode-cache path, which a patched model takes on CUDA only
+        kind = decode_cache._STATES.get(m)
+        return kind is not None and backend != "reference" and kind.unsupported(query, params) is None
+
+    monkeypatch.setattr(patch_module, "triton_cache_available", on_cpu_too)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(
+        hidden_size=64, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
+        head_dim=32, vocab_size=97, max_position_embeddings=128, pad_token_id=0)).eval()
+    params = {"block_size": 16, "scale": 400.0} if method == "dash" else \
+        dict(GEOMETRY, init_blocks=0, local_blocks=1, topk=1, window=4)
+    ids = torch.randint(3, 97, (2, 70), generator=torch.Generator().manual_seed(1))
+    logits = {}
+    for backend in ("auto", "reference"):
+        with patch_attention(model, method, backend=backend, **params):
+            cache = DynamicCache(config=model.config)
+            out = model(ids, past_key_values=cache)
+            steps = []
+            for step in range(5):
+                token = out.logits[:, -1:].argmax(-1)
+                if step == 2:  # rows swapped, as a beam search step may: blocks 0-3 now belong to the other row
+                    cache = model._reorder_cache(cache, torch.tensor([1, 0]))
+                    token = token.flip(0)
+                out = model(token, past_key_values=cache)
+                steps.append(out.logits[:, -1])
+            logits[backend] = torch.stack(steps)
+        assert "_reorder_cache" not in model.__dict__  # gone with the patch
+    torch.testing.assert_close(logits["auto"], logits["reference"], rtol=1e-4, atol=1e-4)
