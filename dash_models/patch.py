@@ -291,18 +291,23 @@ def remove_attention(model: torch.nn.Module, implementation: str = "sdpa") -> No
 
 @contextlib.contextmanager
 def patch_attention(model: torch.nn.Module, method: str = "full", **kwargs: Any) -> Iterator[torch.nn.Module]:
-    """``apply_attention`` inside a ``with`` block; the previous attention is restored in ``finally``."""
+    """``apply_attention`` inside a ``with`` block; the previous attention (method, routers, layer scales) is
+    restored in ``finally``."""
+    from dash_eval.dash_models.router import model_routers, set_routers
+
     previous_impl = model.config._attn_implementation
     previous_cfg = current_attention(model)
     modules = attention_modules(model)
     previous_runtime = [m.__dict__.get("_dash_runtime") for m in modules]
     previous_scales = model_layer_scales(model)
+    previous_routers = model_routers(model)
     previous_reorder = model.__dict__.get("_reorder_cache")
     apply_attention(model, method, **kwargs)
     try:
         yield model
     finally:
         set_layer_scales(model, previous_scales)
+        set_routers(model, previous_routers)
         for module, runtime in zip(modules, previous_runtime):
             clear_decode_cache(module)  # built under this block's method
             if runtime is None:

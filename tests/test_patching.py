@@ -238,6 +238,26 @@ def test_saved_model_remembers_method_and_routers(tiny, tmp_path):
     assert not torch.allclose(loaded(ids).logits, routed)
 
 
+@torch.no_grad()
+def test_patch_block_restores_the_routers(tiny):
+    """Routers attached (or dropped) by ``patch_attention(..., router=...)`` are undone on exit, as the method and
+    layer scales are: a later ``dash`` without a router routes as before the block, not on the block's routers."""
+    ids = _ids(40, 12)
+    with patch_attention(tiny, "dash", **SPARSE["dash"]):
+        mean_pooled = tiny(ids).logits
+    with patch_attention(tiny, "dash", router={layer: torch.randn(2 * 16) for layer in range(2)}, **SPARSE["dash"]):
+        assert set(model_routers(tiny)) == {0, 1}
+    assert model_routers(tiny) == {}
+    with patch_attention(tiny, "dash", **SPARSE["dash"]):
+        torch.testing.assert_close(tiny(ids).logits, mean_pooled, rtol=0, atol=0)
+    kept = {0: torch.randn(2 * 16)}
+    with patch_attention(tiny, "dash", router=kept):
+        with patch_attention(tiny, "dash", router="none"):
+            assert model_routers(tiny) == {}
+        assert set(model_routers(tiny)) == {0} and torch.equal(model_routers(tiny)[0], kept[0])
+    assert model_routers(tiny) == {}
+
+
 def _load_dir(path):
     from tokenizers import Tokenizer, models
     from transformers import PreTrainedTokenizerFast
