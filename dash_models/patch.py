@@ -65,13 +65,15 @@ def attention_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
     return sorted(mods, key=lambda m: m.layer_idx)
 
 
-def _kv_valid(attention_mask: torch.Tensor | None, batch: int, nk: int) -> torch.Tensor | None:
-    """Keys that some query may attend, from the 4-d mask transformers builds (None: no padding). Every layer
-    of a forward pass gets the same mask: the host reads it once."""
-    return None if attention_mask is None else _kv_valid_of(attention_mask, batch, nk)
+def _kv_valid(attention_mask: torch.Tensor | None, batch: int, nk: int, nq: int) -> tuple[torch.Tensor | None, int]:
+    """``(kv_valid, used)``: the keys that some query may attend, from the 4-d mask transformers builds (None: no
+    padding), over the first ``used`` keys. ``used < nk`` where the queries stop short of the keys' end, as in a
+    static cache, whose slots past the current token hold no keys yet: the keys are then cut there, so that the
+    queries are the last ``nq`` of them. Every layer of a forward pass gets the same mask: the host reads it once."""
+    return (None, nk) if attention_mask is None else _kv_valid_of(attention_mask, batch, nk, nq)
 
 
-def _valid_keys(mask: torch.Tensor, batch: int, nk: int) -> torch.Tensor | None:
+def _valid_keys(mask: torch.Tensor, batch: int, nk: int, nq: int) -> tuple[torch.Tensor | None, int]:
     if mask.dim() != 4:
         raise ValueError(f"dash_eval attention expects a 4-d attention mask; got shape {tuple(mask.shape)}")
     allowed = mask if mask.dtype == torch.bool else mask > torch.finfo(mask.dtype).min / 2
@@ -79,7 +81,13 @@ def _valid_keys(mask: torch.Tensor, batch: int, nk: int) -> torch.Tensor | None:
     if valid.shape[0] != batch:
         valid = valid.expand(batch, -1)
     # the rows' key spans: one copy to the host, which sparse_attention then finds done for this very tensor
-    return None if all(span == (0, nk) for span in row_spans(valid)) else valid
+    spans = row_spans(valid)
+    used = nk
+    stops = {stop for _, stop in spans}
+    if nq < nk and len(stops) == 1 and nq <= min(stops) < nk:  # every row's keys end where its queries do
+        used = stops.pop()
+        valid = valid[:, :used]
+    return (None if all(span == (0, used) for span in spans) else valid), used
 
 
 _kv_valid_of = LastResult(_valid_keys)
@@ -108,7 +116,13 @@ def dash_attention_forward(
     multiplier = getattr(module, LAYER_SCALE_ATTR, None)
     if multiplier is not None and "scale" in params.field_names():
         params = dataclasses.replace(params, scale=params.scale * multiplier)
-    kv_valid = _kv_valid(attention_mask, query.shape[0], key.shape[2])
+    if attention_mask is None and 1 < query.shape[2] < key.shape[2]:
+        # no mask means sdpa's plain causal, whose queries are the first keys' positions: a static cache's prefill,
+        # whose later slots hold no keys yet
+        key, value = key[:, :, : query.shape[2]], value[:, :, : query.shape[2]]
+    kv_valid, used = _kv_valid(attention_mask, query.shape[0], key.shape[2], query.shape[2])
+    if used < key.shape[2]:
+        key, value, attention_mask = key[:, :, :used], value[:, :, :used], attention_mask[..., :used]
     _check_sliding_window(runtime.method, kwargs.get("sliding_window"), kwargs.get("position_ids"), query, key,
                           kv_valid)
     with deferred_counts():  # the tally reads the counts later: no layer waits for the GPU

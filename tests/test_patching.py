@@ -81,6 +81,26 @@ def test_left_padded_generation_equals_row_alone(tiny):
 
 
 @torch.no_grad()
+@pytest.mark.parametrize("method", ["full", *SPARSE])
+def test_static_cache_generation_equals_dynamic(tiny, method):
+    """A static cache hands attention all its slots, the empty ones past the current token too: without a mask
+    (an unpadded prefill) the queries are the first positions, as in sdpa's plain causal; with one, the slots no
+    query reaches. The methods must see only the keys that exist, in a left-padded batch too."""
+    batch = torch.zeros(2, 22, dtype=torch.long)
+    mask = torch.zeros_like(batch)
+    batch[0], mask[0] = _ids(22, 13)[0], 1
+    batch[1, 9:], mask[1, 9:] = _ids(13, 14)[0], 1
+    kw = dict(max_new_tokens=6, do_sample=False, pad_token_id=0, eos_token_id=None, output_logits=True,
+              return_dict_in_generate=True)
+    with patch_attention(tiny, method, **SPARSE.get(method, {})):
+        for ids, row_mask in ((batch[:1], None), (batch, mask)):
+            dynamic = tiny.generate(ids, attention_mask=row_mask, **kw)
+            static = tiny.generate(ids, attention_mask=row_mask, cache_implementation="static", **kw)
+            assert torch.equal(static.sequences, dynamic.sequences)
+            torch.testing.assert_close(torch.stack(static.logits), torch.stack(dynamic.logits), rtol=1e-4, atol=1e-4)
+
+
+@torch.no_grad()
 def test_tally_prefill_and_decode_apart(tiny):
     with patch_attention(tiny, "dash", **SPARSE["dash"]):
         tally = get_tally(tiny)
