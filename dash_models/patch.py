@@ -81,7 +81,11 @@ def _valid_keys(mask: torch.Tensor, batch: int, nk: int, nq: int) -> tuple[torch
     if valid.shape[0] != batch:
         valid = valid.expand(batch, -1)
     # the rows' key spans: one copy to the host, which sparse_attention then finds done for this very tensor
-    spans = row_spans(valid)
+    try:
+        spans = row_spans(valid)
+    except ValueError as exc:  # the usual cause, in words the caller knows
+        raise ValueError(f"attention_mask: {exc}. A right-padded batch that generate continues has its new tokens "
+                         f"after the padding: pad on the left (tokenizer.padding_side = 'left')") from None
     used = nk
     stops = {stop for _, stop in spans}
     if nq < nk and len(stops) == 1 and nq <= min(stops) < nk:  # every row's keys end where its queries do

@@ -101,6 +101,18 @@ def test_static_cache_generation_equals_dynamic(tiny, method):
 
 
 @torch.no_grad()
+def test_right_padded_generation_is_refused_with_the_cause(tiny):
+    batch = torch.zeros(2, 12, dtype=torch.long)
+    mask = torch.zeros_like(batch)
+    batch[0], mask[0] = _ids(12, 15)[0], 1
+    batch[1, :7], mask[1, :7] = _ids(7, 16)[0], 1
+    with patch_attention(tiny, "dash", **SPARSE["dash"]):
+        tiny(batch, attention_mask=mask)  # a right-padded prefill is fine
+        with pytest.raises(ValueError, match=r"attention_mask: kv_valid row 1: .*padding_side = 'left'"):
+            tiny.generate(batch, attention_mask=mask, max_new_tokens=2, do_sample=False, pad_token_id=0)
+
+
+@torch.no_grad()
 def test_tally_prefill_and_decode_apart(tiny):
     with patch_attention(tiny, "dash", **SPARSE["dash"]):
         tally = get_tally(tiny)
