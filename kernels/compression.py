@@ -80,7 +80,8 @@ def gather_block_kernels(
     )
     if m == 0:
         shape = scores.shape[:-1] + index.shape
-        return scores.new_zeros(shape), torch.zeros(visible.shape[0], *index.shape, dtype=torch.bool), overlap
+        none_visible = torch.zeros(visible.shape[0], *index.shape, dtype=torch.bool, device=visible.device)
+        return scores.new_zeros(shape), none_visible, overlap
     gathered = scores[..., index.reshape(-1)].view(*scores.shape[:-1], *index.shape)
     vis = visible[:, index.reshape(-1)].view(visible.shape[0], *index.shape) & in_range
     return gathered, vis, overlap

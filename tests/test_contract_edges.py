@@ -164,3 +164,17 @@ def test_infllmv2_triton_kernel_map_off_the_default_ratio(kernel_size, nq):
     k, v = torch.randn(1, 1, 150, 32), torch.randn(1, 1, 150, 32)
     params = dict(block_size=32, kernel_size=kernel_size, kernel_stride=16, topk=2, init_blocks=1, local_blocks=1)
     assert_triton_matches_reference(q, k, v, "infllmv2", 2e-5, **params)
+
+
+def test_block_kernels_with_no_kernel_stay_on_the_scores_device():
+    """A sequence (or a padded row's real part) shorter than one kernel has no kernel key; the references' pooling
+    built its empty visibility mask on the CPU, so on a GPU nsa / infllmv2 stopped with a device mismatch (found by
+    scripts/gpu_fuzz.py on an H200: a padded decode row with fewer real tokens than kernel_size=128). The meta device
+    stands in for the GPU here."""
+    from dash_eval.kernels.compression import gather_block_kernels
+
+    scores = torch.empty(1, 2, 5, 0, device="meta")
+    visible = torch.empty(5, 0, dtype=torch.bool, device="meta")
+    per_block, vis, overlap = gather_block_kernels(scores, visible, 100, 32, 128, 32, 1)
+    assert per_block.device == vis.device == overlap.device == scores.device
+    assert tuple(vis.shape) == (5, 4, 2) and tuple(per_block.shape) == (1, 2, 5, 4, 2)
