@@ -7,7 +7,8 @@ other, and how likely that split is if neither is better (a one-sided sign test,
 
 A cell is paired with the baseline series' cell of the same task and length that has the same target
 sparsity; when the baseline has a single cell there (``full``, or one calibrated point), every cell pairs
-with it.
+with it. A cell for which the baseline has several such cells (a grid: several cells without a target) pairs
+with none of them, and the report names it.
 """
 
 from __future__ import annotations
@@ -38,19 +39,27 @@ def prompt_scores(store: ResultsStore, cell_name: str) -> dict[int, float]:
     return out
 
 
-def paired_rows(rows: list[dict], store: ResultsStore, baseline: str) -> list[dict]:
-    """One record per cell that has a baseline cell to pair with (see the module's docstring)."""
+def paired_rows(rows: list[dict], store: ResultsStore, baseline: str, unpaired: list[dict] | None = None) -> list[dict]:
+    """One record per cell that has a baseline cell to pair with (see the module's docstring). The cells of a
+    task and length where the baseline has cells but none to pair with go to ``unpaired``, when given."""
     out: list[dict] = []
     for (task, length), group in group_rows(rows).items():
         base = [r for r in group if series(r) == baseline]
         if not base:
             continue
-        by_target = {r.get("target_sparsity"): r for r in base}
+        by_target: dict[object, list[dict]] = {}
+        for b in base:
+            by_target.setdefault(b.get("target_sparsity"), []).append(b)
         for r in group:
             if series(r) == baseline:
                 continue
-            b = base[0] if len(base) == 1 else by_target.get(r.get("target_sparsity"))
+            # the baseline's only cell here, else its only cell at this target: a grid of the baseline (several
+            # cells without a target) has no one cell to pair with
+            same = base if len(base) == 1 else by_target.get(r.get("target_sparsity"), [])
+            b = same[0] if len(same) == 1 else None
             if b is None or (r.get("samples"), r.get("seed")) != (b.get("samples"), b.get("seed")):
+                if unpaired is not None:
+                    unpaired.append({"task": task, "length": length, "series": series(r), "cell": r.get("cell")})
                 continue
             mine, theirs = prompt_scores(store, r["cell"]), prompt_scores(store, b["cell"])
             docs = sorted(set(mine) & set(theirs))
@@ -65,7 +74,7 @@ def paired_rows(rows: list[dict], store: ResultsStore, baseline: str) -> list[di
     return out
 
 
-def paired_markdown(records: list[dict], baseline: str) -> str:
+def paired_markdown(records: list[dict], baseline: str, unpaired: list[dict] | None = None) -> str:
     lines = [
         f"## Paired against {baseline}",
         "",
@@ -84,6 +93,13 @@ def paired_markdown(records: list[dict], baseline: str) -> str:
     if not records:
         lines.append("| (no cell pairs with it) | | | | | | | | |")
     lines.append("")
+    if unpaired:
+        lines += [
+            f"Not paired ({len(unpaired)} cell(s)): {baseline} has no single cell with the same task, length, "
+            "target sparsity, sample count and seed (a grid of it has several): "
+            + ", ".join(f"{u['series']} {u['cell']}" for u in unpaired) + ".",
+            "",
+        ]
     return "\n".join(lines)
 
 

@@ -340,7 +340,8 @@ def write_reports(
         from dash_eval.evals.paired import check_baseline, paired_markdown, paired_rows
 
         check_baseline(rows, paired)  # before anything is written
-        paired_text = paired_markdown(paired_rows(rows, store, paired), paired)
+        unpaired: list[dict] = []
+        paired_text = paired_markdown(paired_rows(rows, store, paired, unpaired), paired, unpaired)
     stale = [r.get("cell", "") for r in stale_rows]
     root = Path(results_dir)
     paths = {

@@ -1,0 +1,49 @@
+"""The numbers of a sweep report, from results directories written by hand (no sweep, no model): paired
+counts, damaged cells, the plot's series."""
+
+from __future__ import annotations
+
+from dash_eval.evals.paired import paired_rows
+from dash_eval.evals.report import write_reports
+from dash_eval.evals.sweep_store import ResultsStore
+
+
+def _cell(store, name, method, sparsity, scores, *, label=None, target=None, index=0, task="niah", length=1024,
+          params=None):
+    """One complete cell: ``scores`` are its prompts' scores (doc_id = position), accuracy their mean."""
+    metrics = {
+        "cell": name, "config_hash": name, "model": "m", "method": method, "label": label or method,
+        "task": task, "length": length, "samples": len(scores), "seed": 0, "sparsity": sparsity,
+        "accuracy": sum(scores) / len(scores), "target_sparsity": target, "cell_index": index,
+        "params": params or {}, "explicit": sorted(params or {}),
+    }
+    predictions = [{"doc_id": i, "score": float(s)} for i, s in enumerate(scores)]
+    store.write_cell(name, cell={}, predictions=predictions, lm_eval_results={}, metrics=metrics)
+
+
+def _grid_dir(root):
+    store = ResultsStore(root)
+    _cell(store, "full", "full", 0.0, [1, 1, 1, 1], index=0)
+    _cell(store, "dash-s1", "dash", 0.5, [1, 1, 1, 0], index=1, params={"scale": 1.0})
+    _cell(store, "dash-s4", "dash", 0.8, [0, 0, 0, 1], index=2, params={"scale": 4.0})
+    _cell(store, "dash-t75", "dash", 0.74, [1, 0, 0, 0], target=0.75, index=3, params={"scale": 2.0})
+    _cell(store, "nsa-t75", "nsa", 0.76, [1, 1, 0, 0], target=0.75, index=4, params={"topk": 4})
+    _cell(store, "nsa-k1", "nsa", 0.9, [1, 0, 0, 0], index=5, params={"topk": 1})
+    return store
+
+
+def test_a_baseline_grid_pairs_with_no_one_of_its_cells(tmp_path):
+    """dash has two grid cells (no target) and one at 0.75: only the cell at that target pairs with it; the
+    cells without a target have two dash cells to choose from and are reported, not paired with the last."""
+    store = _grid_dir(tmp_path)
+    got = paired_rows(store.rows(), store, "dash")
+    # nsa at 0.75 [1,1,0,0] against dash at 0.75 [1,0,0,0]: one prompt gained, none lost
+    assert [(r["series"], r["target_sparsity"], r["gained"], r["lost"], r["prompts"]) for r in got] == [
+        ("nsa", 0.75, 1, 0, 4)
+    ]
+    unpaired: list[dict] = []
+    paired_rows(store.rows(), store, "dash", unpaired)
+    assert sorted(u["cell"] for u in unpaired) == ["full", "nsa-k1"]
+    write_reports(tmp_path, paired="dash")
+    report = (tmp_path / "report.md").read_text()
+    assert "Not paired (2 cell(s))" in report and "full full" in report and "nsa nsa-k1" in report
