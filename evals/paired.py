@@ -79,19 +79,21 @@ def paired_markdown(records: list[dict], baseline: str, unpaired: list[dict] | N
         f"## Paired against {baseline}",
         "",
         f"Prompt by prompt on the same prompts: 'gained' counts prompts a series scores higher on than {baseline}, "
-        "'lost' lower; p is the one-sided sign test that the series is better (ties dropped).",
+        "'lost' lower, of the prompts both cells scored; p is the one-sided sign test that the series is better "
+        "(ties dropped).",
         "",
-        f"| task | length | series | sparsity | accuracy | {baseline} | gained | lost | p |",
-        "|---|---:|---|---:|---:|---:|---:|---:|---:|",
+        f"| task | length | series | sparsity | accuracy | {baseline} | prompts | gained | lost | p |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for rec in records:
         base = f"{_fmt(rec['baseline_accuracy'])} ({_fmt(rec['baseline_sparsity'], pct=True)})"
         lines.append(
             f"| {rec['task']} | {rec['length']} | {rec['series']} | {_fmt(rec['sparsity'], pct=True)} | "
-            f"{_fmt(rec['accuracy'])} | {base} | {rec['gained']} | {rec['lost']} | {rec['p_better']:.3f} |"
+            f"{_fmt(rec['accuracy'])} | {base} | {rec['prompts']} | {rec['gained']} | {rec['lost']} | "
+            f"{rec['p_better']:.3f} |"
         )
     if not records:
-        lines.append("| (no cell pairs with it) | | | | | | | | |")
+        lines.append("| (no cell pairs with it) | | | | | | | | | |")
     lines.append("")
     if unpaired:
         lines += [

@@ -47,3 +47,14 @@ def test_a_baseline_grid_pairs_with_no_one_of_its_cells(tmp_path):
     write_reports(tmp_path, paired="dash")
     report = (tmp_path / "report.md").read_text()
     assert "Not paired (2 cell(s))" in report and "full full" in report and "nsa nsa-k1" in report
+
+
+def test_paired_table_shows_how_many_prompts_each_pair_has(tmp_path):
+    """The sign test's n is the prompts both cells scored: a cell that lost a prediction line shows fewer."""
+    store = _grid_dir(tmp_path)
+    path = store.cell_dir("nsa-t75") / "predictions.jsonl"
+    path.write_text("".join(path.read_text().splitlines(keepends=True)[1:]))  # prompt 0 (a tie) gone
+    write_reports(tmp_path, paired="dash")
+    report = (tmp_path / "report.md").read_text()
+    assert "| dash | prompts | gained | lost | p |" in report
+    assert "| 0.250 (74.0%) | 3 | 1 | 0 | 0.500 |" in report, report
