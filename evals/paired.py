@@ -29,13 +29,20 @@ def sign_test_p(gained: int, lost: int) -> float:
 
 
 def prompt_scores(store: ResultsStore, cell_name: str) -> dict[int, float]:
-    """``{doc_id: score}`` of a complete cell (its ``predictions.jsonl``)."""
+    """``{doc_id: score}`` of a complete cell (its ``predictions.jsonl``). A damaged file is a ``ValueError``
+    that names it and the line."""
     path = store.cell_dir(cell_name) / PREDICTIONS_FILE
     out: dict[int, float] = {}
-    for line in path.read_text().splitlines():
+    for n, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
         if line.strip():
-            rec = json.loads(line)
-            out[int(rec["doc_id"])] = float(rec["score"])
+            try:
+                rec = json.loads(line)
+                out[int(rec["doc_id"])] = float(rec["score"])
+            except (ValueError, TypeError, KeyError) as exc:
+                raise ValueError(
+                    f"{path}, line {n}: not a prediction with a doc_id and a score ({type(exc).__name__}: {exc}); "
+                    "remove the cell's directory and run the sweep again to redo it"
+                ) from None
     return out
 
 

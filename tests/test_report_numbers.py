@@ -58,3 +58,15 @@ def test_paired_table_shows_how_many_prompts_each_pair_has(tmp_path):
     report = (tmp_path / "report.md").read_text()
     assert "| dash | prompts | gained | lost | p |" in report
     assert "| 0.250 (74.0%) | 3 | 1 | 0 | 0.500 |" in report, report
+
+
+def test_a_damaged_predictions_file_is_named(tmp_path, capsys):
+    from dash_eval.cli import main
+
+    _grid_dir(tmp_path)
+    bad = tmp_path / "cells" / "nsa-t75" / "predictions.jsonl"
+    for text, line in (('{"doc_id": 0, "score": 1.0}\n{"doc_id": 1, "sc', 2), ('{"doc_id": null, "score": 1}\n', 1)):
+        bad.write_text(text)
+        assert main(["report", str(tmp_path), "--paired", "dash", "--quiet"]) == 2
+        err = capsys.readouterr().err
+        assert f"{bad}, line {line}: not a prediction" in err and "run the sweep again" in err, err
