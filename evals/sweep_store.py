@@ -39,7 +39,7 @@ PREDICTIONS_FILE = "predictions.jsonl"
 LM_EVAL_FILE = "lm_eval_results.json"
 MANIFEST_FILE = "cells.json"
 # What the reports read of a leaderboard row: a metrics file without them is damaged, not complete.
-REQUIRED_METRICS = ("cell", "config_hash", "method", "task", "sparsity", "accuracy")
+REQUIRED_METRICS = ("cell", "config_hash", "method", "task", "sparsity", "accuracy", "length")
 
 logger = logging.getLogger(__name__)
 _WARNED: set[tuple[str, str]] = set()

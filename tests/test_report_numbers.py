@@ -3,6 +3,8 @@ counts, damaged cells, the plot's series."""
 
 from __future__ import annotations
 
+import json
+
 from dash_eval.evals.paired import paired_rows
 from dash_eval.evals.report import write_reports
 from dash_eval.evals.sweep_store import ResultsStore
@@ -70,3 +72,16 @@ def test_a_damaged_predictions_file_is_named(tmp_path, capsys):
         assert main(["report", str(tmp_path), "--paired", "dash", "--quiet"]) == 2
         err = capsys.readouterr().err
         assert f"{bad}, line {line}: not a prediction" in err and "run the sweep again" in err, err
+
+
+def test_a_metrics_file_without_its_length_is_a_damaged_cell(tmp_path):
+    """The report groups cells by task and length: a row without a length is left out (a sweep redoes it),
+    not a KeyError that stops every report of the directory."""
+    store = _grid_dir(tmp_path)
+    path = store.cell_dir("nsa-k1") / "metrics.json"
+    row = json.loads(path.read_text())
+    del row["length"]
+    path.write_text(json.dumps(row))
+    assert store.read_metrics("nsa-k1") is None
+    write_reports(tmp_path)
+    assert "nsa-k1" not in (tmp_path / "leaderboard.csv").read_text()

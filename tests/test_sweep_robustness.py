@@ -16,7 +16,8 @@ from dash_eval.evals.sweep_store import METRICS_FILE, PREDICTIONS_FILE, ResultsS
 
 from dash_eval.cli import main
 
-ROW = {"cell": "c", "config_hash": "h", "method": "full", "task": "niah_single", "sparsity": 0.0, "accuracy": 1.0}
+ROW = {"cell": "c", "config_hash": "h", "method": "full", "task": "niah_single", "length": 1024, "sparsity": 0.0,
+       "accuracy": 1.0}
 GOOD = {
     "name": "robust",
     "model": {"pretrained": "default", "dtype": "float32", "device": "cpu"},
