@@ -262,24 +262,24 @@ def plot_figure(rows: list[dict]) -> Figure:
     FigureCanvasAgg(fig)
     methods = _methods(rows)
     colors = {m: f"C{i % 10}" for i, m in enumerate(methods)}
-    markers = "osD^v<>ph*"
+    markers = _markers(methods)
     for k, ((task, length), group) in enumerate(groups):
         ax = fig.add_subplot(nrows, ncols, k + 1)
-        for i, method in enumerate(methods):
+        for method in methods:
             pts = [(_num(r["sparsity"]), _num(r["accuracy"])) for r in group if series(r) == method]
             pts = [p for p in pts if None not in p]
             if not pts:
                 continue
             xs, ys = zip(*pts)
-            ax.scatter(xs, ys, color=colors[method], marker=markers[i % len(markers)], alpha=0.55, s=28)
+            ax.scatter(xs, ys, color=colors[method], marker=markers[method], alpha=0.55, s=28)
             front = pareto_frontier(pts)
             fx, fy = zip(*front)
             if max(xs) == 0.0:  # a dense method: its accuracy is the reference line for the others
                 ax.axhline(fy[0], color=colors[method], ls="--", lw=1.0, alpha=0.7)
-            ax.plot(fx, fy, color=colors[method], marker=markers[i % len(markers)], lw=1.8)
+            ax.plot(fx, fy, color=colors[method], marker=markers[method], lw=1.8)
         for lv in ISO_SPARSITIES:
             ax.axvline(lv, color="0.85", lw=0.8, zorder=0)
-        ax.set_xlim(-0.02, 1.0)
+        ax.set_xlim(-0.02, 1.02)  # a cell at 99% sparsity shows its whole marker
         ax.set_ylim(-0.03, 1.05)
         ax.set_xlabel("measured sparsity (fraction of causal pairs skipped)")
         ax.set_ylabel("accuracy")
@@ -294,15 +294,24 @@ def plot_figure(rows: list[dict]) -> Figure:
     return fig
 
 
-def _figure_legend(fig: Figure, methods: list[str], colors: dict[str, str], markers: str, width: float) -> None:
-    """One legend for the whole figure, below the panels (inside one, it hides points), each series once."""
+def _markers(methods: list[str]) -> dict[str, str]:
+    """A marker per series; it shifts each time the ten colours come round again, so that no two of up to a
+    hundred series share both colour and marker."""
+    shapes = "osD^v<>ph*"
+    return {m: shapes[(i + i // 10) % len(shapes)] for i, m in enumerate(methods)}
+
+
+def _figure_legend(
+    fig: Figure, methods: list[str], colors: dict[str, str], markers: dict[str, str], width: float
+) -> None:
+    """One legend for the whole figure, below the panels (inside one, it hides points), each series once, in
+    as many columns as fit the figure's width with the longest label (9-point text: about 0.075 inch a
+    character, plus the handle)."""
     from matplotlib.lines import Line2D
 
-    handles = [
-        Line2D([], [], color=colors[m], marker=markers[i % len(markers)], lw=1.8, label=m)
-        for i, m in enumerate(methods)
-    ]
-    ncol = min(len(methods), max(1, int(width // 2.4)))
+    handles = [Line2D([], [], color=colors[m], marker=markers[m], lw=1.8, label=m) for m in methods]
+    entry = max(2.4, 0.9 + 0.075 * max(len(m) for m in methods))
+    ncol = min(len(methods), max(1, int(width // entry)))
     fig.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=ncol, fontsize=9, frameon=False)
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 from dash_eval.evals.paired import paired_rows
-from dash_eval.evals.report import write_reports
+from dash_eval.evals.report import plot_figure, write_reports
 from dash_eval.evals.sweep_store import ResultsStore
 
 
@@ -85,3 +85,21 @@ def test_a_metrics_file_without_its_length_is_a_damaged_cell(tmp_path):
     assert store.read_metrics("nsa-k1") is None
     write_reports(tmp_path)
     assert "nsa-k1" not in (tmp_path / "leaderboard.csv").read_text()
+
+
+def test_plot_tells_a_dozen_long_labelled_series_apart_within_the_figure():
+    """Past ten series the colours repeat: the marker must not repeat with them. Long labels must not make the
+    legend (hence the PNG, grown to hold it) much wider than the panels."""
+    labels = ["full"] + [f"dash-fitted-router-per-layer-scales-variant-{i}" for i in range(11)]
+    rows = [
+        {"method": "dash", "label": lab, "task": "t", "length": 1024, "sparsity": s, "accuracy": 0.5}
+        for lab in labels
+        for s in (0.5, 0.99)
+    ]
+    fig = plot_figure(rows)
+    [legend] = fig.legends
+    styles = [(h.get_color(), h.get_marker()) for h in legend.legend_handles]
+    assert len(styles) == 12 and len(set(styles)) == 12, styles
+    renderer = fig.canvas.get_renderer()
+    assert legend.get_window_extent(renderer).width <= fig.bbox.width
+    assert fig.axes[0].get_xlim()[1] > 1.0  # a cell near 100% sparsity is not cut in half by the frame
