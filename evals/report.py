@@ -168,7 +168,7 @@ def markdown_report(
     for (task, length), group in group_rows(rows).items():
         front = {m: set(f) for m, f in frontiers(group).items()}
         lines += [
-            f"## {task} at {length} tokens{_samples_text(group[0].get('samples'))}",
+            f"## {task} at {length} tokens{_samples_text([r.get('samples') for r in group])}",
             "",
             "| method | setting | sparsity | accuracy | active blocks mean (p10/p50/p90) "
             "| decode sparsity | tokens/s | |",
@@ -217,10 +217,14 @@ def markdown_report(
     return "\n".join(lines)
 
 
-def _samples_text(n) -> str:
-    if n is None:
+def _samples_text(counts: list) -> str:
+    """The sample counts of a table's cells: one, or each of them (``--all`` mixes in cells of an earlier
+    config, say one with fewer samples)."""
+    known = sorted({n for n in counts if isinstance(n, int)})
+    if not known:
         return ""
-    return f" ({n} sample{'' if n == 1 else 's'})"
+    text = " or ".join(str(n) for n in known)
+    return f" ({text} sample{'' if known == [1] else 's'})"
 
 
 def iso_sparsity_csv(rows: list[dict], levels: Sequence[float] = ISO_SPARSITIES) -> str:

@@ -103,3 +103,13 @@ def test_plot_tells_a_dozen_long_labelled_series_apart_within_the_figure():
     renderer = fig.canvas.get_renderer()
     assert legend.get_window_extent(renderer).width <= fig.bbox.width
     assert fig.axes[0].get_xlim()[1] > 1.0  # a cell near 100% sparsity is not cut in half by the frame
+
+
+def test_a_table_of_cells_with_different_sample_counts_says_so(tmp_path):
+    """``--all`` puts cells of an earlier config (fewer samples, say) into the same tables: the heading gives
+    every count, not the first cell's."""
+    store = _grid_dir(tmp_path)
+    _cell(store, "dash-old", "dash", 0.6, [1, 0], index=6, params={"scale": 1.5})
+    write_reports(tmp_path)
+    report = (tmp_path / "report.md").read_text()
+    assert "## niah at 1024 tokens (2 or 4 samples)" in report
