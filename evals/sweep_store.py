@@ -205,9 +205,12 @@ class ResultsStore:
                     if not self._current(cells, d.name, None):
                         continue
                     try:
-                        out.append({"cell": d.name, **json.loads(err.read_text())})
-                    except json.JSONDecodeError:
-                        out.append({"cell": d.name, "error": "unreadable error.json"})
+                        record = json.loads(err.read_text(encoding="utf-8"))
+                    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+                        record = None
+                    if not isinstance(record, dict):
+                        record = {"error": "unreadable error.json"}
+                    out.append({**record, "cell": d.name})
         return out
 
     def calibration_path(self, key: str) -> Path:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from dash_eval.evals.paired import paired_rows
 from dash_eval.evals.report import plot_figure, write_reports
 from dash_eval.evals.sweep_store import ResultsStore
@@ -113,3 +114,13 @@ def test_a_table_of_cells_with_different_sample_counts_says_so(tmp_path):
     write_reports(tmp_path)
     report = (tmp_path / "report.md").read_text()
     assert "## niah at 1024 tokens (2 or 4 samples)" in report
+
+
+@pytest.mark.parametrize("content", [b"[1]\n", b"\xff\xfe", b'{"error": "RuntimeE'])
+def test_a_damaged_error_file_is_a_failed_cell_in_the_report(tmp_path, content):
+    """A failed cell's error.json that is not a JSON object stopped every report of the directory."""
+    _grid_dir(tmp_path)
+    (tmp_path / "cells" / "broken").mkdir()
+    (tmp_path / "cells" / "broken" / "error.json").write_bytes(content)
+    write_reports(tmp_path)
+    assert "| broken | unreadable error.json |" in (tmp_path / "report.md").read_text()
