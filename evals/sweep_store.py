@@ -160,11 +160,15 @@ class ResultsStore:
         atomic_write_json(self.root / MANIFEST_FILE, {"cells": cells})
 
     def manifest(self) -> dict[str, str] | None:
-        """The current config's cells, or None for a directory written before manifests existed."""
+        """The current config's cells, or None for a directory written before manifests existed (or whose
+        manifest is damaged: every cell then counts as current, and the next sweep writes it again)."""
         try:
-            return dict(json.loads((self.root / MANIFEST_FILE).read_text())["cells"])
-        except (FileNotFoundError, json.JSONDecodeError, KeyError, TypeError):
+            cells = json.loads((self.root / MANIFEST_FILE).read_text(encoding="utf-8"))["cells"]
+        except (OSError, ValueError, KeyError, TypeError):  # ValueError: bad JSON or UTF-8
             return None
+        if not isinstance(cells, dict):
+            return None
+        return {str(k): v for k, v in cells.items()}
 
     @staticmethod
     def _current(cells: dict[str, str] | None, name: str, cell_hash: str | None) -> bool:

@@ -124,3 +124,12 @@ def test_a_damaged_error_file_is_a_failed_cell_in_the_report(tmp_path, content):
     (tmp_path / "cells" / "broken" / "error.json").write_bytes(content)
     write_reports(tmp_path)
     assert "| broken | unreadable error.json |" in (tmp_path / "report.md").read_text()
+
+
+@pytest.mark.parametrize("content", [b'{"cells": "xy"}', b'{"cells": ["ab"]}', b"\xff", b"[]"])
+def test_a_damaged_manifest_counts_every_cell_as_current(tmp_path, content):
+    """As a cut cells.json already did; a list, a string or bytes that are not UTF-8 stopped the report."""
+    _grid_dir(tmp_path)
+    (tmp_path / "cells.json").write_bytes(content)
+    write_reports(tmp_path)
+    assert (tmp_path / "leaderboard.csv").read_text().count("\n") == 7  # the header and all six cells
