@@ -3,7 +3,8 @@
 Needle tasks at a dozen prompts a cell have a standard error of 0.1-0.15, so two accuracies that differ by
 one or two prompts say little. Every series of a sweep answers the same prompts (same task, length, sample
 count and seed), so the honest comparison is paired: on how many prompts one series scores higher than the
-other, and how likely that split is if neither is better (a one-sided sign test, ties dropped).
+other, and how likely that split is if neither is better: one-sided sign tests both ways (better, worse),
+ties dropped.
 
 A cell is paired with the baseline series' cell of the same task and length that has the same target
 sparsity; when the baseline has a single cell there (``full``, or one calibrated point), every cell pairs
@@ -26,6 +27,11 @@ def sign_test_p(gained: int, lost: int) -> float:
     if n == 0:
         return 1.0
     return sum(math.comb(n, i) for i in range(gained, n + 1)) / 2**n
+
+
+def _fmt_p(p: float) -> str:
+    """A p-value to three decimals; below 0.001 as ``<0.001``, not a misleading 0.000."""
+    return "<0.001" if p < 0.0005 else f"{p:.3f}"
 
 
 def prompt_scores(store: ResultsStore, cell_name: str) -> dict[int, float]:
@@ -77,6 +83,7 @@ def paired_rows(rows: list[dict], store: ResultsStore, baseline: str, unpaired: 
                 "sparsity": r.get("sparsity"), "accuracy": r.get("accuracy"),
                 "baseline": baseline, "baseline_sparsity": b.get("sparsity"), "baseline_accuracy": b.get("accuracy"),
                 "prompts": len(docs), "gained": gained, "lost": lost, "p_better": sign_test_p(gained, lost),
+                "p_worse": sign_test_p(lost, gained),
             })
     return out
 
@@ -86,21 +93,21 @@ def paired_markdown(records: list[dict], baseline: str, unpaired: list[dict] | N
         f"## Paired against {baseline}",
         "",
         f"Prompt by prompt on the same prompts: 'gained' counts prompts a series scores higher on than {baseline}, "
-        "'lost' lower, of the prompts both cells scored; p is the one-sided sign test that the series is better "
-        "(ties dropped).",
+        "'lost' lower, of the prompts both cells scored; 'p better' and 'p worse' are the one-sided sign tests "
+        f"that the series is better, or worse, than {baseline} (ties dropped; twice the smaller is the two-sided p).",
         "",
-        f"| task | length | series | sparsity | accuracy | {baseline} | prompts | gained | lost | p |",
-        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|",
+        f"| task | length | series | sparsity | accuracy | {baseline} | prompts | gained | lost | p better | p worse |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for rec in records:
         base = f"{_fmt(rec['baseline_accuracy'])} ({_fmt(rec['baseline_sparsity'], pct=True)})"
         lines.append(
             f"| {rec['task']} | {rec['length']} | {rec['series']} | {_fmt(rec['sparsity'], pct=True)} | "
             f"{_fmt(rec['accuracy'])} | {base} | {rec['prompts']} | {rec['gained']} | {rec['lost']} | "
-            f"{rec['p_better']:.3f} |"
+            f"{_fmt_p(rec['p_better'])} | {_fmt_p(rec['p_worse'])} |"
         )
     if not records:
-        lines.append("| (no cell pairs with it) | | | | | | | | | |")
+        lines.append("| (no cell pairs with it) | | | | | | | | | | |")
     lines.append("")
     if unpaired:
         lines += [

@@ -59,8 +59,8 @@ def test_paired_table_shows_how_many_prompts_each_pair_has(tmp_path):
     path.write_text("".join(path.read_text().splitlines(keepends=True)[1:]))  # prompt 0 (a tie) gone
     write_reports(tmp_path, paired="dash")
     report = (tmp_path / "report.md").read_text()
-    assert "| dash | prompts | gained | lost | p |" in report
-    assert "| 0.250 (74.0%) | 3 | 1 | 0 | 0.500 |" in report, report
+    assert "| dash | prompts | gained | lost | p better | p worse |" in report
+    assert "| 0.250 (74.0%) | 3 | 1 | 0 | 0.500 | 1.000 |" in report, report
 
 
 def test_a_damaged_predictions_file_is_named(tmp_path, capsys):

@@ -275,5 +275,10 @@ def test_paired_report_counts_prompts_gained_and_lost(tmp_path, capsys):
     assert main(["report", str(tmp_path / "out"), "--paired", "full", "--quiet"]) == 0
     report = (tmp_path / "out" / "report.md").read_text()
     assert "## Paired against full" in report and "| 0 | 4 |" in report
+    # both one-sided tests: 0 gained and 4 lost against full is p better 1, p worse 1/16
+    assert "| 5 | 0 | 4 | 1.000 | 0.062 |" in report, report
+    from dash_eval.evals.paired import _fmt_p
+
+    assert _fmt_p(sign_test_p(12, 0)) == "<0.001" and _fmt_p(0.0312) == "0.031"
     assert main(["report", str(tmp_path / "out"), "--paired", "nope"]) == 2
     assert "--paired 'nope': no such series" in capsys.readouterr().err
