@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what the shell reports for a program whose reader went away
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -51,7 +54,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog=f"dash-eval {name}", description=help_)
     module.configure(parser)
     args = parser.parse_args(rest)
-    return int(module.run(args) or 0)
+    try:
+        status = int(module.run(args) or 0)
+        sys.stdout.flush()  # inside the try: a reader that left early (`| head`) is met here, not at exit
+    except BrokenPipeError:
+        # `dash-eval tasks list | head`: the reader has what it wanted. Stop quietly, as a program killed by
+        # SIGPIPE would, instead of a traceback (and Python's own complaint when it flushes stdout at exit).
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return EXIT_BROKEN_PIPE
+    return status
 
 
 if __name__ == "__main__":

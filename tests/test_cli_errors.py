@@ -296,3 +296,24 @@ def test_no_command_is_a_usage_error(capsys):
     err = capsys.readouterr().err
     assert "usage: dash-eval COMMAND" in err and "fit-router" in err
     assert main(["--help"]) == 0 and "usage: dash-eval COMMAND" in capsys.readouterr().out
+
+
+# --- a reader that leaves early (`dash-eval tasks list | head`) ----------------------------------------------
+
+
+def test_a_closed_stdout_ends_quietly_with_the_sigpipe_status(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before anything is written: every write to stdout fails
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "dash_eval.cli", "tasks", "list"],
+            stdout=write_end, stderr=subprocess.PIPE, text=True, cwd=tmp_path, timeout=120,
+        )
+    finally:
+        os.close(write_end)
+    assert proc.stderr == ""  # no traceback, and no "Exception ignored ... BrokenPipeError" at exit
+    assert proc.returncode == 141  # 128 + SIGPIPE, as the shell reports a program its reader left
