@@ -139,5 +139,23 @@ def run(args: argparse.Namespace) -> int:
           f"{t['capture_s']:.1f} s, fit {t['fit_s']:.1f} s (total {t['total_s'] + load_s:.1f} s)")
     out = Path(args.output)
     print(f"wrote {out / 'router.safetensors'}, {out / ROUTER_JSON}, {out / LOSS_PNG}")
-    print(f"use it with: load_model({args.model!r}, method='dash', router={str(out)!r}) or model_args router={out}")
+    print(usage_hint(args.model, out, settings))
     return 0
+
+
+def usage_hint(model: str, out: Path, settings: FitSettings) -> str:
+    """How to route with the new router, with the fit's block geometry and alpha where they differ from the
+    ``dash`` method's defaults: a router used at another block size than it was fitted at is warned about, and
+    the forced blocks decide which blocks it was fitted to rank."""
+    import dataclasses
+
+    from dash_eval.kernels.dash import DashParams
+
+    defaults = {f.name: f.default for f in dataclasses.fields(DashParams)}
+    fitted = {"alpha": settings.alpha, "block_size": settings.block_size, "init_blocks": settings.init_blocks,
+              "local_blocks": settings.local_blocks}
+    params = {k: v for k, v in fitted.items() if v != defaults[k]}
+    call = "".join(f", {k}={v!r}" for k, v in params.items())
+    args = "".join(f",{k}={v}" for k, v in params.items())
+    return (f"use it with: load_model({model!r}, method='dash'{call}, router={str(out)!r}) "
+            f"or model_args method=dash{args},router={out}")

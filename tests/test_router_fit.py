@@ -457,3 +457,24 @@ def test_held_out_evaluation_ticks_once_per_routing_pass(captured):
     n_layers, hkv, d = cap.keys.shape[1], cap.keys.shape[2], cap.keys.shape[-1]
     rf.layer_profile(cap, torch.zeros(n_layers, hkv, d), settings, tick=lambda: ticks.append(2))
     assert ticks.count(1) * 2 + ticks.count(2) == rf.EVAL_PASSES
+
+
+def test_cli_usage_hint_carries_the_fitted_block_geometry(tmp_path):
+    """The line fit-router ends with routes as the router was fitted: at the fit's block size, forced blocks and
+    alpha where they differ from dash's defaults (the README's block-32 fit otherwise warns when loaded)."""
+    from pathlib import Path
+
+    from dash_eval.dash_models.router_fit_cli import usage_hint
+
+    out = Path("results/routers/r")
+    b32 = rf.FitSettings(block_size=32, init_blocks=2, local_blocks=4)
+    assert usage_hint("default", out, b32) == (
+        "use it with: load_model('default', method='dash', block_size=32, init_blocks=2, local_blocks=4, "
+        "router='results/routers/r') or model_args method=dash,block_size=32,init_blocks=2,local_blocks=4,"
+        "router=results/routers/r"
+    )
+    assert usage_hint("default", out, rf.FitSettings()) == (  # the defaults: nothing to add
+        "use it with: load_model('default', method='dash', router='results/routers/r') "
+        "or model_args method=dash,router=results/routers/r"
+    )
+    assert "alpha=1.25" in usage_hint("default", out, rf.FitSettings(alpha=1.25))
