@@ -54,7 +54,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     sample.add_argument("name", help="task name (see 'dash-eval tasks list')")
     sample.add_argument("--length", type=int, required=True, help="target length in tokens (prompt + answer budget)")
     sample.add_argument("--n", type=int, required=True, help="number of samples")
-    sample.add_argument("--seed", type=int, default=0)
+    sample.add_argument("--seed", type=int, default=0, help="samples are deterministic by seed (default 0)")
     sample.add_argument("--tokenizer", required=True, help=f"the model's tokenizer: {TOKENIZER_ACCEPTED}")
     sample.add_argument("--output", required=True, help="JSONL file to write (atomically)")
     sample.add_argument("--haystack", default=None, help="haystack (default: the task's own)")

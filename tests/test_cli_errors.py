@@ -317,3 +317,10 @@ def test_a_closed_stdout_ends_quietly_with_the_sigpipe_status(tmp_path):
         os.close(write_end)
     assert proc.stderr == ""  # no traceback, and no "Exception ignored ... BrokenPipeError" at exit
     assert proc.returncode == 141  # 128 + SIGPIPE, as the shell reports a program its reader left
+
+
+def test_tasks_sample_help_says_what_seed_does(capsys):
+    with pytest.raises(SystemExit):
+        main(["tasks", "sample", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "--seed SEED samples are deterministic by seed (default 0)" in out
