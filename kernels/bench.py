@@ -460,7 +460,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="sequences per call for every case (default: each case's own, 1 unless its name says)")
     parser.add_argument("--decode-copies", type=int, default=0, metavar="N",
                         help="decode cases: input copies a timing cycles through so that L2 does not serve the step "
-                        "(default 0: enough to read 3x the L2 size a round; 1: one input set, as before session 21)")
+                        "(default 0: enough to read 3x the L2 size a round; 1: one input set, which L2 may serve)")
     parser.add_argument("--list", action="store_true",
                         help="print the cases these options select (no GPU needed) instead of running them")
     parser.add_argument("--noise", type=float, default=None,
