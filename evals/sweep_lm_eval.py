@@ -320,15 +320,16 @@ class LmEvalRunner:
 
         default = method_defaults(cell.method)[cell.calibrate]
         integer = isinstance(default, int) and not isinstance(default, bool)
+        prompts = self._calibration_prompts(cell)
         if cell.calibrate_range is not None:
             low, high = cell.calibrate_range
         elif integer:
             block = cell.params.get("block_size")
-            length = cell.length or 4096
+            # a JSONL cell's calibration prompts have its file's median length, which may be well over 4096
+            length = cell.length or max(int(ids.shape[-1]) for ids in prompts)
             low, high = DEFAULT_INTEGER_LOW, max(2, math.ceil(length / block)) if block else 1024
         else:
             low, high = DEFAULT_REAL_RANGE
-        prompts = self._calibration_prompts(cell)
         cal = self.config.calibration
         steps = 0
 

@@ -304,3 +304,32 @@ def test_a_cached_integer_calibration_outside_tolerance_is_not_reached(tmp_path)
     assert record["value"] == 1 and record["reached"] is False
     store.write_calibration(key, {"parameter": "topk", "target": 0.6, "value": 1, "sparsity": 0.605, "reached": False})
     assert LmEvalRunner.calibrate(SimpleNamespace(config=config, store=store), cell)["reached"] is True
+
+
+def _stub_runner(config, store, prompts, measure):
+    """What ``LmEvalRunner.calibrate`` uses of its runner, without a model: the calibration prompts and a
+    sparsity for each value tried."""
+    from types import SimpleNamespace
+
+    return SimpleNamespace(config=config, store=store, on_status=lambda text: None,
+                           _calibration_prompts=lambda cell: prompts,
+                           measure_sparsity=lambda cell, params, p: measure(params))
+
+
+def test_a_jsonl_cells_topk_search_spans_its_calibration_prompts_blocks(tmp_path):
+    """A JSONL cell has no length of its own: its calibration prompts take the file's median length, and the
+    default topk search runs up to their number of blocks (8192 tokens: 128 blocks of 64), not 4096's 64."""
+    import torch
+    from dash_eval.evals.sweep_lm_eval import LmEvalRunner
+    from dash_eval.evals.sweep_store import ResultsStore
+
+    data = tmp_path / "long.jsonl"
+    data.write_text('{"input": "x", "outputs": ["y"]}\n')
+    config = _config([{"method": "nsa", "target_sparsity": [0.2]}], tasks=[{"jsonl": str(data)}])
+    (cell,) = expand_cells(config)
+    assert cell.length is None and cell.params["block_size"] == 64
+    prompts = [torch.zeros(1, 8192, dtype=torch.long)] * 2
+    runner = _stub_runner(config, ResultsStore(tmp_path / "out"), prompts, lambda p: 1 - p["topk"] / 128)
+    record = LmEvalRunner.calibrate(runner, cell)
+    assert record["range"] == [0, 128]
+    assert record["reached"] and abs(record["sparsity"] - 0.2) <= 0.01 and record["value"] > 64
