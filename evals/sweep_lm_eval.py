@@ -31,7 +31,7 @@ from dash_eval.evals.sweep_calibrate import (
 from dash_eval.evals.sweep_cells import Cell
 from dash_eval.evals.sweep_config import SweepConfig
 from dash_eval.evals.sweep_store import ResultsStore
-from dash_eval.tasks.base import count_tokens
+from dash_eval.tasks.base import adds_special_tokens, count_tokens
 
 PHASE_FIGURES = ("sparsity", "active_blocks_mean", "active_blocks_p10", "active_blocks_p50", "active_blocks_p90")
 # lm-eval result keys that are not the task's accuracy metric
@@ -255,7 +255,9 @@ class LmEvalRunner:
         prompts = []
         for s in samples:
             text = render_prompt(s.input, s.answer_prefix, self.tokenizer, self.config.model.apply_chat_template)
-            prompts.append(self.tokenizer(text, return_tensors="pt").input_ids)
+            # encoded as lm-eval encodes the cell's prompts: no second BOS after a chat template's own
+            special = adds_special_tokens(self.tokenizer, text)
+            prompts.append(self.tokenizer(text, return_tensors="pt", add_special_tokens=special).input_ids)
         return prompts
 
     def _jsonl_length(self, path: str) -> int:

@@ -333,3 +333,35 @@ def test_a_jsonl_cells_topk_search_spans_its_calibration_prompts_blocks(tmp_path
     record = LmEvalRunner.calibrate(runner, cell)
     assert record["range"] == [0, 128]
     assert record["reached"] and abs(record["sparsity"] - 0.2) <= 0.01 and record["value"] > 64
+
+
+@pytest.mark.parametrize("chat", [False, True])
+def test_calibration_prompts_are_encoded_as_lm_eval_encodes_the_cells(monkeypatch, chat):
+    """lm-eval adds a tokenizer's BOS to a prompt unless the prompt starts with one (a chat template writes its
+    own); calibration prompts had a second BOS inside a chat template, so calibration measured other prompts."""
+    from types import SimpleNamespace
+
+    import dash_eval.tasks
+    import torch
+    from dash_eval.evals.sweep_lm_eval import LmEvalRunner
+
+    class Tokenizer:  # a Llama-like tokenizer: adds BOS (id 1) unless told not to
+        bos_token = "<s>"
+        chat_template = "stand-in"
+
+        def apply_chat_template(self, messages, tokenize, add_generation_prompt):
+            return f"<s> user: {messages[0]['content']} assistant:"
+
+        def __call__(self, text, return_tensors=None, add_special_tokens=True):
+            ids = [1] * add_special_tokens + [1 if w == "<s>" else 2 for w in text.split()]
+            return SimpleNamespace(input_ids=torch.tensor([ids]))
+
+    monkeypatch.setattr(dash_eval.tasks, "generate_samples", lambda task, **kw: [
+        SimpleNamespace(input="where is the key", answer_prefix="Answer:")] * kw["n"])
+    config = _config([{"method": "dash", "target_sparsity": [0.5]}],
+                     model={"pretrained": "default", "apply_chat_template": chat})
+    cell = expand_cells(config)[0]
+    runner = SimpleNamespace(config=config, tokenizer=Tokenizer())
+    prompts = LmEvalRunner._calibration_prompts(runner, cell)
+    assert len(prompts) == config.calibration.samples
+    assert all(int((ids == 1).sum()) == 1 and ids[0, 0] == 1 for ids in prompts)
