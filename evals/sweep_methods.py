@@ -5,6 +5,7 @@ no branch here is specific to one method."""
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -196,6 +197,9 @@ def parse_method(c: Checker, raw: Any, path: str) -> MethodEntry | None:
             ):
                 bound = "0 <= low < high" if integer else "0 < low < high"
                 c.error(f"{path}.calibrate_range", f"bad value {r!r}; accepted: [low, high] with {bound}")
+            elif integer and not math.ceil(r[0]) < math.floor(r[1]):
+                c.error(f"{path}.calibrate_range", f"bad value {r!r}: {knob} is an integer and the range holds fewer "
+                        "than two integers; accepted: [low, high] with integers 0 <= low < high")
             else:
                 knob_range = (r[0], r[1])
     elif "calibrate" in m or "calibrate_range" in m or "calibrate_per_layer" in m:
@@ -261,8 +265,8 @@ def parse_method(c: Checker, raw: Any, path: str) -> MethodEntry | None:
             integer = is_int(fields[knob].default)
             ends = knob_range if knob_range is not None else default_search_ends(integer)
             where = f"{path}.calibrate_range" if knob_range is not None else f"{path}.calibrate"
-            for end in ends:
-                value = int(end) if integer else float(end)
+            for end, rounded in zip(ends, (math.ceil, math.floor)):
+                value = rounded(end) if integer else float(end)  # the integers the search starts from
                 if (msg := _validate_params(params_cls, {**fixed, knob: value})) is not None:
                     hint = "" if knob_range is not None else (
                         f" (the default search range starts there); give calibrate_range: [low, high] with values "

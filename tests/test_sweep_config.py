@@ -419,6 +419,21 @@ def test_calibrated_parameter_needs_a_range_it_accepts(method, knob):
                                  "calibrate_range": [1.1, 2.0]}]), check_model=False)
 
 
+@pytest.mark.parametrize("bounds", [[0.2, 0.8], [2.5, 3.5], [3, 3.5]])
+def test_an_integer_calibrate_range_needs_two_integers(bounds):
+    """topk bisects over the integers of its range: a range with fewer than two stopped the cell after the model
+    had loaded; it is a config error naming the field."""
+    errors = _errors(_with(methods=[{"method": "nsa", "target_sparsity": 0.5, "calibrate_range": bounds}]))
+    assert len(errors) == 1 and errors[0].startswith("methods[0].calibrate_range: bad value"), errors
+    assert "fewer than two integers" in errors[0]
+    config = parse_config(_with(methods=[{"method": "nsa", "target_sparsity": 0.5, "calibrate_range": [0.5, 2.5]}]),
+                          check_model=False)
+    assert config.methods[0].calibrate_range == (0.5, 2.5)  # topk 1 and 2
+    # the ends checked against the method are the integers searched: local_blocks 0.5 searches from 1, which it takes
+    parse_config(_with(methods=[{"method": "dash", "target_sparsity": 0.5, "calibrate": "local_blocks",
+                                 "calibrate_range": [0.5, 8]}]), check_model=False)
+
+
 def test_router_layer_scales_and_architecture_are_checked_against_the_model(tmp_path):
     """With the model's config (no weights): a router of the wrong size or without routers, layer multipliers for
     layers the model lacks, and an architecture the patch does not take are config errors."""
