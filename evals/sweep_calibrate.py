@@ -66,6 +66,8 @@ def bisect_sparsity(
         low, high = math.ceil(low), math.floor(high)
         if high <= low:
             raise ValueError(f"calibrate_range for integer {parameter}: no two integers in [{low}, {high}]")
+    else:  # YAML reads [1, 100] as integers: a real parameter's ends are floats, as its value must be
+        low, high = float(low), float(high)
     cache: dict[float | int, float] = {}
     steps: list[tuple[float | int, float]] = []
 

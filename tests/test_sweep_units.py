@@ -175,6 +175,16 @@ def test_bisect_out_of_reach_returns_closest_end():
     assert not cal.reached and cal.value == 100.0 and len(cal.steps) == 2
 
 
+def test_bisect_real_parameter_from_integer_ends_gives_a_float():
+    """``calibrate_range: [1, 100]`` reads as integers; a real parameter stopped at an end ran as ``scale=100``, an
+    int, in the cell's parameters, leaderboard and lm-eval command, where every other cell has ``100.0``."""
+    cal = bisect_sparsity(lambda s: 0.3, 0.9, parameter="scale", low=1, high=100, integer=False)
+    assert not cal.reached and cal.value == 1.0 and isinstance(cal.value, float)
+    assert all(isinstance(x, float) for x, _ in cal.steps)
+    cal = bisect_sparsity(lambda s: s / 100, 0.999, parameter="scale", low=1, high=100, integer=False)
+    assert cal.value == 100.0 and isinstance(cal.value, float)
+
+
 def test_bisect_rejects_bad_target():
     with pytest.raises(ValueError, match="target_sparsity"):
         bisect_sparsity(lambda s: s, 1.5, parameter="scale", low=0.1, high=1.0, integer=False)
