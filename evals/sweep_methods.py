@@ -191,12 +191,12 @@ def parse_method(c: Checker, raw: Any, path: str) -> MethodEntry | None:
             if (
                 not isinstance(r, list)
                 or len(r) != 2
-                or not all(is_number(x) for x in r)
+                or not all(is_number(x) and math.isfinite(x) for x in r)
                 or not (0 <= r[0] if integer else 0 < r[0])
                 or not r[0] < r[1]
             ):
                 bound = "0 <= low < high" if integer else "0 < low < high"
-                c.error(f"{path}.calibrate_range", f"bad value {r!r}; accepted: [low, high] with {bound}")
+                c.error(f"{path}.calibrate_range", f"bad value {r!r}; accepted: [low, high], finite, with {bound}")
             elif integer and not math.ceil(r[0]) < math.floor(r[1]):
                 c.error(f"{path}.calibrate_range", f"bad value {r!r}: {knob} is an integer and the range holds fewer "
                         "than two integers; accepted: [low, high] with integers 0 <= low < high")

@@ -434,6 +434,16 @@ def test_an_integer_calibrate_range_needs_two_integers(bounds):
                                  "calibrate_range": [0.5, 8]}]), check_model=False)
 
 
+@pytest.mark.parametrize("method", ["nsa", "dash"])
+@pytest.mark.parametrize("bounds", [[0, float("inf")], [1, float("inf")], [float("-inf"), 4]])
+def test_an_infinite_calibrate_range_is_a_config_error(method, bounds):
+    """YAML's .inf: an integer's infinite end stopped the check with OverflowError (int(inf)); a real one was
+    refused as a value of the parameter, not as a range."""
+    errors = _errors(_with(methods=[{"method": method, "target_sparsity": 0.5, "calibrate_range": bounds}]))
+    assert len(errors) == 1 and errors[0].startswith("methods[0].calibrate_range: bad value"), errors
+    assert "finite" in errors[0]
+
+
 def test_router_layer_scales_and_architecture_are_checked_against_the_model(tmp_path):
     """With the model's config (no weights): a router of the wrong size or without routers, layer multipliers for
     layers the model lacks, and an architecture the patch does not take are config errors."""
