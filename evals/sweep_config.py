@@ -435,7 +435,8 @@ def parse_config(
                     f"(max_position_embeddings={context}); accepted: at most {context}",
                 )
     # the valid entries' data is checked even when other entries have errors: all problems show at once
-    check_task_data(c, list(zip(task_paths, tasks)), model if check_model else None, context)
+    held_apart = (calibration.task, calibration.seed) if any(m.target_sparsity for m in methods) else None
+    check_task_data(c, list(zip(task_paths, tasks)), model if check_model else None, context, held_apart)
     if c.errors:
         raise ConfigError(_unique(c.errors), source)
     config = SweepConfig(name, model, tuple(tasks), tuple(methods), output, calibration, raw=top)

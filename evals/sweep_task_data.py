@@ -15,12 +15,15 @@ if TYPE_CHECKING:  # sweep_config imports this module
 
 
 def check_task_data(
-    c: Checker, tasks: list[tuple[str, TaskSpec]], model: ModelSpec | None, context: int | None
+    c: Checker, tasks: list[tuple[str, TaskSpec]], model: ModelSpec | None, context: int | None,
+    calibration: tuple[str, int] | None = None,
 ) -> None:
     """Read every JSONL file and (given the model) count the tokens of each record's prompt the way the
     model will see it, and draw one sample of every generated task and length with the model's tokenizer,
     so that a prompt too long for the model, a length too short for a task's template, an unknown haystack
-    or a broken record fails now rather than hours into a sweep (or, worse, as a silently truncated prompt)."""
+    or a broken record fails now rather than hours into a sweep (or, worse, as a silently truncated prompt).
+    ``calibration`` (the calibration task and seed, when the sweep calibrates a target sparsity): JSONL records
+    drawn as that task with that seed (their ``metadata``) would be the calibration samples themselves."""
     from dash_eval.tasks import read_jsonl
 
     tokenizer = None
@@ -53,6 +56,8 @@ def check_task_data(
                     f"{t.samples} asked for but {t.jsonl} holds {len(records)} samples; "
                     f"accepted: at most {len(records)}",
                 )
+            if calibration is not None:
+                _check_held_apart(c, path, t, records[: t.samples], calibration)
             if tokenizer is not None and context is not None:
                 # lm-eval runs the first `samples` records (--limit)
                 _check_jsonl_prompts(c, path, t, records[: t.samples], tokenizer, chat, context)
@@ -125,6 +130,23 @@ def _shortest_length(t: TaskSpec, tokenizer: Any, length: int, context: int | No
         mid = (lo + hi) // 2
         lo, hi = (lo, mid) if fits(mid) else (mid, hi)
     return hi
+
+
+def _check_held_apart(c: Checker, path: str, t: TaskSpec, records: list, calibration: tuple[str, int]) -> None:
+    """A JSONL cell calibrates on ``calibration.task`` drawn with ``calibration.seed``; records that ``dash-eval
+    tasks sample`` drew as that task with that seed are those very prompts (at the file's length)."""
+    task, seed = calibration
+    same = [i for i, r in enumerate(records) if r.metadata.get("task") == task and r.metadata.get("seed") == seed]
+    if same:
+        lines = _record_lines(t.jsonl)
+        listed = ", ".join(f"line {lines[i]}" for i in same[:LISTED_RECORDS])
+        more = f" and {len(same) - LISTED_RECORDS} more" if len(same) > LISTED_RECORDS else ""
+        c.error(
+            f"{path}.jsonl",
+            f"{len(same)} record(s) of {t.jsonl} ({listed}{more}) were drawn as task {task} with seed {seed}, "
+            f"calibration.task and calibration.seed; calibration samples must be held apart from evaluation "
+            "samples (pick another calibration.seed)",
+        )
 
 
 def _record_lines(path: str) -> list[int]:

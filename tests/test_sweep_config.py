@@ -444,6 +444,33 @@ def test_an_infinite_calibrate_range_is_a_config_error(method, bounds):
     assert "finite" in errors[0]
 
 
+def test_jsonl_records_drawn_at_the_calibration_seed_are_refused(tmp_path):
+    """A JSONL cell calibrates on calibration.task drawn with calibration.seed: records that ``dash-eval tasks
+    sample`` drew as that task with that seed are the calibration prompts themselves."""
+    import json
+
+    def jsonl(name, seed, task="niah_single"):
+        path = tmp_path / name
+        path.write_text("".join(json.dumps({"input": "x", "outputs": ["y"], "metadata": {"task": task, "seed": seed,
+                                                                                          "index": i}}) + "\n"
+                                for i in range(3)))
+        return str(path)
+
+    same, other = jsonl("same.jsonl", 1_000_003), jsonl("other.jsonl", 0)
+    target = [{"method": "dash", "target_sparsity": 0.5}]
+    errors = _errors(_with(tasks=[{"jsonl": other}, {"jsonl": same}], methods=target))
+    assert len(errors) == 1 and errors[0].startswith("tasks[1].jsonl: 3 record(s)"), errors
+    assert "seed 1000003" in errors[0] and "calibration.seed" in errors[0]
+    # another calibration seed, task or a sweep without targets is fine; so is only the unseen records at the seed
+    parse_config(_with(tasks=[{"jsonl": same}], methods=target, calibration={"seed": 5}), check_model=False)
+    parse_config(_with(tasks=[{"jsonl": same}], methods=target, calibration={"task": "niah_multikey"}),
+                 check_model=False)
+    parse_config(_with(tasks=[{"jsonl": same}]), check_model=False)
+    mixed = tmp_path / "mixed.jsonl"
+    mixed.write_text(Path(other).read_text() + Path(same).read_text())
+    parse_config(_with(tasks=[{"jsonl": str(mixed), "samples": 3}], methods=target), check_model=False)
+
+
 def test_router_layer_scales_and_architecture_are_checked_against_the_model(tmp_path):
     """With the model's config (no weights): a router of the wrong size or without routers, layer multipliers for
     layers the model lacks, and an architecture the patch does not take are config errors."""
