@@ -221,10 +221,22 @@ class ResultsStore:
         return self.root / "calibration" / f"{key}.json"
 
     def read_calibration(self, key: str) -> dict | None:
+        """The calibration record of ``key``; None when there is none or it cannot be used (not JSON, not an
+        object, no finite ``value``, ``sparsity`` and ``target``, a per-layer one without its multipliers): the
+        cell then calibrates again and rewrites it, where a damaged record failed the cell on every run."""
         try:
-            return json.loads(self.calibration_path(key).read_text())
-        except (FileNotFoundError, json.JSONDecodeError):
+            record = json.loads(self.calibration_path(key).read_text(encoding="utf-8"))
+        except (FileNotFoundError, UnicodeDecodeError, json.JSONDecodeError):
             return None
+        if not isinstance(record, dict):
+            return None
+        for field in ("value", "sparsity", "target"):
+            v = record.get(field)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                return None
+        if record.get("per_layer") and not (isinstance(record.get("layer_scales"), dict) and record["layer_scales"]):
+            return None
+        return record
 
     def write_calibration(self, key: str, record: dict) -> None:
         atomic_write_json(self.calibration_path(key), record)

@@ -375,3 +375,28 @@ def test_calibration_prompts_are_encoded_as_lm_eval_encodes_the_cells(monkeypatc
     prompts = LmEvalRunner._calibration_prompts(runner, cell)
     assert len(prompts) == config.calibration.samples
     assert all(int((ids == 1).sum()) == 1 and ids[0, 0] == 1 for ids in prompts)
+
+
+@pytest.mark.parametrize("damaged", [
+    "[1, 2]", '"scale"', "{not json", b"\xff\xfe", '{"parameter": "scale", "target": 0.5, "sparsity": 0.5}',
+    '{"parameter": "scale", "target": 0.5, "value": "1.5", "sparsity": 0.5}',
+    '{"parameter": "scale", "target": 0.5, "value": 1.5, "sparsity": NaN}',
+    '{"parameter": "scale", "target": 0.5, "value": 1.5, "sparsity": 0.5, "per_layer": true}',
+])
+def test_a_damaged_calibration_record_is_calibrated_again(tmp_path, damaged):
+    """A calibration record that is not a usable JSON object failed its cell on every run (AttributeError,
+    KeyError; a per-layer one without multipliers ran with none); it is calibrated again and rewritten."""
+    from dash_eval.evals.sweep_lm_eval import LmEvalRunner
+    from dash_eval.evals.sweep_store import ResultsStore
+
+    config = _config([{"method": "dash", "target_sparsity": [0.5]}])
+    cell = expand_cells(config)[0]
+    store = ResultsStore(tmp_path)
+    path = store.calibration_path(cell.calibration_key(config))
+    path.parent.mkdir(parents=True)
+    path.write_bytes(damaged if isinstance(damaged, bytes) else damaged.encode())
+    tried = []
+    runner = _stub_runner(config, store, [], lambda p: tried.append(p["scale"]) or 1 - 1 / (1 + p["scale"]))
+    record = LmEvalRunner.calibrate(runner, cell)
+    assert tried and record["reached"] and record["value"] == pytest.approx(1.0, rel=0.05)
+    assert store.read_calibration(cell.calibration_key(config)) == record
