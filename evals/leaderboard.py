@@ -44,6 +44,7 @@ RESULT_COLUMNS = (
     "decode_active_blocks_mean",
     "calibration_sparsity",
     "calibration_reached",
+    "calibration_layer_miss",  # calibrate_per_layer: the worst layer's distance from the target
     "calibration_time_s",
     "prompt_tokens_mean",
     "cell",

@@ -123,7 +123,9 @@ def setting_text(row: dict) -> str:
         calibrated = row.get("calibrated")
         cal = f" -> {calibrated}={_short(params.get(calibrated))}" if calibrated else ""
         if row.get("calibration_reached") is False:
-            cal += f" (not reached: {_short(row.get('calibration_sparsity'))} on calibration samples)"
+            miss = row.get("calibration_layer_miss")
+            layer = f"; a layer {_short(miss)} off" if isinstance(miss, (int, float)) else ""
+            cal += f" (not reached: {_short(row.get('calibration_sparsity'))} on calibration samples{layer})"
         parts.append(f"target={row['target_sparsity']:g}{cal}")
     return ", ".join(parts) or "-"
 

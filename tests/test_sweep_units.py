@@ -400,3 +400,20 @@ def test_a_damaged_calibration_record_is_calibrated_again(tmp_path, damaged):
     record = LmEvalRunner.calibrate(runner, cell)
     assert tried and record["reached"] and record["value"] == pytest.approx(1.0, rel=0.05)
     assert store.read_calibration(cell.calibration_key(config)) == record
+
+
+def test_a_per_layer_calibration_is_reached_only_where_every_layer_is():
+    """calibrate_per_layer promises every layer at the target: a record whose mean is within tolerance but one layer
+    is not reads as not reached, with the worst layer's miss, in the leaderboard row and the report's setting."""
+    from dash_eval.evals.report import setting_text
+    from dash_eval.evals.sweep import calibration_columns
+
+    record = {"parameter": "scale", "target": 0.6, "value": 2.0, "per_layer": True, "sparsity": 0.601,
+              "layer_sparsity": {"0": 0.58, "1": 0.622}, "reached": True, "layers_reached": False, "time_s": 3.0}
+    cols = calibration_columns(record)
+    assert cols["calibration_reached"] is False and cols["calibration_layer_miss"] == pytest.approx(0.022)
+    row = {"params": {"scale": 2.0}, "explicit": [], "target_sparsity": 0.6, "calibrated": "scale", **cols}
+    assert "not reached: 0.601 on calibration samples; a layer 0.022 off" in setting_text(row), setting_text(row)
+    assert calibration_columns({**record, "layers_reached": True})["calibration_reached"] is True
+    plain = calibration_columns({"target": 0.6, "sparsity": 0.58, "reached": False, "time_s": 1.0})
+    assert plain == {"calibration_sparsity": 0.58, "calibration_reached": False, "calibration_time_s": 1.0}
