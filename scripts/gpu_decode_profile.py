@@ -13,6 +13,10 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from _gpu_script import start  # noqa: E402  (this folder: sys.path[0] when run)
+
+start(__doc__)
+
 root = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(root))
 import dash_eval  # noqa: E402

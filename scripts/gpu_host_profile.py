@@ -27,6 +27,10 @@ import sys
 import time
 from pathlib import Path
 
+from _gpu_script import start  # noqa: E402  (this folder: sys.path[0] when run)
+
+start(__doc__, cpu_flag="--cpu")
+
 TINY = "--tiny" in sys.argv
 CPU = "--cpu" in sys.argv
 if CPU:

@@ -19,6 +19,10 @@ import importlib
 import sys
 from pathlib import Path
 
+from _gpu_script import start  # noqa: E402  (this folder: sys.path[0] when run)
+
+start(__doc__)
+
 root = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(root))
 import dash_eval  # noqa: E402
