@@ -37,6 +37,9 @@ METHOD_PARAMS = {
         {"kernel_size": 4, "kernel_stride": 2, "init_blocks": 1, "local_blocks": 1, "topk": 1, "window": 0},
         {"kernel_size": 8, "kernel_stride": 4, "init_blocks": 1, "local_blocks": 2, "topk": 1, "window": 5},
         {"kernel_size": 6, "kernel_stride": 2, "init_blocks": 1, "local_blocks": 1, "topk": 1, "window": 0},
+        # a window reaching past the forced blocks (window 5 above lies inside local_blocks=2 at every block size
+        # here, so it never adds a token): the merged window itself held to METHODS.md
+        {"kernel_size": 4, "kernel_stride": 2, "init_blocks": 0, "local_blocks": 1, "topk": 1, "window": 11},
     ],
 }
 
@@ -83,6 +86,19 @@ def test_sparse_settings_really_skip_work(method):
     params = dict(METHOD_PARAMS[method][0], block_size=8)
     _, stats = sparse_attention(q, k, v, method, return_stats=True, **params)
     assert 0.05 < stats.sparsity < 1.0
+
+
+@pytest.mark.parametrize("block_size", [8, 16])
+def test_nsa_window_setting_attends_tokens_its_blocks_do_not(block_size):
+    """The bruteforce comparison checks NSA's merged window only where the window reaches past the selected blocks;
+    the window setting must do so (at both block sizes of SHAPES), or an off-by-one in the window passes unseen."""
+    params = dict(METHOD_PARAMS["nsa"][-1], block_size=block_size)
+    assert params["window"] > 0
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, h, 53, 16, generator=gen) for h in (4, 2, 2))
+    _, with_window = sparse_attention(q, k, v, "nsa", return_stats=True, **params)
+    _, without = sparse_attention(q, k, v, "nsa", return_stats=True, **dict(params, window=0))
+    assert with_window.attended_pairs > without.attended_pairs
 
 
 @pytest.mark.parametrize("method,params", [
