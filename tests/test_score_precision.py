@@ -154,3 +154,26 @@ def test_sweep_cells_at_the_default_keep_their_identity():
     assert default_cell.name(config) == before.name(config)
     assert input_cell.hash(config) != default_cell.hash(config)
     assert "score_precision=input" in input_cell.name(config)
+
+
+@pytest.mark.parametrize("method", ["nsa", "infllmv2"])
+def test_reference_attends_the_blocks_its_score_precision_selects(method):
+    """The reference itself (``sparse_attention(backend="reference")``) follows ``score_precision``: on bf16 inputs
+    where the two settings select differently, each output is the block-sparse softmax over that setting's
+    selection. The Triton tests above compare against ``_reference_selection``, not against the reference's own
+    driver, so a driver that ignored the setting passed them."""
+    from dash_eval.kernels import sparse_attention
+    from dash_eval.kernels.common import block_sparse_attention
+
+    q, k = _inputs(1, 640)
+    v = torch.randn(k.shape, generator=torch.Generator().manual_seed(4)).to(k.dtype)
+    extra = {"window": 0} if method == "nsa" else {}
+    kw = dict(GEOMETRY, init_blocks=1, local_blocks=1, topk=3, **extra)
+    outs = {}
+    for precision in ("float32", "input"):
+        out = sparse_attention(q, k, v, method, backend="reference", score_precision=precision, **kw)
+        selected = _reference_selection(method, q, k, precision, 3)
+        expect = block_sparse_attention(q, k, v, selected, block_size=GEOMETRY["block_size"])
+        assert torch.equal(out, expect), precision
+        outs[precision] = out
+    assert not torch.equal(outs["float32"], outs["input"])  # the inputs discriminate
