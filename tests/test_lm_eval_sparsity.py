@@ -130,3 +130,17 @@ def test_batch_sizes_give_the_same_answers_and_figures():
             assert fig1[key][phase]["causal_pairs"] == fig2[key][phase]["causal_pairs"], (key, phase)
             assert fig1[key][phase]["sparsity"] == pytest.approx(fig2[key][phase]["sparsity"], abs=0.02)
     assert 0.0 < fig1[("g", 1)]["prefill"]["sparsity"] < 1.0
+
+
+@pytest.mark.parametrize("values", [list(range(1, 8)), list(range(1, 11)), [0, 0, 3, 3, 3, 9], [4]])
+def test_active_block_percentiles_are_nearest_rank(values):
+    """p10 / p50 / p90 are nearest-rank percentiles (the ceil(q * n)-th smallest value), checked against the sorted
+    values themselves, not against another tally (a wrong rank rule is the same on both sides of a merge)."""
+    import math
+
+    summary = _tally(values).summary()
+    ordered = sorted(values)
+    for q, key in ((0.10, "active_blocks_p10"), (0.50, "active_blocks_p50"), (0.90, "active_blocks_p90")):
+        rank = max(1, math.ceil(q * len(ordered)))
+        assert summary[key] == ordered[rank - 1], (key, values)
+    assert summary["active_blocks_mean"] == pytest.approx(sum(values) / len(values))
