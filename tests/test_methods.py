@@ -261,3 +261,49 @@ def test_full_runs_sdpa_under_backend_triton(tiny):
     with patch_attention(tiny, "full", backend="triton"):
         patched = tiny.generate(ids, max_new_tokens=3, do_sample=False)
     assert torch.equal(patched, tiny.generate(ids, max_new_tokens=3, do_sample=False))
+
+
+@pytest.mark.parametrize("method,params", [
+    ("dash", {"alpha": 1.5, "scale": 4.0, "block_size": 8}),
+    ("infllmv2", {"kernel_size": 4, "kernel_stride": 2, "local_blocks": 1, "topk": 2, "block_size": 8}),
+    ("nsa", {"kernel_size": 4, "kernel_stride": 2, "topk": 1, "window": 3, "block_size": 8}),
+    ("full", {}),
+])
+def test_per_row_counts_of_an_unpadded_batch_are_each_rows_own(method, params):
+    """``attended_per_row`` / ``causal_per_row`` (what lm-eval's per-request sparsity reads) of an unpadded batch of
+    two rows equal each row's counts alone and add up to the totals; padded batches run row by row, so only an
+    unpadded batch of several rows checks them."""
+    gen = torch.Generator().manual_seed(6)
+    q, k, v = (torch.randn(2, h, 37, 16, generator=gen) for h in (4, 2, 2))
+    _, stats = sparse_attention(q, k, v, method, return_stats=True, **params)
+    for row in range(2):
+        _, alone = sparse_attention(q[row:row + 1], k[row:row + 1], v[row:row + 1], method, return_stats=True,
+                                    **params)
+        assert int(stats.attended_per_row[row]) == alone.attended_pairs
+        assert int(stats.causal_per_row[row]) == alone.causal_pairs
+    assert int(stats.attended_per_row.sum()) == stats.attended_pairs
+    assert int(stats.causal_per_row.sum()) == stats.causal_pairs
+
+
+@pytest.mark.parametrize("method,params", [
+    ("dash", {"alpha": 1.5, "scale": 4.0, "block_size": 8}),
+    ("nsa", {"kernel_size": 4, "kernel_stride": 2, "topk": 1, "window": 3, "block_size": 8}),
+])
+def test_padded_chunk_of_new_queries_equals_rows_alone(method, params):
+    """A chunk of 3 new queries over a left-padded batch whose second row's real keys start one position before the
+    chunk: its three queries are all real, and each row's output and stats equal the row alone (slicing the chunk
+    from the row's first real key instead of the chunk's first query kept only the last query)."""
+    gen = torch.Generator().manual_seed(7)
+    nk, nq = 40, 3
+    q = torch.randn(2, 4, nq, 16, generator=gen)
+    k, v = (torch.randn(2, 2, nk, 16, generator=gen) for _ in range(2))
+    valid = torch.ones(2, nk, dtype=torch.bool)
+    start = nk - nq - 1
+    valid[1, :start] = False
+    out, stats = sparse_attention(q, k, v, method, kv_valid=valid, return_stats=True, **params)
+    alone, alone_stats = sparse_attention(q[1:], k[1:, :, start:], v[1:, :, start:], method, return_stats=True,
+                                          **params)
+    torch.testing.assert_close(out[1], alone[0], rtol=1e-5, atol=1e-6)
+    assert stats.valid_queries[1].all()
+    assert torch.equal(stats.active_blocks[1], alone_stats.active_blocks[0])
+    assert int(stats.attended_per_row[1]) == alone_stats.attended_pairs

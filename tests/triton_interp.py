@@ -61,7 +61,7 @@ def interpret_env(monkeypatch):
 
 def assert_triton_matches_reference(q, k, v, method: str, tol: float, **params) -> None:
     """The Triton backend against the reference on the same inputs: the output (dtype, no NaN, relative
-    error below ``tol``) and the stats (attended and causal pairs, routing scores, active blocks)."""
+    error below ``tol``) and the stats (attended and causal pairs, routing scores, active blocks, per-row counts)."""
     from dash_eval.kernels import sparse_attention
 
     out, stats = sparse_attention(q, k, v, method, backend="triton", return_stats=True, **params)
@@ -72,3 +72,6 @@ def assert_triton_matches_reference(q, k, v, method: str, tol: float, **params) 
     assert stats.causal_pairs == ref_stats.causal_pairs
     assert stats.routing_scores == ref_stats.routing_scores
     assert torch.equal(stats.active_blocks, ref_stats.active_blocks)
+    # per batch row (lm-eval's per-request sparsity reads these)
+    assert torch.equal(torch.as_tensor(stats.attended_per_row).cpu(), torch.as_tensor(ref_stats.attended_per_row).cpu())
+    assert torch.equal(torch.as_tensor(stats.causal_per_row).cpu(), torch.as_tensor(ref_stats.causal_per_row).cpu())
