@@ -133,3 +133,45 @@ def test_a_damaged_manifest_counts_every_cell_as_current(tmp_path, content):
     (tmp_path / "cells.json").write_bytes(content)
     write_reports(tmp_path)
     assert (tmp_path / "leaderboard.csv").read_text().count("\n") == 7  # the header and all six cells
+
+
+def test_paired_counts_only_prompts_both_cells_scored_either_side(tmp_path):
+    """The baseline's cell, not only the paired one, may lack a prediction line: that prompt is left out of the
+    count (the test above drops a line on the other side only)."""
+    store = _grid_dir(tmp_path)
+    path = store.cell_dir("dash-t75") / "predictions.jsonl"
+    path.write_text("".join(path.read_text().splitlines(keepends=True)[1:]))  # baseline's prompt 0 gone
+    got = paired_rows(store.rows(), store, "dash")
+    # nsa [1,1,0,0] against dash [-,0,0,0]: prompts 1-3, one gained (prompt 1)
+    assert [(r["series"], r["gained"], r["lost"], r["prompts"]) for r in got] == [("nsa", 1, 0, 3)]
+
+
+@pytest.mark.parametrize("field,value", [("seed", 1), ("samples", 5)])
+def test_cells_with_other_prompts_are_not_paired(tmp_path, field, value):
+    """A cell whose prompts differ from the baseline's (another seed or sample count) is reported as unpaired,
+    never sign-tested against prompts it did not answer."""
+    store = ResultsStore(tmp_path)
+    _cell(store, "full", "full", 0.0, [1, 1, 1, 1], index=0)
+    _cell(store, "dash", "dash", 0.5, [1, 0, 0, 0], index=1)
+    metrics_path = store.cell_dir("dash") / "metrics.json"
+    metrics = json.loads(metrics_path.read_text())
+    metrics[field] = value
+    metrics_path.write_text(json.dumps(metrics))
+    unpaired: list[dict] = []
+    assert paired_rows(store.rows(), store, "full", unpaired) == []
+    assert [u["cell"] for u in unpaired] == ["dash"]
+
+
+def test_leaderboard_writes_non_finite_numbers_as_blank():
+    """A NaN or infinite figure (an accuracy over no prompt, a stderr of one) is a blank CSV field, never the text
+    'nan' / 'inf' that a spreadsheet or a later sum reads as a number."""
+    import csv
+    import io
+
+    from dash_eval.evals.leaderboard import leaderboard_csv
+
+    row = {"model": "m", "method": "dash", "label": "dash", "accuracy": float("nan"), "accuracy_stderr": float("inf"),
+           "sparsity": 0.5, "calibration_reached": True, "params": {"scale": 2.0}}
+    (got,) = csv.DictReader(io.StringIO(leaderboard_csv([row])))
+    assert (got["accuracy"], got["accuracy_stderr"], got["sparsity"]) == ("", "", "0.5")
+    assert got["scale"] == "2.0" and got["calibration_reached"] == "true"
