@@ -404,3 +404,25 @@ def test_unsupported_architecture():
     model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=50))
     with pytest.raises(ValueError, match="model architecture 'gpt2' is not supported"):
         apply_attention(model, "dash")
+
+
+@torch.no_grad()
+def test_tally_counts_a_prefill_continuing_a_cache_as_prefill(tiny):
+    """Only one new query over a cache is a decode step: a 5-token continuation of a cached prompt is prefill
+    (its queries and causal pairs go there), and a one-token prompt with no cache is prefill too."""
+    from transformers import DynamicCache
+
+    layers, hkv = 2, 2
+    with patch_attention(tiny, "dash", **SPARSE["dash"]):
+        tally = get_tally(tiny)
+        tally.reset()
+        ids = _ids(25, 9)
+        cache = DynamicCache(config=tiny.config)
+        tiny(ids[:, :20], past_key_values=cache)
+        tiny(ids[:, 20:], past_key_values=cache)
+        pre, dec = tally.summary("prefill"), tally.summary("decode")
+        assert pre["queries"] == 25 * layers * hkv and dec["queries"] == 0
+        assert pre["causal_pairs"] == sum(range(1, 26)) * layers * hkv
+        tally.reset()
+        tiny(ids[:, :1])
+        assert tally.summary("prefill")["queries"] == layers * hkv and tally.summary("decode")["queries"] == 0
