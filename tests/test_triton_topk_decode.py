@@ -187,3 +187,25 @@ def test_cached_decode_follows_a_beam_reorder(method, monkeypatch):
             logits[backend] = torch.stack(steps)
         assert "_reorder_cache" not in model.__dict__  # gone with the patch
     torch.testing.assert_close(logits["auto"], logits["reference"], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("change", ["params", "batch"])
+def test_cache_rebuilt_when_params_or_batch_change(change, kernel_parallel):
+    """A step that looks like a continuation (one new query, one more key) but under other parameters (another
+    kernel size: other kernel keys) or for another batch is rebuilt from its keys, and matches the reference."""
+    gen = torch.Generator().manual_seed(2)
+    q = torch.randn(2, 2, 31, 64, generator=gen)
+    k, v = (torch.randn(2, 1, 31, 64, generator=gen) for _ in range(2))
+    first_kw = PARAMS["nsa"]
+    second_kw = dict(first_kw, kernel_size=12) if change == "params" else first_kw
+    rows = 2 if change == "params" else 1
+    layer = torch.nn.Module()
+    decode_cache.forward_with_cache(layer, "nsa", q[:, :, :30], k[:, :, :30], v[:, :, :30],
+                                    get_method("nsa").make_params(**first_kw), 0.125)
+    first = layer.__dict__[decode_cache._ATTR].state
+    qs, ks, vs = q[:rows, :, 30:31], k[:rows], v[:rows]
+    second = get_method("nsa").make_params(**second_kw)
+    out, _ = decode_cache.forward_with_cache(layer, "nsa", qs, ks, vs, second, 0.125)
+    assert layer.__dict__[decode_cache._ATTR].state is not first
+    ref = sparse_attention(qs, ks, vs, "nsa", backend="reference", softmax_scale=0.125, **second_kw)
+    assert rel_err(out, ref) < 2e-5
