@@ -536,7 +536,7 @@ def _cases(args: argparse.Namespace) -> list[Case]:
             raise ValueError(f"--shapes: unknown shape set {shapes!r}; known: {', '.join(SHAPE_SETS)}")
         cases = SHAPE_SETS[shapes]
         if args.cases:
-            wanted = set(args.cases.split(","))
+            wanted = {name.strip() for name in args.cases.split(",") if name.strip()}  # "a, b" as "a,b"
             unknown = wanted - {c.name for c in cases}
             if unknown:
                 raise ValueError(f"--cases: unknown case(s) {sorted(unknown)} in set {shapes}; known: "

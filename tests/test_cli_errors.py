@@ -116,6 +116,8 @@ def test_sweep_exit_statuses_tell_failed_cells_from_rejected_configs(tmp_path, m
         (["--shapes", "decode-batch", "--batch", "2"], "needs a CUDA GPU"),  # the arguments pass; no GPU here
         (["--shapes", "decode", "--decode-copies", "-1"], "--decode-copies -1; accepted: 0 (automatic) or 1 to 256"),
         (["--shapes", "decode", "--decode-copies", "4"], "needs a CUDA GPU"),
+        # spaces after the commas are not part of the names
+        (["--shapes", "decode", "--cases", "dash-decode-128k-kv2-75, nsa-decode-128k-kv2,"], "needs a CUDA GPU"),
     ],
 )
 def test_bench_refuses_bad_arguments_before_touching_a_gpu(tmp_path, capsys, monkeypatch, args, message):
