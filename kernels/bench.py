@@ -62,8 +62,7 @@ def _graph_copies(touched_bytes: float, copy_bytes: float, fixed: int = 0) -> in
     that fit in L2); at most 32 copies and 8 GiB of them. ``fixed`` > 0 (``--decode-copies``) sets the count."""
     if fixed > 0:
         return fixed
-    l2 = torch.cuda.get_device_properties(torch.cuda.current_device()).L2_cache_size
-    want = math.ceil(3 * l2 / max(touched_bytes, 1.0))
+    want = math.ceil(3 * _l2_mb() * 2**20 / max(touched_bytes, 1.0))
     return int(max(1, min(want, 32, (8 << 30) // max(int(copy_bytes), 1))))
 
 
